@@ -1,0 +1,24 @@
+# impuTMAE pipeline: GDC (or a mirror, or your own matrices) -> verified files -> tiles and omics matrices
+# -> multimodal MAE pretraining -> survival fine-tuning -> Tables 2-4 and figures.
+#
+#   snakemake --cores 2                                   # the real job (config.yaml)
+#   snakemake --cores 2 --configfile config.demo.yaml     # the embedded demo cohort (merged over config.yaml)
+#   snakemake --profile slurm                             # on a Slurm cluster
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    input:
+        all_targets,
+    default_target: True
+
+
+include: "workflow/rules/demo.smk"

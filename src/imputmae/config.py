@@ -1,0 +1,166 @@
+"""Load, merge and validate the pipeline configuration.
+
+The schema (``schemas/config.schema.yaml``, linked from ``workflow/schemas/``) closes every section, so an
+unknown key, a wrong type or an impossible value stops the run with one line that names the key and what was
+expected. Checks that JSON Schema cannot express live in :func:`validate_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+__all__ = ["ConfigError", "load_schema", "merge_config", "validate_config", "load_config", "MODEL_SIZES", "model_dims"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, stated in one line: ``config: <key>: <what was expected>``."""
+
+
+def load_schema() -> dict[str, Any]:
+    """The configuration JSON schema shipped with the package."""
+    text = resources.files("imputmae").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def merge_config(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base`` key by key (nested mappings merge, everything else replaces).
+
+    This is how Snakemake merges ``--configfile`` over the Snakefile's ``configfile:``; the CLI does the same.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _key_path(path: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error.absolute_path)
+    v = error.validator
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        where = f"{key}." if error.absolute_path else ""
+        return f"{where}{extra[0] if extra else '?'}: unknown key (allowed here: {allowed})"
+    if v == "required":
+        return f"{key}: {error.message}"
+    if v == "oneOf" and key.startswith("cohorts."):
+        return (f"{key}: a cohort is either {{projects: [TCGA-...]}} or {{tables: {{clinical: ..., rna: ..., "
+                f"dnam: ...}}, normalize: true|false}}; got {error.instance!r}")
+    expected = {
+        "type": lambda: f"expected {error.validator_value}",
+        "enum": lambda: f"expected one of {error.validator_value}",
+        "minimum": lambda: f"expected >= {error.validator_value}",
+        "maximum": lambda: f"expected <= {error.validator_value}",
+        "exclusiveMinimum": lambda: f"expected > {error.validator_value}",
+        "exclusiveMaximum": lambda: f"expected < {error.validator_value}",
+        "pattern": lambda: f"expected a string matching {error.validator_value}",
+        "minItems": lambda: f"expected at least {error.validator_value} item(s)",
+        "maxItems": lambda: f"expected at most {error.validator_value} item(s)",
+        "uniqueItems": lambda: "expected no repeated items",
+        "minLength": lambda: "expected a non-empty string",
+    }.get(v)
+    if expected is None:
+        return f"{key}: {error.message}"
+    return f"{key}: got {error.instance!r}, {expected()}"
+
+
+# Table 1 of the paper. The paper prints 756 for the big hidden size; 756 does not split evenly over
+# facebook/vit-mae-base's 768-wide weights that the big WSI encoder is initialised from, so we read it as 768.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "small": dict(hidden_size=256, num_heads=4, intermediate_size=1024, rna_layers=6, dnam_layers=6, wsi_layers=4,
+                  decoder_hidden_size=256, decoder_layers=3, decoder_heads=4, decoder_intermediate_size=512),
+    "big": dict(hidden_size=768, num_heads=12, intermediate_size=3072, rna_layers=6, dnam_layers=6, wsi_layers=12,
+                decoder_hidden_size=768, decoder_layers=8, decoder_heads=16, decoder_intermediate_size=2048),
+    # CPU-sized for the demo and tests; not a paper configuration.
+    "tiny": dict(hidden_size=64, num_heads=4, intermediate_size=128, rna_layers=2, dnam_layers=2, wsi_layers=2,
+                 decoder_hidden_size=64, decoder_layers=1, decoder_heads=4, decoder_intermediate_size=128),
+}
+
+
+def model_dims(model_cfg: Mapping[str, Any]) -> dict[str, int]:
+    """The model's sizes: the named ``size`` from Table 1, with every non-null field of ``model_cfg`` over it."""
+    dims = dict(MODEL_SIZES[model_cfg["size"]])
+    for key in dims:
+        if model_cfg.get(key) is not None:
+            dims[key] = int(model_cfg[key])
+    return dims
+
+
+def _semantic_errors(cfg: Mapping[str, Any]) -> list[str]:
+    errs: list[str] = []
+    wsi, model = cfg["wsi"], cfg["model"]
+    if wsi["tile_size"] % model["wsi_patch_size"]:
+        errs.append(f"model.wsi_patch_size: got {model['wsi_patch_size']}, expected a divisor of "
+                    f"wsi.tile_size ({wsi['tile_size']})")
+    if wsi["median_blur"] % 2 == 0:
+        errs.append(f"wsi.median_blur: got {wsi['median_blur']}, expected an odd kernel size")
+    if not wsi["score_v_min"] < wsi["score_v_max"]:
+        errs.append(f"wsi.score_v_max: got {wsi['score_v_max']}, expected > wsi.score_v_min ({wsi['score_v_min']})")
+    if wsi["keep"] > wsi["n_candidates"]:
+        errs.append(f"wsi.keep: got {wsi['keep']}, expected <= wsi.n_candidates ({wsi['n_candidates']})")
+    dims = model_dims(model)
+    for enc, heads in (("hidden_size", "num_heads"), ("decoder_hidden_size", "decoder_heads")):
+        if dims[enc] % dims[heads]:
+            errs.append(f"model.{heads}: got {dims[heads]}, expected a divisor of model.{enc} ({dims[enc]})")
+    for stage in ("pretrain", "finetune"):
+        s = cfg[stage]
+        if s["warmup_epochs"] > s["epochs"]:
+            errs.append(f"{stage}.warmup_epochs: got {s['warmup_epochs']}, expected <= {stage}.epochs ({s['epochs']})")
+    if cfg.get("demo") is None and cfg["gdc"]["mirror"] is None and not cfg["gdc"]["api"]:
+        errs.append("gdc.api: expected a URL when gdc.mirror is null")
+    return errs
+
+
+def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` against the schema and the cross-key rules; return it unchanged as a plain dict.
+
+    Raises:
+        ConfigError: one line, ``config: <dotted.key>: got <value>, expected <what>``, for the first problem.
+    """
+    cfg = dict(config)
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(f"config: {_describe(best)}")
+    sem = _semantic_errors(cfg)
+    if sem:
+        raise ConfigError(f"config: {sem[0]}")
+    return cfg
+
+
+def load_config(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read YAML files in order, merge each over the previous (then ``overrides``), and validate.
+
+    Raises:
+        ConfigError: a file that does not exist or is not a YAML mapping, or any validation problem.
+    """
+    merged: dict[str, Any] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ConfigError(f"config: {path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config: {path}: expected a mapping of keys at the top level")
+        merged = merge_config(merged, data)
+    if overrides:
+        merged = merge_config(merged, overrides)
+    return validate_config(merged)

@@ -1,0 +1,74 @@
+"""Write Aperio SVS files (tiled, JPEG-compressed pyramidal TIFF) that OpenSlide opens as vendor ``aperio``.
+
+Used by the demo cohort and by tests to make slides of known content. The layout follows what Aperio
+scanners write and OpenSlide's aperio driver expects: level 0 as a tiled directory whose ImageDescription starts
+with ``Aperio Image Library`` and carries ``AppMag`` and ``MPP``; then a stripped thumbnail; then the lower
+pyramid levels, tiled, each a power-of-two downsample.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+__all__ = ["write_aperio_svs", "aperio_description"]
+
+
+def aperio_description(width: int, height: int, tile: int, app_mag: float | None, mpp: float | None,
+                       quality: int, extra: dict[str, str] | None = None) -> str:
+    """The ImageDescription of an Aperio level-0 directory: a header line, then ``key = value`` fields joined by ``|``."""
+    fields = [f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
+              f"JPEG/RGB Q={quality}"]
+    if app_mag is not None:
+        fields.append(f"AppMag = {app_mag:g}")
+    if mpp is not None:
+        fields.append(f"MPP = {mpp:.4f}")
+    fields.append("ScanScope ID = IMPUTMAE-DEMO")
+    for k, v in (extra or {}).items():
+        fields.append(f"{k} = {v}")
+    return "|".join(fields)
+
+
+def write_aperio_svs(path: str | Path, image: np.ndarray, *, mpp: float | None, app_mag: float | None,
+                     n_levels: int = 3, tile: int = 256, quality: int = 85,
+                     extra: dict[str, str] | None = None) -> Path:
+    """Write ``image`` as an Aperio SVS at ``path`` (through a temporary name, renamed when complete).
+
+    Args:
+        image: uint8 ``[H, W, 3]`` RGB, level 0.
+        mpp: microns per pixel at level 0 (None leaves it out, as some scanners do).
+        app_mag: objective power (AppMag), e.g. 20 or 40 (None leaves it out).
+        n_levels: pyramid levels including level 0 (1 gives a one-level slide); each halves the previous.
+        tile: TIFF tile edge in pixels (a multiple of 16).
+
+    Returns:
+        The path written. Same inputs give the same bytes.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    h, w = image.shape[:2]
+    desc = aperio_description(w, h, tile, app_mag, mpp, quality, extra)
+    opts = dict(photometric="rgb", compression="jpeg", compressionargs={"level": quality}, metadata=None,
+                software=False)
+    with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
+        tif.write(image, tile=(tile, tile), description=desc, **opts)
+        # Aperio's second directory is a stripped thumbnail; OpenSlide lists it as the associated image "thumbnail".
+        scale = 768 / max(h, w)
+        thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        tif.write(thumb, description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> {thumb.shape[1]}x{thumb.shape[0]}",
+                  rowsperstrip=16, **opts)
+        level = image
+        for i in range(1, n_levels):
+            level = cv2.resize(level, (max(1, level.shape[1] // 2), max(1, level.shape[0] // 2)),
+                               interpolation=cv2.INTER_AREA)
+            lh, lw = level.shape[:2]
+            tif.write(level, tile=(tile, tile),
+                      description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> {lw}x{lh}", **opts)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,23 @@
+# The embedded demo cohort: a local mirror in gdc-client layout, written from a seed (config.demo.yaml).
+
+if config.get("demo"):
+
+    rule demo_data:
+        output:
+            files=f"{config['demo']['out']}/files.json",
+            cases=f"{config['demo']['out']}/cases.json",
+            oracle=f"{config['demo']['out']}/oracle.parquet",
+        params:
+            out=config["demo"]["out"],
+            seed=config["demo"]["seed"],
+            sizes=as_json(config["demo"].get("n_patients", {})),
+        log:
+            "logs/demo_data/demo.log",
+        benchmark:
+            "benchmarks/demo_data/demo.tsv"
+        conda:
+            "../../envs/gdc.yaml"
+        shell:
+            "{IMPUTMAE} demo-data {params.out} --seed {params.seed} --sizes {params.sizes:q} > {log} 2>&1"
+
+    TARGETS.append(rules.demo_data.output.files)
