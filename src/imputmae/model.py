@@ -1,0 +1,650 @@
+"""The impuTMAE multimodal masked autoencoder (paper Section 3, Table 1), in one module.
+
+One encoder per modality (RNA and DNAm: a 1D convolution that cuts the vector into patches; WSI: a 16x16 2D
+convolution on 256x256 tiles), fixed sine-cosine positions added before masking, a CLS token (with its position)
+prepended after masking, pre-norm transformer blocks. The multimodal decoder projects each modality's latents,
+inserts mask tokens, unshuffles, adds decoder positions and a learned modality embedding, concatenates the
+modalities and runs shared transformer blocks; a head per modality (linear for omics, transposed convolution for
+WSI) predicts patches. The loss is, per modality, the MSE on the masked patches of the samples that have that
+modality, summed over modalities (Eq. 1-2).
+
+A missing modality is fully masked: its encoder gets no tokens (in a batch that mixes modality sets the kept
+tokens are padded and ignored through a key-padding attention mask), its decoder slots are all mask tokens and it
+has no target. :meth:`MultimodalMAE.impute` reconstructs missing modalities from the present ones.
+
+Inputs (a batch dict; column order of ``available`` is :data:`MODALITIES`):
+    ``rna``: [B, L_rna] float in [0, 1] (zero-padded to whole patches), ``dnam``: [B, L_dnam] likewise,
+    ``wsi``: [B, 3, H, W] float in [0, 1] (the model normalises with ImageNet mean/std inside; WSI targets and
+    predictions live in that normalised space, as in MAE and transformers' ViTMAE), ``available``: [B, 3] bool.
+    A missing modality's tensor holds zeros.
+
+Naming follows facebookresearch/mae ``models_mae.py`` (``patchify``, ``random_masking``, ``forward_encoder``,
+``forward_decoder``, ``forward_loss``) and nanoGPT (a dataclass config). The WSI branch loads transformers'
+ViTMAE weights (:func:`load_vit_mae_weights`) from a local directory; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MODALITIES", "IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "MultimodalMAE", "Block", "random_masking",
+    "sincos_1d", "sincos_2d", "vit_mae_state_dict_to_ours", "load_vit_mae_weights",
+    "save_checkpoint", "load_checkpoint", "load_pretrained",
+]
+
+log = logging.getLogger(__name__)
+
+MODALITIES: tuple[str, ...] = ("rna", "dnam", "wsi")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class MAEConfig:
+    """Sizes of the model. ``rna_len``/``dnam_len`` are feature counts (inputs are zero-padded to whole patches;
+    the padding is excluded from the loss)."""
+
+    rna_len: int = 0
+    dnam_len: int = 0
+    modalities: tuple[str, ...] = MODALITIES
+    hidden_size: int = 256
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    rna_layers: int = 6
+    dnam_layers: int = 6
+    wsi_layers: int = 4
+    decoder_hidden_size: int = 256
+    decoder_layers: int = 3
+    decoder_heads: int = 4
+    decoder_intermediate_size: int = 512
+    tile_size: int = 256
+    wsi_patch_size: int = 16
+    rna_patch: int = 256
+    dnam_patch: int = 512
+    mask_ratio: float = 0.5
+    norm_eps: float = 1e-6          # facebookresearch/mae; transformers' ViTMAE uses 1e-12 (negligible difference)
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad or not self.modalities:
+            raise ValueError(f"modalities: got {list(self.modalities)}, expected a non-empty subset of {MODALITIES}")
+        for m in ("rna", "dnam"):
+            if m in self.modalities and getattr(self, f"{m}_len") <= 0:
+                raise ValueError(f"{m}_len: got {getattr(self, f'{m}_len')}, expected the number of {m} features (> 0)")
+        if self.tile_size % self.wsi_patch_size:
+            raise ValueError(f"wsi_patch_size {self.wsi_patch_size} does not divide tile_size {self.tile_size}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], rna_len: int, dnam_len: int,
+                    modalities: Sequence[str] | None = None) -> MAEConfig:
+        """Build from the pipeline config (``model``, ``omics``, ``wsi`` sections and ``pretrain.modalities``)."""
+        from imputmae.config import model_dims
+
+        mods = tuple(modalities) if modalities is not None else tuple(cfg["pretrain"]["modalities"])
+        return cls(rna_len=int(rna_len), dnam_len=int(dnam_len), modalities=tuple(m for m in MODALITIES if m in mods),
+                   **model_dims(cfg["model"]), tile_size=int(cfg["wsi"]["tile_size"]),
+                   wsi_patch_size=int(cfg["model"]["wsi_patch_size"]),
+                   rna_patch=int(cfg["omics"]["rna"]["patch_size"]), dnam_patch=int(cfg["omics"]["dnam"]["patch_size"]),
+                   mask_ratio=float(cfg["model"]["mask_ratio"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MAEConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def patch(self, m: str) -> int:
+        return {"rna": self.rna_patch, "dnam": self.dnam_patch, "wsi": self.wsi_patch_size}[m]
+
+    def n_patches(self, m: str) -> int:
+        if m == "wsi":
+            return (self.tile_size // self.wsi_patch_size) ** 2
+        return math.ceil(getattr(self, f"{m}_len") / self.patch(m))
+
+    def patch_dim(self, m: str) -> int:
+        return 3 * self.wsi_patch_size ** 2 if m == "wsi" else self.patch(m)
+
+    def input_len(self, m: str) -> int:
+        """Length of the zero-padded omics input vector."""
+        return self.n_patches(m) * self.patch(m)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# positions and masking
+
+
+def sincos_1d(dim: int, positions: Tensor) -> Tensor:
+    """Fixed sine-cosine embedding of ``positions`` [N] -> [N, dim] laid out ``[sin | cos]`` (MAE)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = positions.to(torch.float64)[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_2d(dim: int, grid: int) -> Tensor:
+    """2D sine-cosine positions for a ``grid`` x ``grid`` patch grid, row-major -> [grid*grid, dim].
+
+    Layout ``[sin_col | cos_col | sin_row | cos_row]``: facebookresearch/mae's (and so vit-mae-base's) order.
+    """
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
+
+
+def _positions(cfg: MAEConfig, m: str, dim: int) -> Tensor:
+    """[1, 1 + N_m, dim] float32, a zero row for the CLS token first."""
+    n = cfg.n_patches(m)
+    pe = sincos_2d(dim, cfg.tile_size // cfg.wsi_patch_size) if m == "wsi" else sincos_1d(dim, torch.arange(n))
+    return torch.cat([torch.zeros(1, dim, dtype=pe.dtype), pe]).float()[None]
+
+
+def random_masking(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample random masking by argsort of noise (MAE).
+
+    Args:
+        noise: [B, N] (uniform); the ``len_keep`` smallest values per row are kept.
+    Returns:
+        ids_keep [B, len_keep], mask [B, N] (1 = masked, 0 = kept), ids_restore [B, N] (unshuffles).
+    """
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.ones_like(noise)
+    mask[:, :len_keep] = 0
+    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building blocks
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x: [B, T, C]; attn_mask: [B, 1, 1, T] bool, True = may be attended to (key padding)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=eps), Mlp(dim, mlp_hidden)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Module):
+    """One modality's encoder: patch embedding, positions, CLS, ``blocks``, final norm."""
+
+    def __init__(self, cfg: MAEConfig, m: str):
+        super().__init__()
+        D, p = cfg.hidden_size, cfg.patch(m)
+        self.proj = nn.Conv2d(3, D, p, stride=p) if m == "wsi" else nn.Conv1d(1, D, p, stride=p)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.register_buffer("pos_embed", _positions(cfg, m, D))
+        depth = getattr(cfg, f"{m}_layers")
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.intermediate_size, cfg.norm_eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """[B, L] or [B, 3, H, W] -> patch tokens with positions [B, N, D]."""
+        x = self.proj(x if x.dim() == 4 else x[:, None])
+        return x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+
+    def forward(self, tokens: Tensor, valid: Tensor | None) -> Tensor:
+        """tokens: [B, K, D] kept tokens; valid: [B] bool (False: padding only) or None -> latent [B, 1 + K, D]."""
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens], dim=1)
+        attn_mask = None
+        if valid is not None and tokens.shape[1] and not bool(valid.all()):
+            keys = torch.cat([valid.new_ones(valid.shape[0], 1), valid[:, None].expand(-1, tokens.shape[1])], dim=1)
+            attn_mask = keys[:, None, None, :]
+        for blk in self.blocks:
+            x = blk(x, attn_mask)
+        return self.norm(x)
+
+
+class WSIHead(nn.Module):
+    """Transposed 2D convolution (kernel = stride = patch) from decoder tokens to pixels, plus a per-pixel bias.
+
+    Equivalent to a linear layer from each token to its patch's ``p*p*3`` pixels (transformers' ``decoder_pred``).
+    """
+
+    def __init__(self, dim: int, patch: int):
+        super().__init__()
+        self.patch = patch
+        self.deconv = nn.ConvTranspose2d(dim, 3, patch, stride=patch, bias=False)
+        self.pixel_bias = nn.Parameter(torch.zeros(patch * patch * 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, N, D] (N = g*g, row-major) -> patches [B, N, p*p*3] in (row, col, channel) order."""
+        B, N, D = x.shape
+        g = math.isqrt(N)
+        img = self.deconv(x.transpose(1, 2).reshape(B, D, g, g))
+        return _patchify_image(img, self.patch) + self.pixel_bias
+
+
+def _patchify_image(img: Tensor, p: int) -> Tensor:
+    """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C], each patch in (row, col, channel) order (MAE/transformers)."""
+    B, C, H, W = img.shape
+    x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(B, (H // p) * (W // p), p * p * C)
+
+
+def _unpatchify_image(x: Tensor, p: int) -> Tensor:
+    """Inverse of :func:`_patchify_image` for square images: [B, N, p*p*3] -> [B, 3, H, W]."""
+    B, N, _ = x.shape
+    g = math.isqrt(N)
+    return x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the model
+
+
+class MultimodalMAE(nn.Module):
+    """Modality-specific encoders + a multimodal decoder; see the module docstring."""
+
+    def __init__(self, cfg: MAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.modalities = cfg.modalities
+        D, Dd = cfg.hidden_size, cfg.decoder_hidden_size
+        self.encoders = nn.ModuleDict({m: Encoder(cfg, m) for m in self.modalities})
+        self.decoder_embed = nn.ModuleDict({m: nn.Linear(D, Dd) for m in self.modalities})
+        self.mask_tokens = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, Dd)) for m in self.modalities})
+        for m in self.modalities:
+            self.register_buffer(f"decoder_pos_{m}", _positions(cfg, m, Dd))
+        self.modality_embed = nn.Parameter(torch.zeros(len(self.modalities), Dd))
+        self.decoder_blocks = nn.ModuleList(
+            Block(Dd, cfg.decoder_heads, cfg.decoder_intermediate_size, cfg.norm_eps) for _ in range(cfg.decoder_layers))
+        self.decoder_norm = nn.LayerNorm(Dd, eps=cfg.norm_eps)
+        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.wsi_patch_size) if m == "wsi" else nn.Linear(Dd, cfg.patch(m))
+                                    for m in self.modalities})
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        for m in ("rna", "dnam"):   # 1 where a patch element is a real feature, 0 where it is padding: [N_m, P_m]
+            if m in self.modalities:
+                valid = torch.arange(cfg.input_len(m)) < getattr(cfg, f"{m}_len")
+                self.register_buffer(f"element_weight_{m}", valid.float().view(cfg.n_patches(m), -1), persistent=False)
+        self.apply(self._init_weights)
+        for m in self.modalities:
+            w = self.encoders[m].proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))   # like a linear layer (MAE)
+            nn.init.normal_(self.encoders[m].cls_token, std=0.02)
+            nn.init.normal_(self.mask_tokens[m], std=0.02)
+        nn.init.normal_(self.modality_embed, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # -- inputs and targets ------------------------------------------------------------------------------------
+
+    def _input(self, batch: Mapping[str, Tensor], m: str) -> Tensor:
+        """The modality's model input: omics padded to whole patches [B, L_pad]; WSI normalised [B, 3, H, W]."""
+        x = batch[m].float()
+        if m == "wsi":
+            return (x - self.pixel_mean) / self.pixel_std
+        pad = self.cfg.input_len(m) - x.shape[1]
+        if pad < 0:
+            raise ValueError(f"{m}: got {x.shape[1]} features, the model expects at most {self.cfg.input_len(m)}")
+        return F.pad(x, (0, pad)) if pad else x
+
+    def patchify(self, m: str, x: Tensor) -> Tensor:
+        """Model input (see :meth:`_input`) -> patches [B, N_m, P_m]."""
+        if m == "wsi":
+            return _patchify_image(x, self.cfg.wsi_patch_size)
+        return x.view(x.shape[0], self.cfg.n_patches(m), self.cfg.patch(m))
+
+    def unpatchify(self, m: str, patches: Tensor) -> Tensor:
+        """Patches [B, N_m, P_m] -> input space: omics [B, L_pad] in [0, 1]; WSI [B, 3, H, W] in [0, 1]."""
+        if m == "wsi":
+            img = _unpatchify_image(patches, self.cfg.wsi_patch_size) * self.pixel_std + self.pixel_mean
+            return img.clamp(0, 1)
+        return (patches.reshape(patches.shape[0], -1) * self.element_weight(m).flatten()).clamp(0, 1)
+
+    def element_weight(self, m: str) -> Tensor:
+        """[N_m, P_m]: 1 for real input elements, 0 for omics padding."""
+        if m == "wsi":
+            return self.pixel_std.new_ones(self.cfg.n_patches(m), self.cfg.patch_dim(m))
+        return getattr(self, f"element_weight_{m}")
+
+    def _available(self, batch: Mapping[str, Tensor], m: str, B: int, device: torch.device) -> Tensor:
+        if m not in batch:
+            return torch.zeros(B, dtype=torch.bool, device=device)
+        if "available" not in batch:
+            return torch.ones(B, dtype=torch.bool, device=device)
+        return batch["available"][:, MODALITIES.index(m)].to(device=device, dtype=torch.bool)
+
+    def _batch_size(self, batch: Mapping[str, Tensor]) -> tuple[int, torch.device]:
+        for m in (*self.modalities, "available"):
+            if m in batch:
+                return batch[m].shape[0], batch[m].device
+        raise ValueError(f"batch has none of {self.modalities}")
+
+    # -- encoder / decoder / loss --------------------------------------------------------------------------------
+
+    def forward_encoder(self, batch: Mapping[str, Tensor], mask_ratio: float,
+                        noise: Mapping[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
+        """Per modality: ``latent`` [B, 1 + K, D], ``mask`` [B, N] (1 = masked; all 1 where missing),
+        ``ids_restore`` [B, N], ``valid`` [B] bool, ``x`` the model input (zeros where absent)."""
+        B, device = self._batch_size(batch)
+        out = {}
+        for m in self.modalities:
+            N = self.cfg.n_patches(m)
+            valid = self._available(batch, m, B, device)
+            if m in batch:
+                x = self._input(batch, m)
+            else:
+                shape = (B, 3, self.cfg.tile_size, self.cfg.tile_size) if m == "wsi" else (B, self.cfg.input_len(m))
+                x = torch.zeros(shape, device=device)
+            # nobody has the modality: the encoder sees only its CLS (no tokens at all)
+            len_keep = int(N * (1 - mask_ratio)) if bool(valid.any()) else 0
+            nz = noise[m] if noise is not None and m in noise else torch.rand(B, N, device=device)
+            ids_keep, mask, ids_restore = random_masking(nz.to(device), len_keep)
+            mask = torch.where(valid[:, None], mask, torch.ones_like(mask))
+            enc = self.encoders[m]
+            if len_keep:
+                tokens = enc.embed(x)
+                tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+            else:
+                tokens = enc.pos_embed.new_zeros(B, 0, self.cfg.hidden_size)
+            out[m] = dict(latent=enc(tokens, valid), mask=mask, ids_restore=ids_restore, valid=valid, x=x)
+        return out
+
+    def forward_decoder(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """Concatenate every modality's decoder tokens, run the shared blocks -> patches per modality [B, N_m, P_m]."""
+        seqs, keys = [], []
+        for i, m in enumerate(self.modalities):
+            e = enc[m]
+            h = self.decoder_embed[m](e["latent"])                                  # [B, 1 + K, Dd]
+            B, K1, Dd = h.shape
+            N = e["ids_restore"].shape[1]
+            mask_token = self.mask_tokens[m].to(h.dtype)
+            kept = torch.where(e["valid"][:, None, None], h[:, 1:], mask_token)    # missing: only mask tokens
+            tok = torch.cat([kept, mask_token.expand(B, N - (K1 - 1), Dd)], dim=1)
+            tok = torch.gather(tok, 1, e["ids_restore"][..., None].expand(-1, -1, Dd))
+            pos = getattr(self, f"decoder_pos_{m}")
+            seqs.append(torch.cat([h[:, :1], tok], dim=1) + pos + self.modality_embed[i])
+            keys.append(torch.cat([e["valid"][:, None], e["valid"].new_ones(B, N)], dim=1))  # a missing CLS is ignored
+        x = torch.cat(seqs, dim=1)
+        key_valid = torch.cat(keys, dim=1)
+        attn_mask = None if bool(key_valid.all()) else key_valid[:, None, None, :]
+        for blk in self.decoder_blocks:
+            x = blk(x, attn_mask)
+        x = self.decoder_norm(x)
+        preds, start = {}, 0
+        for m in self.modalities:
+            N = enc[m]["ids_restore"].shape[1]
+            preds[m] = self.heads[m](x[:, start + 1:start + 1 + N])
+            start += 1 + N
+        return preds
+
+    def reconstruction_error(self, m: str, x: Tensor, pred: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Sum of squared errors and number of elements over the patches with ``weight`` [B, N] (1 = counted).
+
+        x: model input; pred: [B, N, P]. Omics padding is never counted.
+        """
+        target = self.patchify(m, x)
+        w = weight[..., None] * self.element_weight(m)                          # [B, N, P]
+        return ((pred.float() - target) ** 2 * w).sum(), w.sum()
+
+    def forward_loss(self, enc: Mapping[str, Mapping[str, Tensor]], preds: Mapping[str, Tensor]
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. 1-2: per modality the MSE over the masked patches of samples that have it; summed."""
+        losses = {}
+        for m in self.modalities:
+            e = enc[m]
+            sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["valid"][:, None])
+            losses[m] = sse / n.clamp_min(1)        # no present sample: 0 (still part of the graph)
+        return torch.stack(list(losses.values())).sum(), losses
+
+    def forward(self, batch: Mapping[str, Tensor], mask_ratio: float | None = None,
+                noise: Mapping[str, Tensor] | None = None
+                ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """-> (loss, preds {m: [B, N_m, P_m]}, masks {m: [B, N_m]} (1 = masked), losses {m: scalar})."""
+        ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
+        enc = self.forward_encoder(batch, ratio, noise)
+        preds = self.forward_decoder(enc)
+        loss, losses = self.forward_loss(enc, preds)
+        return loss, preds, {m: enc[m]["mask"] for m in self.modalities}, losses
+
+    # -- uses of a trained model ---------------------------------------------------------------------------------
+
+    def _unmasked_noise(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        B, device = self._batch_size(batch)
+        return {m: torch.arange(self.cfg.n_patches(m), device=device, dtype=torch.float).expand(B, -1)
+                for m in self.modalities}
+
+    def encode(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """CLS embedding of each modality's encoder with no masking: {m: [B, D]}, zero rows where m is absent.
+
+        Deterministic; keeps the graph (fine-tuning trains through it)."""
+        enc = self.forward_encoder(batch, 0.0, self._unmasked_noise(batch))
+        return {m: enc[m]["latent"][:, 0] * enc[m]["valid"][:, None] for m in self.modalities}
+
+    @torch.no_grad()
+    def impute(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Reconstruct every missing modality from the present ones (present ones unmasked).
+
+        Returns {m: tensor shaped like the model input of m} (omics padded to whole patches, WSI [B, 3, H, W], in
+        [0, 1]): the batch's own values where m is available, the decoder's reconstruction where it is missing.
+        """
+        enc = self.forward_encoder(batch, 0.0, self._unmasked_noise(batch))
+        preds = self.forward_decoder(enc)
+        out = {}
+        for m in self.modalities:
+            recon = self.unpatchify(m, preds[m].float())
+            x = batch[m].float() if m in batch else torch.zeros_like(recon)
+            if m != "wsi":
+                x = F.pad(x, (0, recon.shape[1] - x.shape[1]))
+            shape = (-1,) + (1,) * (recon.dim() - 1)
+            out[m] = torch.where(enc[m]["valid"].view(shape), x, recon)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# transformers ViTMAE -> ours (WSI branch)
+
+_HF_LEGACY = [  # transformers <= 4.x names (what save_pretrained and the Hub's safetensors hold) -> 5.x names
+    (r"^vit\.encoder\.layer\.", "vit.layers."),
+    (r"^decoder\.decoder_encoder\.layer\.", "decoder.decoder_layers."),
+    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
+    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+]
+
+
+def _map_block(hf: Mapping[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
+    out = {}
+    for t in ("weight", "bias"):
+        out[f"{dst}.attn.qkv.{t}"] = torch.cat([hf[f"{src}.attention.{n}_proj.{t}"] for n in "qkv"])
+        out[f"{dst}.attn.proj.{t}"] = hf[f"{src}.attention.o_proj.{t}"]
+        out[f"{dst}.norm1.{t}"] = hf[f"{src}.layernorm_before.{t}"]
+        out[f"{dst}.norm2.{t}"] = hf[f"{src}.layernorm_after.{t}"]
+        out[f"{dst}.mlp.fc1.{t}"] = hf[f"{src}.mlp.fc1.{t}"]
+        out[f"{dst}.mlp.fc2.{t}"] = hf[f"{src}.mlp.fc2.{t}"]
+    return out
+
+
+def vit_mae_state_dict_to_ours(hf_state: Mapping[str, Tensor], *, decoder: bool = True) -> dict[str, Tensor]:
+    """Rename a transformers ``ViTMAEForPreTraining`` state dict (either naming scheme) into our WSI branch's keys.
+
+    Encoder -> ``encoders.wsi.*``; with ``decoder``: ``decoder_embed.wsi``, ``mask_tokens.wsi``, ``decoder_pos_wsi``,
+    ``decoder_blocks.*``, ``decoder_norm``, ``heads.wsi`` (the linear ``decoder_pred`` becomes the transposed
+    convolution's kernel and the per-pixel bias). Shapes are not checked here (see :func:`load_vit_mae_weights`).
+    """
+    hf = {}
+    for k, v in hf_state.items():
+        for pat, rep in _HF_LEGACY:
+            k = re.sub(pat, rep, k)
+        hf[k] = v
+    out = {
+        "encoders.wsi.cls_token": hf["vit.embeddings.cls_token"],
+        "encoders.wsi.pos_embed": hf["vit.embeddings.position_embeddings"],
+        "encoders.wsi.proj.weight": hf["vit.embeddings.patch_embeddings.projection.weight"],
+        "encoders.wsi.proj.bias": hf["vit.embeddings.patch_embeddings.projection.bias"],
+        "encoders.wsi.norm.weight": hf["vit.layernorm.weight"],
+        "encoders.wsi.norm.bias": hf["vit.layernorm.bias"],
+    }
+    n_enc = len({k.split(".")[2] for k in hf if k.startswith("vit.layers.")})
+    for i in range(n_enc):
+        out.update(_map_block(hf, f"vit.layers.{i}", f"encoders.wsi.blocks.{i}"))
+    if decoder:
+        w = hf["decoder.decoder_pred.weight"]                                   # [p*p*3, Dd], rows (row, col, c)
+        p = math.isqrt(w.shape[0] // 3)
+        out.update({
+            "decoder_embed.wsi.weight": hf["decoder.decoder_embed.weight"],
+            "decoder_embed.wsi.bias": hf["decoder.decoder_embed.bias"],
+            "mask_tokens.wsi": hf["decoder.mask_token"],
+            "decoder_pos_wsi": hf["decoder.decoder_pos_embed"],
+            "decoder_norm.weight": hf["decoder.decoder_norm.weight"],
+            "decoder_norm.bias": hf["decoder.decoder_norm.bias"],
+            "heads.wsi.deconv.weight": w.T.reshape(-1, p, p, 3).permute(0, 3, 1, 2).contiguous(),  # [Dd, 3, p, p]
+            "heads.wsi.pixel_bias": hf["decoder.decoder_pred.bias"],
+        })
+        n_dec = len({k.split(".")[2] for k in hf if k.startswith("decoder.decoder_layers.")})
+        for i in range(n_dec):
+            out.update(_map_block(hf, f"decoder.decoder_layers.{i}", f"decoder_blocks.{i}"))
+    return out
+
+
+def load_vit_mae_weights(model: MultimodalMAE, directory: str | Path) -> dict[str, list[str]]:
+    """Initialise the WSI branch from a local transformers ViTMAE directory (``config.json`` +
+    ``model.safetensors``, e.g. facebook/vit-mae-base). Nothing is downloaded.
+
+    The encoder must match in shape (hidden size, heads, MLP, layers, patch size); decoder weights load only where
+    they match (vit-mae-base's decoder is 512 wide: it loads into a 512-wide decoder only). Position tables
+    computed for another image size (vit-mae-base: 224 px) are kept as ours: both are the same fixed sine-cosine
+    function, evaluated on our grid. The WSI modality embedding is zeroed so that the WSI-only path equals
+    transformers' model. Returns {"loaded": [...], "kept": [...]} (our keys left as initialised).
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    weights, config_file = directory / "model.safetensors", directory / "config.json"
+    if not weights.is_file() or not config_file.is_file():
+        raise FileNotFoundError(f"{directory}: expected config.json and model.safetensors of a transformers ViTMAE "
+                                "model (e.g. a local copy of facebook/vit-mae-base); nothing is downloaded")
+    hf_cfg = json.loads(config_file.read_text())
+    if "wsi" not in model.modalities:
+        raise ValueError("load_vit_mae_weights: the model has no WSI branch")
+    if hf_cfg.get("norm_pix_loss"):
+        log.warning("%s: trained with norm_pix_loss; our WSI loss uses plain (ImageNet-normalised) pixels", directory)
+    eps = hf_cfg.get("layer_norm_eps", 1e-12)
+    if eps != model.cfg.norm_eps:
+        log.warning("layer_norm_eps: checkpoint %g, ours %g (outputs differ by O(eps))", eps, model.cfg.norm_eps)
+    ours = vit_mae_state_dict_to_ours(load_file(str(weights)))
+    own = model.state_dict()
+    enc = {k: v for k, v in ours.items() if k.startswith("encoders.wsi.") and k != "encoders.wsi.pos_embed"}
+    bad = [f"{k} {tuple(v.shape)} vs ours {tuple(own[k].shape) if k in own else None}"
+           for k, v in enc.items() if k not in own or own[k].shape != v.shape]
+    if bad or len(enc) != sum(k.startswith("encoders.wsi.") and k != "encoders.wsi.pos_embed" for k in own):
+        raise ValueError(f"{directory}: the WSI encoder does not match the configured size: {bad[:3]}")
+    load = {k: v for k, v in ours.items() if k in own and own[k].shape == v.shape}
+    missing, unexpected = model.load_state_dict(load, strict=False)
+    assert not unexpected, unexpected
+    with torch.no_grad():
+        model.modality_embed[model.modalities.index("wsi")].zero_()
+    log.info("vit-mae weights: loaded %d tensors, kept %d of ours", len(load), len(missing))
+    return {"loaded": sorted(load), "kept": sorted(missing)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int,
+                    epoch: int, model_config: MAEConfig | Mapping[str, Any], normalizers: Mapping[str, Any],
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically (temporary file in the same folder, then rename).
+
+    Everything stored loads with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts.
+    ``normalizers`` are the normalisers' ``state_dict()`` values; ``model_config`` a :class:`MAEConfig` or its dict.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = model.module if hasattr(model, "module") else model
+    cfg = model_config.to_dict() if isinstance(model_config, MAEConfig) else dict(model_config)
+    state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
+             "step": int(step), "epoch": int(epoch), "model_config": cfg, "normalizers": dict(normalizers),
+             "extra": dict(extra or {}), "format": "imputmae-mae-1"}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ck = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ck, dict) or ck.get("format") != "imputmae-mae-1":
+        raise ValueError(f"{path}: not an imputmae pretraining checkpoint")
+    return ck
+
+
+def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu"
+                    ) -> tuple[MultimodalMAE, dict[str, Any], dict[str, Any]]:
+    """-> (model in eval mode, normaliser states {modality: state_dict}, meta {step, epoch, model_config, extra})."""
+    ck = load_checkpoint(path, map_location)
+    model = MultimodalMAE(MAEConfig.from_dict(ck["model_config"]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    meta = {k: ck[k] for k in ("step", "epoch", "model_config", "extra")}
+    return model, ck["normalizers"], meta
