@@ -105,7 +105,7 @@ def oracle_cindex(oracle: pd.DataFrame, splits: pd.DataFrame, clinical: pd.DataF
     oracle: patient, risk; splits: patient, cohort, fold; clinical: patient, time, event. Harrell's and plain
     Antolini's C-index count the same pairs and agree for any risk whose survival curves do not cross.
     """
-    df = splits.merge(oracle[["patient", "risk"]], on="patient").merge(clinical[["patient", "time", "event"]],
+    df = splits[["patient", "cohort", "fold"]].merge(oracle[["patient", "risk"]], on="patient").merge(clinical[["patient", "time", "event"]],
                                                                           on="patient")
     rows = []
     for (cohort, fold), g in df.groupby(["cohort", "fold"]):
