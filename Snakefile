@@ -22,3 +22,6 @@ rule all:
 
 
 include: "workflow/rules/demo.smk"
+
+
+include: "workflow/rules/pretrain.smk"
