@@ -27,3 +27,6 @@ rule all:
 
 
 include: "workflow/rules/demo.smk"
+
+
+include: "workflow/rules/pretrain.smk"

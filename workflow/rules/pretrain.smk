@@ -1,0 +1,96 @@
+# Outer folds, multimodal MAE pretraining (and the unimodal runs of Table 4), Table 4.
+#
+# splits.parquet is written once and read by every later stage. One pretraining per run (multimodal, rna, dnam,
+# wsi) and per fold (pretrain.per_fold; fold 0 only otherwise), each on that fold's training patients only.
+# A pretraining killed by SIGTERM (Slurm preemption, time limit) writes its checkpoint and exits 75; rerunning the
+# rule resumes from it (--resume is always passed: a fresh output directory simply starts from scratch).
+
+PRETRAIN_RUNS = ["multimodal"] + list(config["pretrain"]["unimodal"])
+PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"]["per_fold"] else [0]
+
+
+def pretrain_inputs(wildcards):
+    """Every cohort's labels, omics matrices and WSI QC table (tiles are listed by the QC table)."""
+    return {
+        "splits": f"{RESULTS}/splits.parquet",
+        "clinical": expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
+        "rna": expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
+        "dnam": expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
+        "wsi_qc": expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
+    }
+
+
+rule splits:
+    input:
+        clinical=expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
+        rna=expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
+        dnam=expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
+        wsi_qc=expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
+    output:
+        f"{RESULTS}/splits.parquet",
+    params:
+        cfg=as_json(config),
+    log:
+        "logs/splits/splits.log",
+    benchmark:
+        "benchmarks/splits/splits.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "{IMPUTMAE} splits --config-json {params.cfg:q} --out {output:q} > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        unpack(pretrain_inputs),
+    output:
+        checkpoint=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/checkpoint.pt",
+        metrics=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/metrics.csv",
+        plot=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/loss.png",
+    params:
+        cfg=as_json(config),
+        out_dir=lambda wildcards: f"{RESULTS}/pretrain/{wildcards.run}/fold{wildcards.fold}",
+    wildcard_constraints:
+        run="multimodal|rna|dnam|wsi",
+    log:
+        "logs/pretrain/{run}/fold{fold}.log",
+    benchmark:
+        "benchmarks/pretrain/{run}/fold{fold}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2 if config.get("demo") else 8
+    resources:
+        gpu=0 if config.get("demo") else 1,
+        mem_mb=4000 if config.get("demo") else 64000,
+        runtime=30 if config.get("demo") else 2880,
+    shell:
+        "{IMPUTMAE} pretrain --config-json {params.cfg:q} --run {wildcards.run} --fold {wildcards.fold} "
+        "--out-dir {params.out_dir:q} --resume --threads {threads} --no-progress > {log} 2>&1"
+
+
+rule table4:
+    input:
+        splits=f"{RESULTS}/splits.parquet",
+        checkpoints=expand(f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/checkpoint.pt", run=PRETRAIN_RUNS,
+                           fold=PRETRAIN_FOLDS),
+    output:
+        csv=f"{RESULTS}/tables/table4.csv",
+        md=f"{RESULTS}/tables/table4.md",
+        folds=f"{RESULTS}/tables/table4_folds.csv",
+        imputation=f"{RESULTS}/tables/table4_imputation.csv",
+    params:
+        cfg=as_json(config),
+        out_dir=f"{RESULTS}/tables",
+    log:
+        "logs/table4/table4.log",
+    benchmark:
+        "benchmarks/table4/table4.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    shell:
+        "{IMPUTMAE} table4 --config-json {params.cfg:q} --out-dir {params.out_dir:q} --threads {threads} > {log} 2>&1"
+
+
+TARGETS.append(rules.table4.output.csv)
+TARGETS.append(rules.table4.output.md)
