@@ -30,3 +30,6 @@ include: "workflow/rules/demo.smk"
 
 
 include: "workflow/rules/pretrain.smk"
+
+
+include: "workflow/rules/finetune.smk"

@@ -44,11 +44,14 @@ def results(tmp_path_factory):
     beta[rng.random(beta.shape) < 0.05] = np.nan
     dnam = pd.DataFrame(beta, index=pd.Index(patients, name="patient"), columns=probes).astype(np.float32)
     dnam[np.arange(n) % 4 != 1].to_parquet(R / "SYN" / "dnam.parquet")
+    qc = []
     for i, p in enumerate(patients):
         if i % 5 != 2:
             sig = 1 / (1 + np.exp(-z[i]))
             tiles = (np.clip(sig + rng.normal(0, 0.2, (2, 32, 32, 3)), 0, 1) * 255).astype(np.uint8)
             np.save(R / "SYN" / "wsi" / f"{p}.npy", tiles)
+        qc.append({"patient": p, "slide": f"{p}.svs", "status": "ok" if i % 5 != 2 else "blank", "n_tiles": 2})
+    pd.DataFrame(qc).to_csv(R / "SYN" / "wsi_qc.tsv", sep="\t", index=False)
     for fold in range(N_FOLDS):
         train = [p for p, f in zip(patients, folds) if f != fold]
         nr = OmicsNormalizer("rna", min_std=0.1, n_quantiles=50, patch_size=16).fit(rna.loc[rna.index.isin(train)

@@ -555,29 +555,32 @@ def normalize_omics(normalizer: Any, df: pd.DataFrame, source: str = "table") ->
 def load_cohort_inputs(results: str | Path, cohort: str, normalizers: Mapping[str, Any],
                        patients: Sequence[str] | None = None) -> PatientInputs:
     """The cohort's normalised inputs: ``{R}/{cohort}/{rna,dnam}.parquet`` through the fold's normalisers (fitted
-    on its training patients at pretraining) and ``{R}/{cohort}/wsi/{patient}.npy`` (memory-mapped). A missing
-    file means nobody has that modality; a tile file with no tiles means the patient has no WSI."""
+    on its training patients at pretraining) and the tiles of the patients ``wsi_qc.tsv`` marks ``ok``
+    (``{R}/{cohort}/wsi/{patient}.npy``, memory-mapped), with the availability rules of
+    :func:`imputmae.data.load_patients` (the ones pretraining used)."""
+    from imputmae.data import load_patients
+
     root = Path(results) / cohort
-    keep = set(patients) if patients is not None else None
+    table = load_patients(results, [cohort])
+    if patients is not None:
+        table = table[table["patient"].isin(set(patients))]
     inp = PatientInputs(omics={})
     for m in ("rna", "dnam"):
-        path = root / f"{m}.parquet"
-        if m not in normalizers or not path.exists():
+        who = table.loc[table[f"has_{m}"], "patient"]
+        if m not in normalizers or who.empty:
             continue
+        path = root / f"{m}.parquet"
         df = pd.read_parquet(path)
         if df.index.name != "patient" and "patient" in df.columns:
             df = df.set_index("patient")
-        if keep is not None:
-            df = df[df.index.isin(keep)]
-        inp.omics[m] = normalize_omics(normalizers[m], df, str(path))
-    for f in sorted((root / "wsi").glob("*.npy")):
-        if keep is not None and f.stem not in keep:
-            continue
+        df.index = df.index.astype(str)
+        inp.omics[m] = normalize_omics(normalizers[m], df[df.index.isin(set(who))], str(path))
+    for p, f in table.loc[table["has_wsi"], ["patient", "wsi_path"]].itertuples(index=False):
         tiles = np.load(f, mmap_mode="r")
-        if tiles.ndim == 4 and tiles.shape[0] > 0 and tiles.shape[-1] == 3:
-            inp.tiles[f.stem] = tiles
-        elif tiles.shape[0] > 0:
+        if tiles.ndim != 4 or tiles.shape[-1] != 3:
             raise ValueError(f"{f}: expected uint8 tiles [K, H, W, 3], got shape {tiles.shape}")
+        if tiles.shape[0] > 0:
+            inp.tiles[p] = tiles
     return inp
 
 
