@@ -53,7 +53,7 @@ rule finetune:
         mem_mb=2000 if config.get("demo") else 64000,
         runtime=10 if config.get("demo") else 600,
     shell:
-        "{IMPUTMAE} finetune --checkpoint {input.checkpoint:q} --results {params.results:q} --cohort {wildcards.cohort} "
+        "python -m imputmae finetune --checkpoint {input.checkpoint:q} --results {params.results:q} --cohort {wildcards.cohort} "
         "--modset {wildcards.modset} --fold {wildcards.fold} --params {params.finetune:q} "
         "--cindex {params.cindex} --out {params.out_dir:q} --threads {threads} > {log} 2>&1"
 
@@ -81,7 +81,7 @@ rule cox_baseline:
         "../../envs/torch.yaml"
     threads: 1
     shell:
-        "{IMPUTMAE} cox-baseline --results {params.results:q} --cohort {wildcards.cohort} --modsets {params.modsets} "
+        "python -m imputmae cox-baseline --results {params.results:q} --cohort {wildcards.cohort} --modsets {params.modsets} "
         "--params {params.cox:q} --out {params.out_dir:q} > {log} 2>&1"
 
 
@@ -114,7 +114,7 @@ rule table3:
         "../../envs/torch.yaml"
     threads: 1
     shell:
-        "{IMPUTMAE} table3 --results {params.results:q} --cohorts {params.cohorts} --modsets {params.modsets} "
+        "python -m imputmae table3 --results {params.results:q} --cohorts {params.cohorts} --modsets {params.modsets} "
         "--folds {params.folds} --cindex {params.cindex} --km-modset {params.km_modset} {params.extra} > {log} 2>&1"
 
 
