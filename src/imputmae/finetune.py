@@ -13,8 +13,8 @@ The survival model (:class:`SurvivalModel`), per modality set (``rna``, ``dnam``
 
 Exact caching: the frozen layers do not change during fine-tuning, so each patient's hidden states *entering* the
 last block (and the imputed inputs behind them) are computed once (:func:`frozen_features`); only the last blocks,
-the fusion layer and the head run in the training loop. :func:`SurvivalModel.forward_inputs` recomputes the whole
-path from inputs; a test checks both give the same logits.
+the fusion layer and the head run in the training loop. tests/test_finetune.py checks that the cached path gives
+exactly :meth:`MultimodalMAE.encode`'s CLS embeddings; benchmarks/bench_finetune.py measures the speed-up.
 
 Which patients (a decision, written down): a single-modality set uses only the patients who **have** that
 modality (train, validation and test alike): no imputed data enters a unimodal row. ``all`` uses every patient of
@@ -131,19 +131,21 @@ def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
     tiles; a patient without tiles gets one imputed tile.
     """
     mae.eval()
+    dev = next(mae.parameters()).device
     data: dict[str, dict[str, Tensor]] = {m: {} for m in modalities}
     imputed = {m: np.zeros(len(patients), bool) for m in modalities}
     for i, p in enumerate(patients):
         have = {m: inputs.has(p, m) for m in MODALITIES}
         if not any(have.values()):
             raise ValueError(f"patient {p}: no modality available")
-        tiles = _tiles_to_tensor(inputs.tiles[p][:max_tiles]) if have["wsi"] else None
-        omics = {m: torch.from_numpy(np.asarray(inputs.omics[m][p], np.float32)) for m in ("rna", "dnam") if have[m]}
+        tiles = _tiles_to_tensor(inputs.tiles[p][:max_tiles]).to(dev) if have["wsi"] else None
+        omics = {m: torch.from_numpy(np.asarray(inputs.omics[m][p], np.float32)).to(dev)
+                 for m in ("rna", "dnam") if have[m]}
         need = [m for m in modalities if not have[m]]
         recon: dict[str, Tensor] = {}
         if need and missing == "impute":
             K = tiles.shape[0] if tiles is not None else 1
-            batch: dict[str, Tensor] = {"available": torch.tensor([[have[m] for m in MODALITIES]] * K)}
+            batch: dict[str, Tensor] = {"available": torch.tensor([[have[m] for m in MODALITIES]] * K, device=dev)}
             for m, x in omics.items():
                 batch[m] = x[None].expand(K, -1)
             if tiles is not None:
@@ -272,12 +274,12 @@ def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
             raise ValueError(f"no patient in the batch has {m}")
         K = max(t.shape[0] for t in hs if t is not None)
         h = ref.new_zeros(len(idx), K, *ref.shape[1:])
-        mask = torch.zeros(len(idx), K)
+        mask = ref.new_zeros(len(idx), K)
         for j, t in enumerate(hs):
             if t is not None:
                 h[j, : t.shape[0]] = t
                 mask[j, : t.shape[0]] = 1
-        out[m] = (h, mask, torch.from_numpy(ff.present[m][idx]))
+        out[m] = (h, mask, torch.from_numpy(ff.present[m][idx]).to(ref.device))
     return out
 
 
@@ -285,7 +287,8 @@ def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
 def predict_features(model: SurvivalModel, ff: FrozenFeatures, idx: np.ndarray, batch_size: int = 64) -> Tensor:
     """Hazard logits [len(idx), T] in eval mode."""
     model.eval()
-    outs = [model(_collate(ff, idx[i:i + batch_size], model.modalities)) for i in range(0, len(idx), batch_size)]
+    outs = [model(_collate(ff, idx[i:i + batch_size], model.modalities)).float().cpu()
+            for i in range(0, len(idx), batch_size)]
     return torch.cat(outs) if outs else torch.zeros(0, model.head.out_features)
 
 
@@ -333,8 +336,9 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
     steps_per_epoch = max(1, -(-len(fit_idx) // cfg.batch_size))
     warmup = cfg.warmup_epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    y_idx = torch.from_numpy(idx_durations)
-    y_ev = torch.from_numpy(label_events.astype(np.float32))
+    dev = next(model.parameters()).device
+    y_idx = torch.from_numpy(idx_durations).to(dev)
+    y_ev = torch.from_numpy(label_events.astype(np.float32)).to(dev)
     best = {"epoch": -1, "val": -np.inf, "state": copy.deepcopy(model.state_dict())}
     history = []
     for epoch in range(cfg.epochs):
@@ -344,7 +348,8 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
         for i in range(0, len(perm), cfg.batch_size):
             b = perm[i:i + cfg.batch_size]
             phi = model(_collate(ff, b, model.modalities))
-            loss = nll_logistic_hazard(phi, y_idx[b], y_ev[b])
+            bt = torch.from_numpy(b).to(dev)
+            loss = nll_logistic_hazard(phi, y_idx[bt], y_ev[bt])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite fine-tuning loss at epoch {epoch}")
             opt.zero_grad(set_to_none=True)
@@ -372,13 +377,16 @@ class FinetuneResult:
 
 def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFrame, train: Sequence[str],
                  test: Sequence[str], cfg: FinetuneConfig, fold: int = 0,
-                 features: FrozenFeatures | None = None) -> FinetuneResult:
+                 features: FrozenFeatures | None = None, device: str | torch.device | None = None) -> FinetuneResult:
     """One fold: select patients, fit cuts on training patients, split validation, cache, train, evaluate.
 
     clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
-    computed with the same MAE, modalities and ``missing`` for a superset of the patients.
+    computed with the same MAE, modalities and ``missing`` for a superset of the patients. ``device``: default
+    CUDA when available (the frozen-feature cache then lives on the GPU), else CPU.
     """
     t0 = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mae = mae.to(device)
     torch.manual_seed(cfg.seed)
     mods = cfg.modalities(mae.modalities)
     train = [p for p in select_patients(inputs, train, cfg.modset) if p in clinical.index]
@@ -409,7 +417,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     fit_idx = np.array([where[p] for p in fit])
     val_idx = np.array([where[p] for p in val])
     test_idx = np.array([where[p] for p in test])
-    model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
+    model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders).to(device)
     # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
     train_info = train_survival(model, ff, fit_idx, val_idx, idx_full, ev_lab, t_full, ev_full, cuts, cfg)
     t_train = time.perf_counter() - t0 - t_cache
@@ -423,7 +431,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     metrics.update(
         fold=int(fold), modset=cfg.modset, missing=cfg.missing, n_fit=n_fit, n_val=n_val, n_test=len(test_idx),
         n_test_events=int(ev_full[test_idx].sum()), best_epoch=train_info["best_epoch"],
-        best_val=train_info["best_val"], select_on=cfg.select_on,
+        best_val=train_info["best_val"], select_on=cfg.select_on, device=str(device),
         train_median_risk=float(np.median(risk[: n_fit + n_val])),
         n_test_imputed={m: int(ff.imputed[m][test_idx].sum()) for m in mods},
         seconds_cache=round(t_cache, 3), seconds_train=round(t_train, 3), history=train_info["history"])
