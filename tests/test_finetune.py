@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from imputmae.finetune import (FinetuneConfig, PatientInputs, SurvivalModel, complete_inputs, frozen_features,
+from imputmae.finetune import (FinetuneConfig, baseline_hazard_logits, cls_through_block, PatientInputs, SurvivalModel, complete_inputs, frozen_features,
                                impute_patients, load_survival_model, predict_patients, run_finetune,
                                save_survival_model, split_validation)
 from imputmae.model import MAEConfig, MultimodalMAE
@@ -172,3 +172,18 @@ def test_save_load_predict_round_trip(tmp_path):
     assert path.stat().st_size > 0
     imp = impute_patients(mae2, new, test)
     assert set(imp["rna"]) == {p for p in test if not new.has(p, "rna")}
+
+
+def test_cls_through_block_equals_the_block():
+    mae = tiny_mae()
+    blk = mae.encoders["wsi"].blocks[-1]
+    h = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cls_through_block(blk, h), blk(h)[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_baseline_hazard_logits_life_table():
+    idx = np.array([0, 1, 1, 2, 2, 2])
+    ev = np.array([1, 1, 0, 1, 0, 0])
+    h = torch.sigmoid(baseline_hazard_logits(idx, ev, 4, clip=(1e-6, 1 - 1e-6))).numpy()
+    # bin 0: 1 event of 6 at risk; bin 1: 1 of 5; bin 2: 1 of 3; bin 3: nobody at risk -> the lower clip
+    np.testing.assert_allclose(h, [1 / 6, 1 / 5, 1 / 3, 1e-6], rtol=1e-5)

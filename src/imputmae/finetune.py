@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
@@ -50,7 +51,8 @@ from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_t
                                risk_from_survival)
 
 __all__ = [
-    "FinetuneConfig", "PatientInputs", "FrozenFeatures", "SurvivalModel", "complete_inputs", "frozen_features",
+    "FinetuneConfig", "PatientInputs", "FrozenFeatures", "SurvivalModel", "cls_through_block",
+    "baseline_hazard_logits", "complete_inputs", "frozen_features",
     "select_patients", "split_validation", "train_survival", "predict_features", "run_finetune", "FinetuneResult",
     "save_survival_model", "load_survival_model", "predict_patients", "impute_patients",
     "normalizers_from_states", "normalize_omics", "load_cohort_inputs", "read_user_inputs", "imputed_tables",
@@ -215,6 +217,21 @@ def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
     return FrozenFeatures(patients, h, present, imputed)
 
 
+def cls_through_block(block: nn.Module, h: Tensor) -> Tensor:
+    """The CLS row of ``block(h)`` computed alone: h [B, 1 + N, D] -> [B, D]. Exact (the same arithmetic as
+    :class:`imputmae.model.Block` for that row: only the CLS query attends, only the CLS row goes through the MLP),
+    and O(N) instead of O(N^2) attention and N times less MLP work: only the CLS token is used downstream."""
+    B, T, D = h.shape
+    heads = block.attn.heads
+    qkv = block.attn.qkv(block.norm1(h)).view(B, T, 3, heads, D // heads)
+    q = qkv[:, :1, 0].transpose(1, 2)                                     # [B, H, 1, hd]
+    k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)    # [B, H, T, hd]
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, D)
+    x = h[:, :1] + block.attn.proj(y)
+    x = x + block.mlp(block.norm2(x))
+    return x[:, 0]
+
+
 class SurvivalModel(nn.Module):
     """Last encoder blocks (trainable) + fusion self-attention + linear hazard head; see the module docstring."""
 
@@ -242,7 +259,7 @@ class SurvivalModel(nn.Module):
     def embed_modality(self, m: str, h: Tensor, tile_mask: Tensor | None = None) -> Tensor:
         """h: [B, K, 1 + N, D] frozen hidden states, tile_mask [B, K] (1 = real tile) -> CLS mean over tiles [B, D]."""
         B, K, T, D = h.shape
-        cls = self.final_norms[m](self.last_blocks[m](h.reshape(B * K, T, D)))[:, 0].reshape(B, K, D)
+        cls = self.final_norms[m](cls_through_block(self.last_blocks[m], h.reshape(B * K, T, D))).reshape(B, K, D)
         if tile_mask is None:
             return cls.mean(1)
         w = tile_mask.to(cls.dtype)[..., None]
@@ -262,6 +279,17 @@ class SurvivalModel(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def baseline_hazard_logits(idx_durations: np.ndarray, events: np.ndarray, n_bins: int,
+                           clip: tuple[float, float] = (1e-3, 0.5)) -> Tensor:
+    """logit of the life-table hazard per bin, d_k / n_k (events at bin k over patients with index >= k), of the
+    given (training) labels, clipped to ``clip``: the initial bias of the hazard head -> [n_bins]."""
+    idx = np.asarray(idx_durations, dtype=np.int64)
+    d = np.bincount(idx, weights=np.asarray(events, dtype=float), minlength=n_bins)[:n_bins]
+    at_risk = np.cumsum(np.bincount(idx, minlength=n_bins)[:n_bins][::-1])[::-1]
+    h = np.clip(np.divide(d, at_risk, out=np.zeros(n_bins), where=at_risk > 0), *clip)
+    return torch.from_numpy(np.log(h / (1 - h))).float()
 
 
 def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
@@ -417,7 +445,10 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     fit_idx = np.array([where[p] for p in fit])
     val_idx = np.array([where[p] for p in val])
     test_idx = np.array([where[p] for p in test])
-    model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders).to(device)
+    model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
+    with torch.no_grad():  # start from the training patients' discrete hazards, not from hazard 0.5 in every bin
+        model.head.bias.copy_(baseline_hazard_logits(idx_full[fit_idx], ev_lab[fit_idx], len(cuts)))
+    model = model.to(device)
     # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
     train_info = train_survival(model, ff, fit_idx, val_idx, idx_full, ev_lab, t_full, ev_full, cuts, cfg)
     t_train = time.perf_counter() - t0 - t_cache
