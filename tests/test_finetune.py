@@ -187,3 +187,14 @@ def test_baseline_hazard_logits_life_table():
     h = torch.sigmoid(baseline_hazard_logits(idx, ev, 4, clip=(1e-6, 1 - 1e-6))).numpy()
     # bin 0: 1 event of 6 at risk; bin 1: 1 of 5; bin 2: 1 of 3; bin 3: nobody at risk -> the lower clip
     np.testing.assert_allclose(h, [1 / 6, 1 / 5, 1 / 3, 1e-6], rtol=1e-5)
+
+
+def test_zero_filling_with_a_batch_lacking_a_modality():
+    """missing="zero": a batch where nobody has WSI still trains (zero WSI embeddings), and is not imputed."""
+    mae = tiny_mae()
+    patients, inp, clinical = synthetic_cohort()
+    train, test = _fold(patients)
+    for p in patients[:-3]:  # only the last 3 patients keep tiles: most batches have no WSI
+        inp.tiles.pop(p, None)
+    res = run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset="all", missing="zero", **CFG))
+    assert np.isfinite(res.metrics["antolini"]) and not res.predictions.filter(like="imputed_").to_numpy().any()

@@ -298,9 +298,11 @@ def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
     for m in modalities:
         hs = [ff.h[m][i] for i in idx]
         ref = next((t for t in hs if t is not None), None)
-        if ref is None:  # nobody in the batch has m: zero embeddings
-            raise ValueError(f"no patient in the batch has {m}")
-        K = max(t.shape[0] for t in hs if t is not None)
+        if ref is None:  # nobody in the batch has m (missing="zero"): shapes from anyone; embeddings zeroed below
+            ref = next((t for t in ff.h[m] if t is not None), None)
+            if ref is None:
+                raise ValueError(f"no patient has {m}")
+        K = max((t.shape[0] for t in hs if t is not None), default=1)
         h = ref.new_zeros(len(idx), K, *ref.shape[1:])
         mask = ref.new_zeros(len(idx), K)
         for j, t in enumerate(hs):
