@@ -68,6 +68,31 @@ def _is_ddp() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _global_mean_losses(raw_model: MultimodalMAE, batch: Mapping[str, torch.Tensor],
+                        masks: Mapping[str, torch.Tensor], losses: Mapping[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, bool]]:
+    """Rescale each rank's per-modality mean so that DDP's gradient average is the gradient of the global mean.
+
+    Ranks count different numbers of target elements (modality sets differ; masked omics patches hold different
+    amounts of padding), so the plain average of per-rank means is not the global batch's mean. Each rank's mean
+    is multiplied by ``world * n_local / n_global`` (counts all-reduced; constants for autograd). Also returns
+    whether any rank's batch had each modality.
+    """
+    world = dist.get_world_size()
+    counts = []
+    for m in raw_model.modalities:
+        valid = batch["available"][:, MODALITIES.index(m)].float()
+        per_patch = raw_model.element_weight(m).sum(-1)                          # [N] real elements per patch
+        counts.append(((masks[m].float() * valid[:, None]) * per_patch).sum())
+    local = torch.stack(counts).detach().double()
+    total = local.clone()
+    dist.all_reduce(total)
+    scale = torch.where(total > 0, world * local / total.clamp_min(1), torch.zeros_like(total))
+    scaled = {m: losses[m] * scale[i].to(losses[m].dtype) for i, m in enumerate(raw_model.modalities)}
+    present = {m: bool(total[i] > 0) for i, m in enumerate(raw_model.modalities)}
+    return torch.stack(list(scaled.values())).sum(), scaled, present
+
+
 def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
                     epoch: int, *, step: int, lr_fn: Callable[[int], float], modalities: Sequence[str],
                     sums: Mapping[str, float] | None = None, stop: Callable[[], bool] | None = None,
@@ -92,7 +117,11 @@ def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.
         noise = {m: batch.pop(f"noise_{m}").to(device, non_blocking=True) for m in modalities}
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _, _, losses = model(batch, noise=noise)
+            loss, _, masks, losses = model(batch, noise=noise)
+        if _is_ddp():
+            loss, losses, present = _global_mean_losses(model.module, batch, masks, losses)
+        else:
+            present = {m: bool(batch["available"][:, MODALITIES.index(m)].any()) for m in modalities}
         if not torch.isfinite(loss):
             detail = ", ".join(f"{m}={v.item():.4g}" for m, v in losses.items())
             raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step} ({detail}), lr {lr:.3g}: "
@@ -104,8 +133,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.
         batches += 1
         acc["steps"] += 1
         acc["loss"] += loss.item()
-        for j, m in enumerate(modalities):
-            if bool(batch["available"][:, MODALITIES.index(m)].any()):
+        for m in modalities:
+            if present[m]:
                 acc[f"loss_{m}"] += losses[m].item()
                 acc[f"n_{m}"] += 1
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
@@ -267,7 +296,8 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     if cfg["model"].get("vit_mae_weights") and "wsi" in modalities:
         load_vit_mae_weights(model, cfg["model"]["vit_mae_weights"])
     model.to(dev)
-    optimizer = torch.optim.AdamW(param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=tuple(pc["betas"]))
+    optimizer = torch.optim.AdamW(param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=tuple(pc["betas"]),
+                                  foreach=True)   # one kernel per step over all tensors
     per_rank = pc["batch_size"] // world
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=pc["seed"])
     steps_per_epoch = math.ceil(len(sampler) / per_rank)
