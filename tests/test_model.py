@@ -223,3 +223,13 @@ def test_config_from_pipeline_config():
     assert MAEConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="rna_len"):
         MAEConfig.from_config(cfg, rna_len=0, dnam_len=10)
+
+
+def test_wsi_head_matmul_equals_transposed_convolution():
+    from imputmae.model import WSIHead
+
+    torch.manual_seed(0)
+    head = WSIHead(24, 16)
+    torch.nn.init.normal_(head.pixel_bias)
+    x = torch.randn(3, 16, 24)
+    torch.testing.assert_close(head(x), head.forward_conv(x), atol=1e-5, rtol=1e-5)
