@@ -13,6 +13,9 @@ the next ``times`` matching requests: ``cut`` (send ``after`` bytes of the body,
 ``delay`` seconds before the body), ``ignore_range`` (answer 200 with the whole body), ``redirect`` (302 to the
 same path on ``localhost``, another host name for the same server), ``403_echo`` (403 whose body echoes the
 X-Auth-Token it received, to check that the client redacts it). Every request is logged in ``server.requests``.
+
+Run alone (``python tests/gdc_server.py MIRROR``) it prints its URL and serves until stdin closes; then
+``POST /_faults`` (a JSON fault: target, kind, ...) queues a fault and ``GET /_requests`` returns the log.
 """
 
 from __future__ import annotations
@@ -167,6 +170,11 @@ def _make_handler(server: GDCServer) -> type[BaseHTTPRequestHandler]:
 
         def _route(self, req: Request, params: dict[str, Any]) -> None:
             path = req.path.strip("/")
+            if path == "_faults" and req.method == "POST":
+                server.add_fault(**params)
+                return self._send_json(req, 200, {"queued": params})
+            if path == "_requests":
+                return self._send_json(req, 200, [r.__dict__ for r in server.requests if r.path != "/_requests"])
             fault = server.take_fault(path)
             if self._common_fault(req, fault):
                 return
@@ -263,3 +271,16 @@ def write_mirror(root: str | Path, files: list[tuple[dict[str, Any], bytes]], ca
     (root / "cases.json").write_text(json.dumps([{**c, "id": c["case_id"]} for c in cases]))
     (root / "status.json").write_text(json.dumps({"data_release": data_release, "status": "OK"}))
     return root
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mirror")
+    ap.add_argument("--chunk-size", type=int, default=1 << 20)
+    a = ap.parse_args()
+    with GDCServer(a.mirror, chunk_size=a.chunk_size) as srv:
+        print(srv.url, flush=True)
+        sys.stdin.read()  # serve until the parent closes our stdin
