@@ -238,6 +238,20 @@ def test_manifest_pages_survive_500_and_429(server, sleeps):
     assert sleeps == [0.01, 7.0, 0.02, 0.04]  # status backoff; Retry-After; backoff doubling per attempt
 
 
+def test_slow_query_times_out_and_is_retried(server, sleeps):
+    server.add_fault("cases", "slow", delay=1.2)
+    clinical, qc, _ = gdc.fetch_clinical(gdc.HttpTransport(server.url, timeout_s=0.3), PROJECTS, page_size=50,
+                                         retries=2, backoff_s=0.01)
+    assert len(clinical) + len(qc) == 8 and sleeps == [0.01]
+
+
+def test_retry_after_forms():
+    from email.utils import formatdate
+
+    assert gdc._retry_after("12") == 12.0 and gdc._retry_after(None) is None and gdc._retry_after("soon") is None
+    assert 50 < gdc._retry_after(formatdate(__import__("time").time() + 60, usegmt=True)) <= 60
+
+
 def test_manifest_gives_up_with_a_clear_error(server, sleeps):
     server.add_fault("files", "500", times=99)
     with pytest.raises(gdc.GDCError, match=r"POST /files \(from=0\): gave up after 4 attempts: .*HTTP 500"):
