@@ -21,6 +21,7 @@ Run alone (``python tests/gdc_server.py MIRROR``) it prints its URL and serves u
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -207,8 +208,8 @@ def _make_handler(server: GDCServer) -> type[BaseHTTPRequestHandler]:
             hit = server.files.get(file_id)
             if hit is None:
                 return self._send_json(req, 404, {"message": f"file {file_id} not found"})
-            data = (server.mirror / "data" / file_id / hit["file_name"]).read_bytes()
-            total = len(data)
+            path = server.mirror / "data" / file_id / hit["file_name"]
+            total = path.stat().st_size
             start, end = 0, total - 1
             kind = fault.kind if fault else None
             ranged = req.range is not None and kind != "ignore_range"
@@ -224,30 +225,40 @@ def _make_handler(server: GDCServer) -> type[BaseHTTPRequestHandler]:
                     self.end_headers()
                     req.status = 416
                     return
-            body = data[start:end + 1]
+            length = end + 1 - start
             self.send_response(206 if ranged else 200)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
             self.send_header("Content-Disposition", f"attachment; filename={hit['file_name']}")
             if ranged:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
             self.end_headers()
+            self.wfile.flush()
             req.status = 206 if ranged else 200
-            if kind == "wrong":
-                body = bytes(b ^ 0xFF for b in body[:64]) + body[64:]
             if kind == "slow":
                 time.sleep(fault.delay)
             if kind == "cut":
-                body = body[:fault.after]
+                length = min(length, fault.after)
             try:
-                for i in range(0, len(body), server.chunk_size):
-                    self.wfile.write(body[i:i + server.chunk_size])
-                    req.bytes_sent += min(server.chunk_size, len(body) - i)
+                with open(path, "rb") as fh:
+                    if kind == "wrong":  # same length, the first bytes flipped
+                        fh.seek(start)
+                        body = bytearray(fh.read(length))
+                        body[:64] = bytes(x ^ 0xFF for x in body[:64])
+                        self.wfile.write(body)
+                        req.bytes_sent = len(body)
+                    else:  # zero-copy, in chunks so that bytes_sent is known if the client goes away
+                        sock, offset = self.connection.fileno(), start
+                        while req.bytes_sent < length:
+                            n = os.sendfile(sock, fh.fileno(), offset, min(server.chunk_size, length - req.bytes_sent))
+                            if n == 0:
+                                break
+                            offset += n
+                            req.bytes_sent += n
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
                 return
             if kind == "cut":  # the connection drops before Content-Length bytes were sent
-                self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
 
