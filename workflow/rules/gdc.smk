@@ -72,7 +72,7 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: 1
         shell:
-            "{IMPUTMAE} gdc manifest {params.projects} --out {output} --page-size {params.page_size} "
+            "python -m imputmae gdc manifest {params.projects} --out {output} --page-size {params.page_size} "
             "{params.source} {params.request} > {log} 2>&1"
 
     checkpoint gdc_select:
@@ -93,7 +93,7 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: 1
         shell:
-            "{IMPUTMAE} gdc select {input} --out {output} --download-dir {params.download_dir:q} "
+            "python -m imputmae gdc select {input} --out {output} --download-dir {params.download_dir:q} "
             "{params.sample_types} > {log} 2>&1"
 
     rule gdc_download:
@@ -117,7 +117,7 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: config["gdc"]["workers"]
         shell:
-            "{IMPUTMAE} gdc download {input.selected} --modality {wildcards.modality} --dest {params.dest:q} "
+            "python -m imputmae gdc download {input.selected} --modality {wildcards.modality} --dest {params.dest:q} "
             "--report {output} --workers {threads} --no-progress {params.source} {params.request} > {log} 2>&1"
 
     rule gdc_clinical:
@@ -141,7 +141,7 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: 1
         shell:
-            "{IMPUTMAE} gdc clinical {params.projects} --out {output.clinical} --qc {output.qc} "
+            "python -m imputmae gdc clinical {params.projects} --out {output.clinical} --qc {output.qc} "
             "--page-size {params.page_size} {params.source} {params.request} > {log} 2>&1"
 
     rule table2:
@@ -164,7 +164,7 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: 1
         shell:
-            "{IMPUTMAE} tables table2 --results {params.results:q} {params.cohorts} --out {params.prefix:q} "
+            "python -m imputmae tables table2 --results {params.results:q} {params.cohorts} --out {params.prefix:q} "
             "> {log} 2>&1"
 
     TARGETS.extend([rules.table2.output.csv, rules.table2.output.md])
