@@ -57,13 +57,14 @@ class Request:
 class GDCServer:
     """``with GDCServer(mirror) as srv: srv.url`` ... ; ``srv.add_fault("data/<id>", "cut", after=1000)``."""
 
-    def __init__(self, mirror: str | Path, chunk_size: int = 1 << 16):
+    def __init__(self, mirror: str | Path, chunk_size: int = 1 << 16, rate: float | None = None):
         self.mirror = Path(mirror)
         self.hits = {name: json.loads((self.mirror / f"{name}.json").read_text()) for name in ("files", "cases")}
         status = self.mirror / "status.json"
         self.status = json.loads(status.read_text()) if status.is_file() else {"data_release": "Data Release 0"}
         self.files = {h["file_id"]: h for h in self.hits["files"]}
         self.chunk_size = chunk_size
+        self.rate = rate  # bytes/s per connection for /data bodies (a network's pace); None: as fast as possible
         self.faults: dict[str, list[Fault]] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -248,8 +249,10 @@ def _make_handler(server: GDCServer) -> type[BaseHTTPRequestHandler]:
                         self.wfile.write(body)
                         req.bytes_sent = len(body)
                     else:  # zero-copy, in chunks so that bytes_sent is known if the client goes away
-                        sock, offset = self.connection.fileno(), start
+                        sock, offset, t0 = self.connection.fileno(), start, time.perf_counter()
                         while req.bytes_sent < length:
+                            if server.rate:
+                                time.sleep(max(0.0, t0 + req.bytes_sent / server.rate - time.perf_counter()))
                             n = os.sendfile(sock, fh.fileno(), offset, min(server.chunk_size, length - req.bytes_sent))
                             if n == 0:
                                 break
@@ -291,7 +294,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mirror")
     ap.add_argument("--chunk-size", type=int, default=1 << 20)
+    ap.add_argument("--rate-mib", type=float, default=None, help="MiB/s per connection for /data bodies")
     a = ap.parse_args()
-    with GDCServer(a.mirror, chunk_size=a.chunk_size) as srv:
+    rate = a.rate_mib * 2**20 if a.rate_mib else None
+    with GDCServer(a.mirror, chunk_size=a.chunk_size if not rate else 1 << 18, rate=rate) as srv:
         print(srv.url, flush=True)
         sys.stdin.read()  # serve until the parent closes our stdin
