@@ -532,6 +532,11 @@ def test_mirror_resume_corrupt_and_missing(tmp_path):
     assert not (tmp_path / "d" / "f02" / rows.file_name[1]).exists()
     assert (src / "data" / "f02" / rows.file_name[1]).read_bytes() == b"not the file"  # the mirror is untouched
     assert sorted(p.name for p in (tmp_path / "d").rglob("*") if p.is_file()) == [rows.file_name[0]]
+    # a .part hard-linked to the mirror (a run killed between link and rename) is never appended to
+    short = src / "data" / "f02" / rows.file_name[1]
+    os.link(short, tmp_path / "d" / "f02" / (rows.file_name[1] + ".part"))
+    rep = _download(rows.iloc[[1]], tmp_path / "d", gdc.MirrorTransport(src, link=False))
+    assert rep.loc["f02", "status"] == "failed" and short.read_bytes() == b"not the file"
 
 
 # --------------------------------------------------------------------------------------------------- clinical

@@ -759,6 +759,9 @@ def _download_one(transport: Transport, file_id: str, file_name: str, md5sum: st
         if offset > size:
             part.unlink()
             offset = 0
+        elif offset and part.stat().st_nlink > 1:  # a hard link into a mirror: appending would modify the mirror
+            shutil.copyfile(part, part.with_name(part.name + ".copy"))
+            os.replace(part.with_name(part.name + ".copy"), part)
         h = hashlib.md5(usedforsecurity=False)
         if offset:
             with open(part, "rb") as fh:
