@@ -1,11 +1,14 @@
-# GDC acquisition: manifest (checkpoint) -> per-patient selection (checkpoint) -> verified downloads -> clinical
+# GDC acquisition: manifest (checkpoint) -> per-patient selection (checkpoint) -> verified downloads (checkpoint)
 # labels -> Table 2. Only cohorts given as GDC projects (GDC_COHORTS) have these rules; cohorts given as tables
 # bring their own matrices and labels.
 #
-# Other rule files use the two helpers below:
-#   selected_files(cohort, modality) -> DataFrame of the selected rows (patient, file_id, local_path, ...)
-#   download_report(cohort, modality) -> path of the download report (an input that makes the files exist;
-#                                         rows with status "failed" count as missing)
+# Other rule files use the helpers below:
+#   selected_files(cohort, modality)   -> DataFrame of the selected rows (patient, file_id, local_path, ...)
+#   download_report(cohort, modality)  -> path of the download report (one row per selected file, with its status;
+#                                          "failed" rows count as missing). Depend on it, not on the data files:
+#                                          no rule has the downloaded files as outputs.
+#   downloaded_files(cohort, modality) -> the selected rows whose download was verified (after the gdc_download
+#                                          checkpoint ran), so their local_path exist and may be listed as inputs.
 import shlex
 
 import pandas as pd
@@ -41,6 +44,18 @@ def selected_files(cohort, modality):
 def download_report(cohort, modality):
     """Path of the download report of ``cohort``/``modality`` (one row per selected file, with its status)."""
     return f"{RESULTS}/{cohort}/gdc/download_{modality}.tsv"
+
+
+def downloaded_files(cohort, modality):
+    """The selected rows of ``cohort``/``modality`` whose files were downloaded and verified (report status
+    ``downloaded`` or ``present``), read after the gdc_download checkpoint; ``local_path`` from the report."""
+    table = pd.read_csv(checkpoints.gdc_download.get(cohort=cohort, modality=modality).output[0], sep="\t",
+                         dtype={"file_id": str, "local_path": str, "status": str})
+    ok = table[table["status"].isin(["downloaded", "present"])].set_index("file_id")["local_path"]
+    rows = selected_files(cohort, modality)
+    rows = rows[rows["file_id"].isin(ok.index)].copy()
+    rows["local_path"] = rows["file_id"].map(ok)
+    return rows.reset_index(drop=True)
 
 
 if GDC_COHORTS:
@@ -96,7 +111,7 @@ if GDC_COHORTS:
             "python -m imputmae gdc select {input} --out {output} --download-dir {params.download_dir:q} "
             "{params.sample_types} > {log} 2>&1"
 
-    rule gdc_download:
+    checkpoint gdc_download:
         input:
             selected=f"{RESULTS}/{{cohort}}/gdc/selected.parquet",
             source=gdc_source_inputs,
