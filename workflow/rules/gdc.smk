@@ -77,6 +77,8 @@ if GDC_COHORTS:
             source=gdc_source_args(),
             request=gdc_request_args(),
             page_size=config["gdc"]["page_size"],
+        resources:
+            gdc_api=1,  # the profiles cap concurrent GDC API use
         log:
             "logs/gdc_manifest/{cohort}.log",
         benchmark:
@@ -121,6 +123,8 @@ if GDC_COHORTS:
             dest=config["gdc"]["download_dir"],
             source=gdc_source_args(),
             request=gdc_request_args(),
+        resources:
+            gdc_api=1,  # the profiles cap concurrent GDC API use
         log:
             "logs/gdc_download/{cohort}_{modality}.log",
         benchmark:
@@ -146,6 +150,8 @@ if GDC_COHORTS:
             source=gdc_source_args(),
             request=gdc_request_args(),
             page_size=config["gdc"]["page_size"],
+        resources:
+            gdc_api=1,  # the profiles cap concurrent GDC API use
         log:
             "logs/gdc_clinical/{cohort}.log",
         benchmark:
