@@ -634,6 +634,16 @@ def test_cli_end_to_end_on_a_mirror(mirror, tmp_path):
     assert t.loc["C"].to_dict() == {"DNAm": 33.33, "Clinical": 50.0, "WSI": 50.0, "RNA count": 6}
     assert t.loc["AAA", "RNA count"] == 3 and t.loc["BBB", "RNA count"] == 3
     assert (R / "tables" / "table2.md").read_text().startswith("**Table 2: Modality availability")
+    # with the download reports, a failed download counts as missing
+    rna = pd.read_csv(g / "download_rna.tsv", sep="\t")
+    rna.loc[rna["file_id"] == "f01", "status"] = "failed"
+    rna.to_csv(g / "download_rna.tsv", sep="\t", index=False)
+    assert main(["tables", "table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "t2"),
+                 "--with-downloads"]) == 0
+    assert pd.read_csv(R / "tables" / "t2.csv").set_index("Cohort").loc["C", "RNA count"] == 5
+    (g / "download_wsi.tsv").unlink()
+    assert main(["tables", "table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "t3"),
+                 "--with-downloads"]) == 2
     for p in pd.read_parquet(g / "selected.parquet")["local_path"]:
         assert hashlib.md5(Path(p).read_bytes()).hexdigest()  # every selected file is there
 

@@ -169,7 +169,6 @@ if GDC_COHORTS:
         input:
             selected=expand(f"{RESULTS}/{{cohort}}/gdc/selected.parquet", cohort=GDC_COHORTS),
             clinical=expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=GDC_COHORTS),
-            downloads=expand(download_report("{cohort}", "{modality}"), cohort=GDC_COHORTS, modality=GDC_MODALITIES),
         output:
             csv=f"{RESULTS}/tables/table2.csv",
             md=f"{RESULTS}/tables/table2.md",
