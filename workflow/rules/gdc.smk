@@ -188,3 +188,4 @@ if GDC_COHORTS:
             "> {log} 2>&1"
 
     TARGETS.extend([rules.table2.output.csv, rules.table2.output.md])
+    TARGETS.extend(download_report(c, m) for c in GDC_COHORTS for m in GDC_MODALITIES)
