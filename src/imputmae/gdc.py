@@ -60,6 +60,9 @@ __all__ = [
     "match_filters",
     "field_values",
     "project_fields",
+    "paginate",
+    "RetryableError",
+    "Token",
     "Transport",
     "HttpTransport",
     "MirrorTransport",
@@ -303,7 +306,7 @@ class RetryableError(GDCError):
         self.retry_after = retry_after
 
 
-class _Token:
+class Token:
     """The X-Auth-Token value; its repr and str never show it."""
 
     def __init__(self, value: str):
@@ -315,7 +318,7 @@ class _Token:
     __str__ = __repr__
 
 
-def read_token(path: str | os.PathLike[str] | None) -> _Token | None:
+def read_token(path: str | os.PathLike[str] | None) -> Token | None:
     """The token in ``path`` (whitespace stripped), or ``None`` when no path is given.
 
     Raises:
@@ -330,7 +333,7 @@ def read_token(path: str | os.PathLike[str] | None) -> _Token | None:
         raise GDCError(f"token file {p}: cannot read it ({exc.strerror}); download a token from the GDC portal") from None
     if not value:
         raise GDCError(f"token file {p} is empty; download a token from the GDC portal")
-    return _Token(value)
+    return Token(value)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -366,7 +369,7 @@ class HttpTransport:
         chunk_size: bytes per read of a streamed body.
     """
 
-    def __init__(self, api: str, timeout_s: float = 60.0, token: _Token | None = None, chunk_size: int = 1 << 20):
+    def __init__(self, api: str, timeout_s: float = 60.0, token: Token | None = None, chunk_size: int = 1 << 20):
         self.api = api.rstrip("/")
         self.source = self.api
         self.timeout_s = timeout_s
