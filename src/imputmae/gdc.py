@@ -844,10 +844,17 @@ def download_files(manifest: pd.DataFrame, dest: str | os.PathLike[str], transpo
     bar = tqdm(total=int(rows["file_size"].sum()), unit="B", unit_scale=True, unit_divisor=1024,
                desc="gdc download", disable=not progress, mininterval=1.0)
     lock = threading.Lock()
+    done = {"files": 0, "failed": 0}
 
     def tick(n: int) -> None:
         with lock:
             bar.update(n)
+
+    def finished(failed: bool) -> None:
+        with lock:
+            done["files"] += 1
+            done["failed"] += failed
+            bar.set_postfix_str(f"{done['files']}/{len(rows)} files, {done['failed']} failed", refresh=False)
 
     def one(row: Any) -> dict[str, Any]:
         r = _download_one(transport, row.file_id, row.file_name, row.md5sum, int(row.file_size), dest, retries,
@@ -856,6 +863,7 @@ def download_files(manifest: pd.DataFrame, dest: str | os.PathLike[str], transpo
             tick(int(row.file_size))
         if r.status == "failed":
             log.error("%s (%s): FAILED: %s", row.file_id, row.file_name, r.reason)
+        finished(r.status == "failed")
         return {"file_id": row.file_id, "file_name": row.file_name,
                 "local_path": str(dest / row.file_id / row.file_name), "md5sum": row.md5sum,
                 "md5_verified": r.md5_verified, "bytes": r.bytes, "status": r.status, "reason": r.reason,
