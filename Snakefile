@@ -15,6 +15,11 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 
 
+wildcard_constraints:
+    cohort="|".join(COHORTS),
+    fold=r"\d+",
+
+
 rule all:
     input:
         all_targets,
@@ -22,6 +27,7 @@ rule all:
 
 
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/gdc.smk"
 
 
 include: "workflow/rules/pretrain.smk"

@@ -1,5 +1,6 @@
-# Shared by every rule file: validation, the cohort table, paths, and the list of final targets.
+# Shared by the workflow: validation, the cohort table, paths, and the list of final targets.
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -9,6 +10,8 @@ SRC = str(Path(workflow.basedir) / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
+from snakemake.settings.types import DeploymentMethod  # noqa: E402
+
 from imputmae.config import ConfigError, validate_config  # noqa: E402
 
 try:
@@ -16,13 +19,17 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-IMPUTMAE = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python -m imputmae"
+# Every shell command runs `python -m imputmae ...` (the imputmae CLI) with this checkout's sources first on the
+# path; without --use-conda, `python` is the interpreter running Snakemake (the project's .venv).
+_USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+_PATH = "" if _USE_CONDA else f'export PATH="{Path(sys.executable).parent}:$PATH"; '
+shell.prefix(f'set -euo pipefail; {_PATH}export PYTHONPATH="{SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 RESULTS = config["results"]
 COHORTS = sorted(config["cohorts"])
 GDC_COHORTS = [c for c in COHORTS if "projects" in config["cohorts"][c]]
 TABLE_COHORTS = [c for c in COHORTS if "tables" in config["cohorts"][c]]
 
-# Each rule file appends what `rule all` should build: paths, or functions of wildcards returning paths.
+# Each rule file appends the final outputs (paths, or functions of wildcards returning paths) to TARGETS.
 TARGETS = []
 
 
@@ -47,6 +54,50 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-wildcard_constraints:
-    cohort="|".join(COHORTS) if COHORTS else "NONE",
-    fold=r"\d+",
+
+# ------------------------------------------------------------------------------------------- GDC stage
+import pandas as pd  # noqa: E402
+
+GDC_MODALITIES = ["rna", "dnam", "wsi"]
+
+
+def gdc_request_args():
+    """Retries, timeout and token of every GDC request (the token file's path only; its content is never shown)."""
+    g = config["gdc"]
+    args = f"--retries {g['retries']} --timeout {g['timeout_s']}"
+    if g["token_file"]:
+        args += f" --token-file {shlex.quote(g['token_file'])}"
+    return args
+
+
+def gdc_source_inputs(wildcards):
+    """The demo mirror must exist before anything reads it."""
+    return [rules.demo_data.output.files, rules.demo_data.output.cases] if config.get("demo") else []
+
+
+def gdc_project_args(wildcards):
+    return " ".join(f"--project {shlex.quote(p)}" for p in config["cohorts"][wildcards.cohort]["projects"])
+
+
+def selected_files(cohort, modality):
+    """The selected rows of ``cohort`` for ``modality`` (rna, dnam, wsi), read after the gdc_select checkpoint."""
+    path = checkpoints.gdc_select.get(cohort=cohort).output[0]
+    df = pd.read_parquet(path)
+    return df[df["modality"] == modality].reset_index(drop=True)
+
+
+def download_report(cohort, modality):
+    """Path of the download report of ``cohort``/``modality`` (one row per selected file, with its status)."""
+    return f"{RESULTS}/{cohort}/gdc/download_{modality}.tsv"
+
+
+def downloaded_files(cohort, modality):
+    """The selected rows of ``cohort``/``modality`` whose files were downloaded and verified (report status
+    ``downloaded`` or ``present``), read after the gdc_download checkpoint; ``local_path`` from the report."""
+    table = pd.read_csv(checkpoints.gdc_download.get(cohort=cohort, modality=modality).output[0], sep="\t",
+                         dtype={"file_id": str, "local_path": str, "status": str})
+    ok = table[table["status"].isin(["downloaded", "present"])].set_index("file_id")["local_path"]
+    rows = selected_files(cohort, modality)
+    rows = rows[rows["file_id"].isin(ok.index)].copy()
+    rows["local_path"] = rows["file_id"].map(ok)
+    return rows.reset_index(drop=True)

@@ -9,23 +9,18 @@ PRETRAIN_RUNS = ["multimodal"] + list(config["pretrain"]["unimodal"])
 PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"]["per_fold"] else [0]
 
 
-def pretrain_inputs(wildcards):
-    """Every cohort's labels, omics matrices and WSI QC table (tiles are listed by the QC table)."""
-    return {
-        "splits": f"{RESULTS}/splits.parquet",
-        "clinical": expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
-        "rna": expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
-        "dnam": expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
-        "wsi_qc": expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
-    }
+# Every cohort's labels, omics matrices and WSI QC table (the QC table lists the tile files).
+STAGE_TABLES = {
+    "clinical": expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
+    "rna": expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
+    "dnam": expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
+    "wsi_qc": expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
+}
 
 
 rule splits:
     input:
-        clinical=expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
-        rna=expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
-        dnam=expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
-        wsi_qc=expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
+        **STAGE_TABLES,
     output:
         f"{RESULTS}/splits.parquet",
     params:
@@ -42,14 +37,15 @@ rule splits:
 
 rule pretrain:
     input:
-        unpack(pretrain_inputs),
+        splits=f"{RESULTS}/splits.parquet",
+        **STAGE_TABLES,
     output:
         checkpoint=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/checkpoint.pt",
         metrics=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/metrics.csv",
         plot=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/loss.png",
     params:
         cfg=as_json(config),
-        out_dir=lambda wildcards: f"{RESULTS}/pretrain/{wildcards.run}/fold{wildcards.fold}",
+        out_dir=subpath(output.checkpoint, parent=True),
     wildcard_constraints:
         run="multimodal|rna|dnam|wsi",
     log:
