@@ -32,7 +32,7 @@ rule splits:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "{IMPUTMAE} splits --config-json {params.cfg:q} --out {output:q} > {log} 2>&1"
+        "python -m imputmae splits --config-json {params.cfg:q} --out {output:q} > {log} 2>&1"
 
 
 rule pretrain:
@@ -60,7 +60,7 @@ rule pretrain:
         mem_mb=4000 if config.get("demo") else 64000,
         runtime=30 if config.get("demo") else 2880,
     shell:
-        "{IMPUTMAE} pretrain --config-json {params.cfg:q} --run {wildcards.run} --fold {wildcards.fold} "
+        "python -m imputmae pretrain --config-json {params.cfg:q} --run {wildcards.run} --fold {wildcards.fold} "
         "--out-dir {params.out_dir:q} --resume --threads {threads} --no-progress > {log} 2>&1"
 
 
@@ -76,7 +76,7 @@ rule table4:
         imputation=f"{RESULTS}/tables/table4_imputation.csv",
     params:
         cfg=as_json(config),
-        out_dir=f"{RESULTS}/tables",
+        out_dir=subpath(output.csv, parent=True),
     log:
         "logs/table4/table4.log",
     benchmark:
@@ -85,7 +85,7 @@ rule table4:
         "../../envs/torch.yaml"
     threads: 2
     shell:
-        "{IMPUTMAE} table4 --config-json {params.cfg:q} --out-dir {params.out_dir:q} --threads {threads} > {log} 2>&1"
+        "python -m imputmae table4 --config-json {params.cfg:q} --out-dir {params.out_dir:q} --threads {threads} > {log} 2>&1"
 
 
 TARGETS.append(rules.table4.output.csv)
