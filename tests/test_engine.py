@@ -78,10 +78,12 @@ def test_resume_after_sigterm_equals_uninterrupted(results):
     part = results / "part"
     b1 = pretrain(cfg, run="multimodal", fold=0, out_dir=part, on_step=preempt, progress=False)
     assert b1["status"] == "preempted"
-    ck = load_checkpoint(part / "checkpoint.pt")
+    assert not (part / "checkpoint.pt").exists()          # the final output appears only when training completes
+    ck = load_checkpoint(part / "last.pt")
     assert (ck["epoch"], ck["step"], ck["extra"]["batches_done"]) == (1, 7, 2)
     b2 = pretrain(cfg, run="multimodal", fold=0, out_dir=part, resume=True, progress=False)
     assert b2["status"] == "completed"
+    assert not (part / "last.pt").exists()
     wa, wb = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
     assert wa["step"] == wb["step"] == 15
     for k in wa["model"]:

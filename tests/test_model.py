@@ -45,7 +45,8 @@ def test_random_masking_counts_and_restore(seed):
     ids_keep, mask, ids_restore = random_masking(noise, 3)
     assert ids_keep.shape == (4, 3) and mask.sum(1).tolist() == [7.0] * 4
     # the kept patches are the 3 with the smallest noise, and they are exactly the unmasked ones
-    assert torch.equal(torch.sort(ids_keep, 1).values, torch.sort(torch.topk(noise, 3, largest=False).indices, 1).values)
+    smallest = torch.topk(noise, 3, largest=False).indices
+    assert torch.equal(torch.sort(ids_keep, 1).values, torch.sort(smallest, 1).values)
     assert torch.equal(mask.gather(1, ids_keep), torch.zeros(4, 3))
     # ids_restore undoes the shuffle
     shuffled = torch.argsort(noise, 1)
@@ -217,7 +218,8 @@ def test_config_from_pipeline_config():
     root = Path(__file__).resolve().parents[1]
     cfg = load_config([root / "config.yaml"])
     c = MAEConfig.from_config(cfg, rna_len=16304, dnam_len=25978)
-    assert (c.hidden_size, c.num_heads, c.wsi_layers, c.decoder_layers, c.decoder_intermediate_size) == (256, 4, 4, 3, 512)
+    sizes = (c.hidden_size, c.num_heads, c.wsi_layers, c.decoder_layers, c.decoder_intermediate_size)
+    assert sizes == (256, 4, 4, 3, 512)
     assert (c.n_patches("rna"), c.n_patches("dnam"), c.n_patches("wsi")) == (64, 51, 256)
     assert c.modalities == MODALITIES and c.mask_ratio == 0.5
     assert MAEConfig.from_dict(c.to_dict()) == c

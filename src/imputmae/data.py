@@ -36,7 +36,8 @@ from torch.utils.data import Dataset
 from imputmae.model import MODALITIES
 
 __all__ = [
-    "Normalizer", "make_normalizer", "restore_normalizer", "n_features", "load_patients", "select_split_patients", "make_splits", "write_splits",
+    "Normalizer", "make_normalizer", "restore_normalizer", "n_features", "load_patients", "select_split_patients",
+    "make_splits", "write_splits",
     "read_splits", "pretraining_patients", "load_omics", "fit_normalizers", "OmicsArrays", "build_arrays",
     "PatientDataset", "collate",
 ]

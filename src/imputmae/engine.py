@@ -253,7 +253,8 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     """Pretrain one model (``run`` = multimodal | rna | dnam | wsi) on fold ``fold``'s training patients.
 
     Reads ``{results}/splits.parquet`` and the stage outputs (see :mod:`imputmae.data`); writes
-    ``out_dir/checkpoint.pt`` (every ``pretrain.checkpoint_every`` epochs and at the end), ``metrics.csv`` (one row
+    ``out_dir/checkpoint.pt`` when training completes (``out_dir/last.pt`` every ``pretrain.checkpoint_every``
+    epochs and on SIGTERM; ``resume`` continues from it, removed at the end), ``metrics.csv`` (one row
     per epoch: lr, total and per-modality masked-patch MSE) and ``loss.png``. Under torchrun (``WORLD_SIZE`` > 1)
     runs DDP; only rank 0 writes. Returns {"status": "completed" | "preempted", "epoch", "step", "history"}.
     """
@@ -283,9 +284,9 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     omics = {k: load_omics(results, sorted(cfg["cohorts"]), k) for k in ("rna", "dnam") if k in modalities}
     normalizers = fit_normalizers(omics, train["patient"].tolist(), cfg)
     arrays = build_arrays(train, omics, normalizers)
-    mcfg = MAEConfig.from_config(cfg, rna_len=n_features(normalizers["rna"], arrays.rna.shape[1]) if "rna" in normalizers
-                                 else 0, dnam_len=n_features(normalizers["dnam"], arrays.dnam.shape[1])
-                                 if "dnam" in normalizers else 0, modalities=modalities)
+    lengths = {k: n_features(normalizers[k], getattr(arrays, k).shape[1]) if k in normalizers else 0
+               for k in ("rna", "dnam")}
+    mcfg = MAEConfig.from_config(cfg, rna_len=lengths["rna"], dnam_len=lengths["dnam"], modalities=modalities)
     dataset = PatientDataset(arrays, modalities=modalities, n_patches={m: mcfg.n_patches(m) for m in modalities},
                              tile_size=mcfg.tile_size, seed=pc["seed"])
     log.info("run %s fold %d: %d training patients (rna %d, dnam %d, wsi %d), rank %d/%d, device %s", run, fold,
@@ -308,7 +309,11 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
         return get_lr(step, base_lr=pc["lr"], warmup_steps=warmup_steps, total_steps=total_steps)
 
     start_epoch, step, skip_batches, history, partial = 0, 0, 0, [], None
-    ckpt = out_dir / "checkpoint.pt"
+    # Rolling checkpoints go to last.pt, which is not a Snakemake output (Snakemake deletes the outputs of a failed
+    # job, and a preempted job exits non-zero); checkpoint.pt is written once, when training completes.
+    final, ckpt = out_dir / "checkpoint.pt", out_dir / "last.pt"
+    if resume and not ckpt.is_file() and final.is_file():
+        ckpt = final
     if resume and ckpt.is_file():
         ck = load_checkpoint(ckpt, map_location=dev)
         if ck["model_config"] != mcfg.to_dict():
@@ -341,10 +346,11 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
-    def checkpoint(epoch: int, batches_done: int, partial_sums: Mapping[str, float] | None) -> None:
+    def checkpoint(epoch: int, batches_done: int, partial_sums: Mapping[str, float] | None, done: bool = False) -> None:
         if rank != 0:
             return
-        save_checkpoint(ckpt, model=raw_model, optimizer=optimizer, step=step, epoch=epoch, model_config=mcfg,
+        save_checkpoint(final if done else out_dir / "last.pt", model=raw_model, optimizer=optimizer, step=step,
+                        epoch=epoch, model_config=mcfg,
                         normalizers={k: v.state_dict() for k, v in normalizers.items()},
                         extra={"run": run, "fold": fold, "batches_done": batches_done, "history": history,
                                "partial_sums": dict(partial_sums) if partial_sums else None,
@@ -385,7 +391,9 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
                 _write_metrics(out_dir / "metrics.csv", history)
             last = epoch + 1 == pc["epochs"]
             if res["interrupted"] or last or (epoch + 1) % pc["checkpoint_every"] == 0:
-                checkpoint(epoch + 1, 0, None)
+                checkpoint(epoch + 1, 0, None, done=last)
+                if last and rank == 0:
+                    (out_dir / "last.pt").unlink(missing_ok=True)
                 if rank == 0:
                     write_loss_plot(out_dir / "loss.png", history, f"pretraining {run}, fold {fold}")
             if res["interrupted"]:
@@ -461,7 +469,8 @@ def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_mea
                 w = torch.ones_like(truth)
             else:
                 recon = recon[:, : truth.shape[1]]
-                w = (torch.arange(truth.shape[1], device=device) < getattr(model.cfg, f"{m}_len")).float().expand_as(truth)
+                real = torch.arange(truth.shape[1], device=device) < getattr(model.cfg, f"{m}_len")
+                w = real.float().expand_as(truth)
             mean = train_means[m].to(device)[..., : truth.shape[-1]] if m != "wsi" else train_means[m].to(device)
             sse_model += (((recon - truth) ** 2) * w).sum().item()
             sse_mean += (((mean.expand_as(truth) - truth) ** 2) * w).sum().item()

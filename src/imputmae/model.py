@@ -304,7 +304,8 @@ class MultimodalMAE(nn.Module):
             self.register_buffer(f"decoder_pos_{m}", _positions(cfg, m, Dd))
         self.modality_embed = nn.Parameter(torch.zeros(len(self.modalities), Dd))
         self.decoder_blocks = nn.ModuleList(
-            Block(Dd, cfg.decoder_heads, cfg.decoder_intermediate_size, cfg.norm_eps) for _ in range(cfg.decoder_layers))
+            Block(Dd, cfg.decoder_heads, cfg.decoder_intermediate_size, cfg.norm_eps)
+            for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(Dd, eps=cfg.norm_eps)
         self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.wsi_patch_size) if m == "wsi" else nn.Linear(Dd, cfg.patch(m))
                                     for m in self.modalities})

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output parquet (default {results}/splits.parquet)")
     p.set_defaults(func=_splits)
 
-    p = sub.add_parser("pretrain", help="pretrain the multimodal MAE (or a unimodal one) on one fold's training patients")
+    p = sub.add_parser("pretrain",
+                       help="pretrain the multimodal MAE (or a unimodal one) on one fold's training patients")
     _add_config(p)
     p.add_argument("--run", required=True, choices=["multimodal", "rna", "dnam", "wsi"])
     p.add_argument("--fold", type=int, default=0)
@@ -154,7 +155,8 @@ def write_table4(out: Path, table, per_fold, imputation, *, n_folds: int) -> Non
         lines += ["## Whole-modality imputation (multimodal model)", "",
                   "Each modality removed from test patients that have it and at least one other; reconstructed by",
                   "the decoder from the others, against imputing the training patients' mean ([0, 1] space).", "",
-                  "| Modality | decoder MSE | training-mean MSE | ratio | patients |", "| --- | --- | --- | --- | --- |"]
+                  "| Modality | decoder MSE | training-mean MSE | ratio | patients |",
+                  "| --- | --- | --- | --- | --- |"]
         for _, r in imputation.iterrows():
             lines.append(f"| {r['modality']} | {fmt(r['model_mse'])} | {fmt(r['train_mean_mse'])} | "
                          f"{fmt(r['ratio'])} | {int(r['n_patients'])} |")
