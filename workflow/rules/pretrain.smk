@@ -54,7 +54,7 @@ rule pretrain:
         "benchmarks/pretrain/{run}/fold{fold}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2 if config.get("demo") else 8
+    threads: 1 if config.get("demo") else 8  # tiny demo models: two 1-thread jobs beat one 2-thread job
     resources:
         gpu=0 if config.get("demo") else 1,
         mem_mb=4000 if config.get("demo") else 64000,
