@@ -322,6 +322,9 @@ class MultimodalMAE(nn.Module):
             nn.init.normal_(self.encoders[m].cls_token, std=0.02)
             nn.init.normal_(self.mask_tokens[m], std=0.02)
         nn.init.normal_(self.modality_embed, std=0.02)
+        for m in ("rna", "dnam"):
+            if m in self.modalities:   # omics inputs are quantile-normalised to [0, 1] (uniform: mean 0.5); starting
+                nn.init.constant_(self.heads[m].bias, 0.5)   # there spares thousands of Adam steps of size lr
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
