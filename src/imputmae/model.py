@@ -322,9 +322,13 @@ class MultimodalMAE(nn.Module):
             nn.init.normal_(self.encoders[m].cls_token, std=0.02)
             nn.init.normal_(self.mask_tokens[m], std=0.02)
         nn.init.normal_(self.modality_embed, std=0.02)
-        for m in ("rna", "dnam"):
-            if m in self.modalities:   # omics inputs are quantile-normalised to [0, 1] (uniform: mean 0.5); starting
-                nn.init.constant_(self.heads[m].bias, 0.5)   # there spares thousands of Adam steps of size lr
+        # Small prediction heads, omics starting at 0.5 (quantile-normalised features are uniform on [0, 1]): the
+        # first predictions sit near the targets' mean instead of thousands of Adam steps (of size lr) away.
+        for m in self.modalities:
+            w = self.heads[m].deconv.weight if m == "wsi" else self.heads[m].weight
+            nn.init.normal_(w, std=0.02)
+            if m != "wsi":
+                nn.init.constant_(self.heads[m].bias, 0.5)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
