@@ -235,3 +235,15 @@ def test_wsi_head_matmul_equals_transposed_convolution():
     torch.nn.init.normal_(head.pixel_bias)
     x = torch.randn(3, 16, 24)
     torch.testing.assert_close(head(x), head.forward_conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_output_bias_starts_at_the_training_mean(model):
+    means = {"rna": torch.full((320,), 0.25), "dnam": torch.linspace(0, 1, 512), "wsi": torch.full((3, 32, 32), 0.7)}
+    means["rna"][300:] = 0
+    model.init_output_bias(means)
+    torch.testing.assert_close(model.heads["rna"].bias, torch.full((64,), 0.25))      # padding excluded
+    ew = model.element_weight("dnam")
+    expected = (means["dnam"].view(4, 128) * ew).sum(0) / ew.sum(0)
+    torch.testing.assert_close(model.heads["dnam"].bias, expected)
+    wsi = ((0.7 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])).repeat(256)
+    torch.testing.assert_close(model.heads["wsi"].pixel_bias, wsi)

@@ -294,6 +294,8 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
 
     # -- model, optimizer, schedule ----------------------------------------------------------------------------
     model = MultimodalMAE(mcfg)
+    train_means = _train_means(arrays, dataset, modalities)
+    model.init_output_bias(train_means)
     if cfg["model"].get("vit_mae_weights") and "wsi" in modalities:
         load_vit_mae_weights(model, cfg["model"]["vit_mae_weights"])
     model.to(dev)
@@ -327,7 +329,6 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
         log.info("resumed from %s: epoch %d, step %d (+%d batches)", ckpt, start_epoch, step, skip_batches)
     elif resume:
         log.info("--resume: no checkpoint at %s; starting from scratch", ckpt)
-    train_means = _train_means(arrays, dataset, modalities)
     net: torch.nn.Module = model
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(

@@ -473,6 +473,18 @@ class MultimodalMAE(nn.Module):
         loss, losses = self.forward_loss(enc, preds)
         return loss, preds, {m: enc[m]["mask"] for m in self.modalities}, losses
 
+    @torch.no_grad()
+    def init_output_bias(self, means: Mapping[str, Tensor]) -> None:
+        """Start each prediction head at the training patients' mean input (averaged over patches, padding
+        excluded): {m: mean input shaped like one sample, [L] or [3, H, W] in [0, 1]}."""
+        for m, mean in means.items():
+            if m not in self.modalities:
+                continue
+            patches = self.patchify(m, self._input({m: mean[None].to(self.pixel_std.device)}, m))[0]   # [N, P]
+            ew = self.element_weight(m)
+            bias = (patches * ew).sum(0) / ew.sum(0).clamp_min(1)
+            (self.heads[m].pixel_bias if m == "wsi" else self.heads[m].bias).copy_(bias)
+
     # -- uses of a trained model ---------------------------------------------------------------------------------
 
     def _unmasked_noise(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
