@@ -130,6 +130,9 @@ def test_table4_end_to_end(results):
     assert list(table.columns) == ["WSI", "RNA", "DNAm"] and table.notna().all().all()
     assert set(per_fold["run"]) == {"multimodal", "rna", "dnam", "wsi"}
     assert set(imputation["modality"]) == {"rna", "dnam", "wsi"} and (imputation["train_mean_mse"] > 0).all()
+    # the synthetic omics share one latent factor: the ridge reference must beat the mean clearly
+    ridge = imputation.set_index("modality")["ridge_ratio"]
+    assert ridge["rna"] < 0.8 and ridge["dnam"] < 0.8 and ridge.isna()["wsi"]
     # evaluation is deterministic (seeded noise and tiles)
     again, _, _ = table4(cfg, checkpoints=cks)
     pd.testing.assert_frame_equal(table, again)
