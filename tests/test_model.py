@@ -247,3 +247,25 @@ def test_output_bias_starts_at_the_training_mean(model):
     torch.testing.assert_close(model.heads["dnam"].bias, expected)
     wsi = ((0.7 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])).repeat(256)
     torch.testing.assert_close(model.heads["wsi"].pixel_bias, wsi)
+
+
+def test_hidden_modality_is_fully_masked_but_still_a_target(model):
+    """Modality dropout: a hidden present modality behaves as missing for the encoder, yet its patches count."""
+    batch = _batch(available=MIXED)
+    hidden = torch.zeros(5, 3, dtype=torch.bool)
+    hidden[0, 1] = True                                                   # patient 0's DNAm
+    noise = {m: torch.rand(5, model.cfg.n_patches(m), generator=torch.Generator().manual_seed(5)) for m in MODALITIES}
+    with torch.no_grad():
+        _, preds_h, masks_h, losses_h = model({**batch, "hidden": hidden}, noise=noise)
+        missing = dict(batch)
+        missing["available"] = batch["available"].clone()
+        missing["available"][0, 1] = False
+        _, preds_m, _, _ = model(missing, noise=noise)
+    assert masks_h["dnam"][0].sum() == 4                                  # every patch masked
+    for m in MODALITIES:                                                  # the encoder saw exactly what "missing" sees
+        torch.testing.assert_close(preds_h[m], preds_m[m])
+    target = batch["dnam"].view(5, 4, 128)
+    w = masks_h["dnam"] * batch["available"][:, 1, None]                  # patient 0 counts with all 4 patches
+    real = (torch.arange(512) < 500).view(4, 128)
+    by_hand = ((preds_h["dnam"] - target) ** 2 * w[..., None] * real).sum() / (w[..., None] * real).expand(5, 4, 128).sum()
+    torch.testing.assert_close(losses_h["dnam"], by_hand)

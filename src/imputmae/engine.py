@@ -81,7 +81,7 @@ def _global_mean_losses(raw_model: MultimodalMAE, batch: Mapping[str, torch.Tens
     world = dist.get_world_size()
     counts = []
     for m in raw_model.modalities:
-        valid = batch["available"][:, MODALITIES.index(m)].float()
+        valid = batch["available"][:, MODALITIES.index(m)].float()   # present: a target (hidden or not)
         per_patch = raw_model.element_weight(m).sum(-1)                          # [N] real elements per patch
         counts.append(((masks[m].float() * valid[:, None]) * per_patch).sum())
     local = torch.stack(counts).detach().double()
@@ -288,7 +288,7 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
                for k in ("rna", "dnam")}
     mcfg = MAEConfig.from_config(cfg, rna_len=lengths["rna"], dnam_len=lengths["dnam"], modalities=modalities)
     dataset = PatientDataset(arrays, modalities=modalities, n_patches={m: mcfg.n_patches(m) for m in modalities},
-                             tile_size=mcfg.tile_size, seed=pc["seed"])
+                             tile_size=mcfg.tile_size, seed=pc["seed"], modality_dropout=pc["modality_dropout"])
     log.info("run %s fold %d: %d training patients (rna %d, dnam %d, wsi %d), rank %d/%d, device %s", run, fold,
              len(train), *arrays.available.sum(0).tolist(), rank, world, dev)
 
@@ -431,7 +431,7 @@ def evaluate_reconstruction(model: MultimodalMAE, dataset: PatientDataset, devic
         preds = model.forward_decoder(enc)
         for m in model.modalities:
             e = enc[m]
-            s, c = model.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["valid"][:, None])
+            s, c = model.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None])
             sse[m] += s.item()
             n[m] += c.item()
     return {m: sse[m] / n[m] if n[m] else float("nan") for m in model.modalities}

@@ -388,13 +388,20 @@ class MultimodalMAE(nn.Module):
 
     def forward_encoder(self, batch: Mapping[str, Tensor], mask_ratio: float,
                         noise: Mapping[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
-        """Per modality: ``latent`` [B, 1 + K, D], ``mask`` [B, N] (1 = masked; all 1 where missing),
-        ``ids_restore`` [B, N], ``valid`` [B] bool, ``x`` the model input (zeros where absent)."""
+        """Per modality: ``latent`` [B, 1 + K, D], ``mask`` [B, N] (1 = masked; all 1 where missing or hidden),
+        ``ids_restore`` [B, N], ``valid`` [B] bool (seen by the encoder), ``present`` [B] bool (has a target),
+        ``x`` the model input (zeros where absent).
+
+        An optional ``batch["hidden"]`` [B, 3] bool hides present modalities from the encoder (fully masked, like a
+        missing one) while keeping them as targets: modality dropout, which trains the imputation path."""
         B, device = self._batch_size(batch)
         out = {}
         for m in self.modalities:
             N = self.cfg.n_patches(m)
-            valid = self._available(batch, m, B, device)
+            present = self._available(batch, m, B, device)
+            valid = present
+            if "hidden" in batch:
+                valid = present & ~batch["hidden"][:, MODALITIES.index(m)].to(device=device, dtype=torch.bool)
             if m in batch:
                 x = self._input(batch, m)
             else:
@@ -411,7 +418,8 @@ class MultimodalMAE(nn.Module):
                 tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
             else:
                 tokens = enc.pos_embed.new_zeros(B, 0, self.cfg.hidden_size)
-            out[m] = dict(latent=enc(tokens, valid), mask=mask, ids_restore=ids_restore, valid=valid, x=x)
+            out[m] = dict(latent=enc(tokens, valid), mask=mask, ids_restore=ids_restore, valid=valid, present=present,
+                          x=x)
         return out
 
     def forward_decoder(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
@@ -459,7 +467,7 @@ class MultimodalMAE(nn.Module):
         losses = {}
         for m in self.modalities:
             e = enc[m]
-            sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["valid"][:, None])
+            sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None])
             losses[m] = sse / n.clamp_min(1)        # no present sample: 0 (still part of the graph)
         return torch.stack(list(losses.values())).sum(), losses
 
