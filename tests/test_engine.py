@@ -161,8 +161,8 @@ def _ddp_worker(rank, world, port, root, out):
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("complete", [True, False], ids=["all-modalities", "mixed-modality-sets"])
+@pytest.mark.parametrize("complete", [pytest.param(True, id="all-modalities"),     # ~10 s: in the default run
+                                      pytest.param(False, id="mixed-modality-sets", marks=pytest.mark.slow)])
 def test_ddp_two_ranks_equal_one_rank(tmp_path, monkeypatch, complete):
     """Same global batch: 2 gloo ranks x 4 == 1 process x 8, also when ranks hold different modality sets."""
     use_stand_in_normalizer(monkeypatch)
