@@ -22,3 +22,5 @@ rule all:
 
 
 include: "workflow/rules/demo.smk"
+
+include: "workflow/rules/wsi.smk"
