@@ -88,6 +88,17 @@ def test_mask_matches_drawn_tissue_and_excludes_pen(slides):
     assert tm.tissue_area_um2(0.5) == pytest.approx(tm.mask.sum() * 256.0)
 
 
+@pytest.mark.parametrize("downsamples, target, expected", [
+    ((1.0, 4.0002, 16.001, 64.01), 32, (3, 1)),  # Aperio 40x: 16 and 64 tie, the coarser is cheaper
+    ((1.0, 4.0002, 16.001), 32, (2, 2)),         # Aperio 20x: 16, halved
+    ((1.0,), 32, (0, 32)),                       # one level: level 0 reduced 32x (read in strips)
+    ((1.0, 2.0, 4.0), 32, (2, 8)),
+    ((1.0, 4.0, 16.0, 32.0), 32, (3, 1)),
+])
+def test_thumbnail_level(downsamples, target, expected):
+    assert wsi._thumbnail_level(downsamples, target) == expected
+
+
 def test_box_fraction_matches_sliding_window():
     rng = np.random.default_rng(0)
     m = rng.random((37, 51)) > 0.4

@@ -6,8 +6,8 @@ bounded memory and the same for the same seed:
 1. :func:`open_slide`: open with OpenSlide; microns per pixel from ``openslide.mpp-x``, else from the objective
    power (``openslide.objective-power``, which OpenSlide fills from Aperio's ``AppMag``: mpp = 10 / power, so
    20x -> 0.5, 40x -> 0.25 um/px), else ``default_mpp`` with a warning, else :class:`SlideError`.
-2. :func:`tissue_mask`: a thumbnail at about ``downsample`` x (the pyramid level at or below it, reduced by an
-   integer factor strip by strip, so a one-level slide never sits in memory whole); pen ink (HSV saturation
+2. :func:`tissue_mask`: a thumbnail at about ``downsample`` x (the pyramid level nearest it, reduced by an
+   integer factor strip by strip when finer, so a one-level slide never sits in memory whole); pen ink (HSV saturation
    >= ``pen_saturation``) set to background; median blur on S; Otsu threshold; specks removed and holes filled
    below ``min_area`` thumbnail pixels. A slide whose Otsu classes differ by less than ``min_separation``
    saturation levels (glass only: Otsu splits noise) has no tissue.
@@ -196,13 +196,21 @@ def _rgb(region: Any) -> np.ndarray:
     return rgb
 
 
+def _thumbnail_level(level_downsamples: Sequence[float], downsample: float) -> tuple[int, int]:
+    """(level, integer reduction factor) for a thumbnail at about ``downsample`` (see :func:`_read_thumbnail`)."""
+    ds = [float(d) for d in level_downsamples]
+    level = min(range(len(ds)), key=lambda i: (round(abs(math.log2(ds[i] / downsample)), 2), -ds[i]))
+    return level, max(1, round(downsample / ds[level]))
+
+
 def _read_thumbnail(handle: openslide.OpenSlide, downsample: float) -> tuple[np.ndarray, float, int]:
-    """RGB thumbnail ``[h, w, 3]`` at about ``downsample``: the level at or below it, reduced by an integer factor
-    with ``INTER_AREA`` strip by strip (at most :data:`STRIP_BYTES` read at once). Returns (thumb, downsample, level).
+    """RGB thumbnail ``[h, w, 3]`` at about ``downsample``: the pyramid level nearest it (in log scale; a tie goes
+    to the coarser level, cheaper to read), reduced by the integer factor ``round(downsample / level downsample)``
+    with ``INTER_AREA`` strip by strip (at most :data:`STRIP_BYTES` read at once; a one-level slide is read in
+    strips of level 0). Returns (thumb, downsample, level).
     """
-    level = handle.get_best_level_for_downsample(downsample)
+    level, factor = _thumbnail_level(handle.level_downsamples, downsample)
     level_ds = float(handle.level_downsamples[level])
-    factor = max(1, round(downsample / level_ds))
     lw, lh = handle.level_dimensions[level]
     tw, th = lw // factor, lh // factor
     if tw == 0 or th == 0:
