@@ -7,27 +7,12 @@
 # "wsi") is the verified-download table those paths were checked in.
 
 
-def wsi_slides(wildcards):
-    """The patient's diagnostic slides (local paths, sorted: the command's result does not depend on the order)."""
-    df = selected_files(wildcards.cohort, "wsi")
-    return sorted(df.loc[df["patient"] == wildcards.patient, "local_path"])
-
-
-def wsi_patients(cohort):
-    """Patients of the cohort with at least one diagnostic slide selected."""
-    return sorted(selected_files(cohort, "wsi")["patient"].unique())
-
-
-def wsi_patient_qc(wildcards):
-    return expand(
-        f"{RESULTS}/{wildcards.cohort}/wsi/{{patient}}.qc.tsv",
-        patient=wsi_patients(wildcards.cohort),
-    )
-
-
 rule wsi_tiles:
     input:
-        slides=wsi_slides,
+        # the patient's slides, sorted (the command's result does not depend on their order)
+        slides=lambda w: sorted(
+            selected_files(w.cohort, "wsi").query("patient == @w.patient")["local_path"]
+        ),
         report=lambda wildcards: download_report(wildcards.cohort, "wsi"),
     output:
         npy=f"{RESULTS}/{{cohort}}/wsi/{{patient}}.npy",
@@ -53,7 +38,11 @@ rule wsi_tiles:
 
 rule wsi_qc:
     input:
-        wsi_patient_qc,
+        # every patient of the cohort with at least one diagnostic slide selected
+        lambda w: expand(
+            f"{RESULTS}/{w.cohort}/wsi/{{patient}}.qc.tsv",
+            patient=sorted(selected_files(w.cohort, "wsi")["patient"].unique()),
+        ),
     output:
         f"{RESULTS}/{{cohort}}/wsi_qc.tsv",
     log:
