@@ -150,6 +150,12 @@ def test_threads_do_not_change_the_result(slides):
     np.testing.assert_array_equal(one.tiles, four.tiles)
 
 
+def test_outside_the_scanned_area_reads_white(slides):
+    s = wsi.open_slide(slides["pen20"])
+    tile = wsi.read_tile(s.handle, -128, -128, 0, 256, 256)  # OpenSlide: transparent outside the slide
+    assert (tile[:128, :128] == 255).all() and (tile[128:, 128:] < 250).any()
+
+
 def test_20x_and_40x_give_the_same_field_of_view(slides):
     s20, s40 = wsi.open_slide(slides["pen20"]), wsi.open_slide(slides["pen40"])
     assert (s20.mpp, s40.mpp) == (0.5, 0.25)

