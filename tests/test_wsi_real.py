@@ -78,5 +78,10 @@ def test_real_he_slide_tiles_land_on_tissue(cmu_slide):
     assert max(glass) < 0.4 and np.mean(glass) < 0.2
     # the kept tiles are the most stained of the candidates: better than a random draw from the mask
     assert res.table["hsv_score"].min() > 0.02 * 256 * 256
+    # H&E's own saturated pixels (dense hematoxylin) are not ink: few candidates rejected (the slide's teal
+    # margin dye is ink), none of the kept tiles over the limit
+    sel = res.selection
+    assert sel.ink_rejected.size < 0.1 * sel.candidates.x.size
+    assert (res.table["ink_fraction"] <= st.max_pen_fraction).all()
     again = wsi.tile_patient([cmu_slide], "CMU-1", st)
     np.testing.assert_array_equal(res.tiles, again.tiles)

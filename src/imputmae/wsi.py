@@ -18,7 +18,9 @@ bounded memory and the same for the same seed:
    OpenSlide is thread-safe and releases the GIL; its tile cache is then shared), ``read_size = round(tile_size *
    target_mpp / mpp)`` level-0 pixels (40x: 512 -> 256) read from level 0, or from a level whose downsample divides
    ``read_size`` exactly (a 40x slide's 2x level gives the 256 px directly), resized with ``cv2.INTER_AREA``;
-   scored by :func:`hsv_score`; the top ``keep`` by score, ties to the earlier-drawn candidate.
+   a candidate with more than ``max_pen_fraction`` marker ink (:func:`ink_fraction`: saturated green-to-blue
+   pixels, which H&E does not have) is rejected; the rest scored by :func:`hsv_score` (pen pixels, S >=
+   ``pen_saturation``, never count); the top ``keep`` by score, ties to the earlier-drawn candidate.
 5. :func:`tile_patient`: all of a patient's slides; the one with the largest tissue area (um^2) that yields
    ``keep`` tiles is chosen (largest first; the next only when one fails to read or falls short), the others are
    recorded with their area or reason. Fewer than ``keep`` tiles: the tiles found are returned but the status is
@@ -48,7 +50,8 @@ from PIL import Image
 
 __all__ = [
     "TileSettings", "SlideError", "Slide", "open_slide", "TissueMask", "tissue_mask", "Candidates",
-    "sample_candidates", "read_level_for", "read_tile", "hsv_score", "TileSelection", "select_tiles",
+    "sample_candidates", "read_level_for", "read_tile", "hsv_score", "ink_fraction", "TileSelection",
+    "select_tiles",
     "PatientTiles", "tile_patient", "draw_qc", "TILE_COLUMNS", "QC_COLUMNS",
 ]
 
@@ -59,11 +62,16 @@ log = logging.getLogger(__name__)
 MIN_SEPARATION = 15.0
 #: Thumbnail reads go by strips of at most this many bytes (RGBA) at the level read.
 STRIP_BYTES = 32 * 2**20
+#: OpenCV hue range [lo, hi) (0-180) of marker ink among saturated pixels: green (~60-75) to blue (~105-118).
+#: Measured on the CMU-1 H&E region (tests/test_wsi_real.py): saturated hematoxylin and eosin sit at 120-180 and
+#: 0-10; no tissue tile there has more than 1.1% saturated pixels in this range, so a tile over
+#: ``max_pen_fraction`` (2%) is ink, not dense nuclei. (A thin stroke averages out on the thumbnail.)
+INK_HUE = (35, 120)
 #: Candidates read per batch (bounds the tiles held in memory while the top ``keep`` are kept).
 BATCH = 64
 
 TILE_COLUMNS = ["patient", "slide", "rank", "candidate", "x", "y", "level", "read_size", "level_read_size",
-                "tile_size", "mpp", "hsv_score", "tissue_fraction", "pen_fraction"]
+                "tile_size", "mpp", "hsv_score", "tissue_fraction", "pen_fraction", "ink_fraction"]
 QC_COLUMNS = ["patient", "slide", "status", "n_tiles", "mpp", "mpp_source", "tissue_area_um2", "n_slides",
               "slides"]
 
@@ -367,15 +375,28 @@ def hsv_score(tile: np.ndarray, s_min: int = 130, v_min: int = 40, v_max: int = 
               pen_saturation: int = 160) -> int:
     """Number of pixels of ``tile`` (uint8 ``[h, w, 3]`` RGB) with S > ``s_min``, ``v_min`` < V < ``v_max`` and
     S < ``pen_saturation`` (OpenCV HSV, 0-255): stained tissue, pen ink never counted."""
-    hsv = cv2.cvtColor(tile, cv2.COLOR_RGB2HSV)
-    s, v = hsv[..., 1], hsv[..., 2]
-    return int(np.count_nonzero((s > s_min) & (s < pen_saturation) & (v > v_min) & (v < v_max)))
+    return _measure(cv2.cvtColor(tile, cv2.COLOR_RGB2HSV), s_min, v_min, v_max, pen_saturation)[0]
+
+
+def ink_fraction(tile: np.ndarray, pen_saturation: int = 160) -> float:
+    """Fraction of ``tile`` (uint8 ``[h, w, 3]`` RGB) that is marker ink: S >= ``pen_saturation`` with a hue in
+    :data:`INK_HUE` (green to blue). H&E's saturated pixels (dense hematoxylin, eosin) are purple to red and are
+    not ink."""
+    return _measure(cv2.cvtColor(tile, cv2.COLOR_RGB2HSV), 255, 0, 0, pen_saturation)[1]
+
+
+def _measure(hsv: np.ndarray, s_min: int, v_min: int, v_max: int, pen_saturation: int) -> tuple[int, float]:
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    score = int(np.count_nonzero((s > s_min) & (s < pen_saturation) & (v > v_min) & (v < v_max)))
+    ink = np.count_nonzero((s >= pen_saturation) & (h >= INK_HUE[0]) & (h < INK_HUE[1])) / s.size
+    return score, float(ink)
 
 
 @dataclass
 class TileSelection:
     """The kept tiles of one slide. tiles: uint8 ``[n, tile, tile, 3]`` best first; table: one row per kept tile
-    (:data:`TILE_COLUMNS` less patient); candidates: what was sampled; level, level_read_size: where read."""
+    (:data:`TILE_COLUMNS` less patient); candidates: what was sampled; level, level_read_size: where read;
+    ink_rejected: indices of the candidates read and rejected for ink."""
 
     tiles: np.ndarray
     table: pd.DataFrame
@@ -383,11 +404,14 @@ class TileSelection:
     read_size: int
     level: int
     level_read_size: int
+    ink_rejected: np.ndarray
 
 
 def select_tiles(slide: Slide, tm: TissueMask, settings: TileSettings, progress: bool = False) -> TileSelection:
-    """Sample ``settings.n_candidates`` positions on ``tm``, read them in ``settings.threads`` threads, keep the
-    ``settings.keep`` best by :func:`hsv_score` (ties: earlier-drawn first). Same slide and seed, same tiles.
+    """Sample ``settings.n_candidates`` positions on ``tm``, read them in ``settings.threads`` threads, reject those
+    whose :func:`ink_fraction` exceeds ``max_pen_fraction`` (the thumbnail's pen mask already excluded wide
+    strokes), keep the ``settings.keep`` best by :func:`hsv_score` (ties: earlier-drawn first). Same slide and
+    seed, same tiles.
 
     Raises :class:`SlideError` on an OpenSlide read error.
     """
@@ -398,19 +422,24 @@ def select_tiles(slide: Slide, tm: TissueMask, settings: TileSettings, progress:
                              st.min_tissue_fraction, st.max_pen_fraction)
     level, level_read = read_level_for(handle, read_size, st.tile_size)
 
-    def work(i: int) -> tuple[int, np.ndarray]:
+    def work(i: int) -> tuple[int, float, np.ndarray]:
         tile = read_tile(handle, cand.x[i], cand.y[i], level, level_read, st.tile_size)
-        return hsv_score(tile, st.score_s_min, st.score_v_min, st.score_v_max, st.pen_saturation), tile
+        hsv = cv2.cvtColor(tile, cv2.COLOR_RGB2HSV)
+        return *_measure(hsv, st.score_s_min, st.score_v_min, st.score_v_max, st.pen_saturation), tile
 
-    heap: list[tuple[int, int, np.ndarray]] = []  # (score, -index, tile): the smallest is the first to drop
+    heap: list[tuple[int, int, np.ndarray, float]] = []  # (score, -index, tile, ink): the smallest drops first
+    ink_rejected: list[int] = []
     n = cand.x.size
     bar = _progress(n, f"{slide.name} tiles") if progress else None
     try:
         with ThreadPoolExecutor(max_workers=st.threads) as pool:
             for start in range(0, n, BATCH):
-                for i, (score, tile) in zip(range(start, min(n, start + BATCH)),
-                                            pool.map(work, range(start, min(n, start + BATCH)))):
-                    item = (score, -i, tile)
+                for i, (score, ink, tile) in zip(range(start, min(n, start + BATCH)),
+                                                 pool.map(work, range(start, min(n, start + BATCH)))):
+                    if ink > st.max_pen_fraction:
+                        ink_rejected.append(i)
+                        continue
+                    item = (score, -i, tile, ink)
                     if len(heap) < st.keep:
                         heapq.heappush(heap, item)
                     elif item[:2] > heap[0][:2]:
@@ -433,9 +462,10 @@ def select_tiles(slide: Slide, tm: TissueMask, settings: TileSettings, progress:
         "hsv_score": np.array([b[0] for b in best], np.int64),
         "tissue_fraction": cand.tissue_fraction[idx].astype(np.float64),
         "pen_fraction": cand.pen_fraction[idx].astype(np.float64),
+        "ink_fraction": np.array([b[3] for b in best], np.float64),
     })
     return TileSelection(tiles=tiles, table=table, candidates=cand, read_size=read_size, level=level,
-                         level_read_size=level_read)
+                         level_read_size=level_read, ink_rejected=np.array(ink_rejected, np.int64))
 
 
 def _progress(total: int, desc: str):
@@ -560,7 +590,8 @@ def _fmt_area(area: float) -> str:
 
 def draw_qc(result: PatientTiles, width: int = 768, montage_tile: int = 96) -> np.ndarray:
     """The QC picture, uint8 ``[H, W, 3]`` RGB: the thumbnail (scaled to ``width``) with the tissue outline
-    (green), pen pixels (magenta), the kept tiles boxed (blue, rank 1 thickest), a title line with patient,
+    (green), pen pixels (magenta), candidates rejected for ink (red crosses), the kept tiles boxed (blue, rank 1
+    thickest), a title line with patient,
     slide, status and mpp; below, the kept tiles in rank order at ``montage_tile`` px."""
     qc = result.qc
     title = f"{qc['patient']}  {qc['slide'] or '-'}  status: {qc['status']}  n={qc['n_tiles']}"
@@ -581,6 +612,10 @@ def draw_qc(result: PatientTiles, width: int = 768, montage_tile: int = 96) -> n
         if result.selection is not None:
             t = result.table
             k = scale / tm.downsample
+            sel = result.selection
+            for i in sel.ink_rejected:  # candidates rejected for marker ink: red crosses at their centres
+                c = (round((sel.candidates.x[i] + sel.read_size / 2) * k), round((sel.candidates.y[i] + sel.read_size / 2) * k))
+                cv2.drawMarker(canvas, c, (220, 0, 0), cv2.MARKER_TILTED_CROSS, 8, 1)
             for rank, (x, y, size) in enumerate(zip(t["x"], t["y"], t["read_size"])):
                 p0 = (round(x * k), round(y * k))
                 p1 = (round((x + size) * k), round((y + size) * k))
