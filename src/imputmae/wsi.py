@@ -36,6 +36,7 @@ import dataclasses
 import heapq
 import logging
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -591,12 +592,9 @@ def _fmt_area(area: float) -> str:
 def draw_qc(result: PatientTiles, width: int = 768, montage_tile: int = 96) -> np.ndarray:
     """The QC picture, uint8 ``[H, W, 3]`` RGB: the thumbnail (scaled to ``width``) with the tissue outline
     (green), pen pixels (magenta), candidates rejected for ink (red crosses), the kept tiles boxed (blue, rank 1
-    thickest), a title line with patient,
+    thickest), header lines with patient,
     slide, status and mpp; below, the kept tiles in rank order at ``montage_tile`` px."""
     qc = result.qc
-    title = f"{qc['patient']}  {qc['slide'] or '-'}  status: {qc['status']}  n={qc['n_tiles']}"
-    if math.isfinite(qc["mpp"]):
-        title += f"  mpp={qc['mpp']:.3f} ({qc['mpp_source']})"
     tm = result.mask
     if tm is None:
         canvas = np.full((width // 2, width, 3), 235, np.uint8)
@@ -620,8 +618,16 @@ def draw_qc(result: PatientTiles, width: int = 768, montage_tile: int = 96) -> n
                 p0 = (round(x * k), round(y * k))
                 p1 = (round((x + size) * k), round((y + size) * k))
                 cv2.rectangle(canvas, p0, p1, (30, 60, 230), 3 if rank == 0 else 1)
-    header = np.full((28, canvas.shape[1], 3), 255, np.uint8)
-    cv2.putText(header, title[:130], (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    lines = [f"{qc['patient']}   status: {qc['status']}   tiles: {qc['n_tiles']}"]
+    lines.append(f"slide: {qc['slide'] or '-'}" + (f"   mpp {qc['mpp']:.3f} ({qc['mpp_source']})"
+                                                   if math.isfinite(qc["mpp"]) else ""))
+    if qc["n_slides"] > 1:
+        lines.append(f"slides: {qc['slides']}")
+    chars = max(20, width // 8)
+    lines = [part for line in lines for part in textwrap.wrap(line, chars)]
+    header = np.full((10 + 18 * len(lines), canvas.shape[1], 3), 255, np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(header, line, (6, 19 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     parts = [header, canvas]
     if result.tiles.shape[0]:
         per_row = max(1, width // montage_tile)
