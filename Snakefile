@@ -27,5 +27,5 @@ rule all:
 
 
 include: "workflow/rules/demo.smk"
-
+include: "workflow/rules/gdc.smk"
 include: "workflow/rules/wsi.smk"
