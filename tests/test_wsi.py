@@ -76,7 +76,7 @@ def _pen_pixels(tile: np.ndarray) -> int:
 
 def test_mask_matches_drawn_tissue_and_excludes_pen(slides):
     s = wsi.open_slide(slides["pen20"])
-    tm = wsi.tissue_mask(s.handle, 32, min_area=8)
+    tm = wsi.tissue_mask(s.handle, 32, min_area=8 * 32**2)
     assert tm.reason is None and tm.downsample == 32 and tm.mask.shape == (48, 64)
     truth = _ellipse_mask(tm.mask.shape, BLOBS)
     core = cv2.erode(truth.astype(np.uint8), np.ones((3, 3))).astype(bool)  # edge pixels are part glass
@@ -210,6 +210,13 @@ def test_corrupt_slides_go_to_qc(slides, name, reason):
 def test_missing_file_goes_to_qc(tmp_path):
     res = wsi.tile_patient([tmp_path / "absent.svs"], "M", FAST)
     assert res.qc["status"] == "cannot open: file not found"
+
+
+def test_undownloaded_slides_are_recorded(slides):
+    res = wsi.tile_patient([], "U", FAST, unavailable=[("x.svs", "not downloaded")])
+    assert res.qc["status"] == "not downloaded" and res.qc["slide"] == "x.svs" and res.tiles.shape[0] == 0
+    res = wsi.tile_patient([slides["pen20"]], "U", FAST, unavailable=[("x.svs", "not downloaded")])
+    assert res.qc["status"] == "ok" and res.qc["n_slides"] == 2 and "x.svs: not downloaded" in res.qc["slides"]
 
 
 def test_mpp_from_appmag_default_or_qc(slides, caplog):

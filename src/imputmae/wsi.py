@@ -7,9 +7,9 @@ bounded memory and the same for the same seed:
    power (``openslide.objective-power``, which OpenSlide fills from Aperio's ``AppMag``: mpp = 10 / power, so
    20x -> 0.5, 40x -> 0.25 um/px), else ``default_mpp`` with a warning, else :class:`SlideError`.
 2. :func:`tissue_mask`: a thumbnail at about ``downsample`` x (the pyramid level nearest it, reduced by an
-   integer factor strip by strip when finer, so a one-level slide never sits in memory whole); pen ink (HSV saturation
-   >= ``pen_saturation``) set to background; median blur on S; Otsu threshold; specks removed and holes filled
-   below ``min_area`` thumbnail pixels. A slide whose Otsu classes differ by less than ``min_separation``
+   integer factor strip by strip when finer, so a one-level slide never sits in memory whole); pen ink (HSV
+   saturation >= ``pen_saturation``) set to background; median blur on S; Otsu threshold; specks removed and holes
+   filled below half a tile footprint. A slide whose Otsu classes differ by less than ``min_separation``
    saturation levels (glass only: Otsu splits noise) has no tissue.
 3. :func:`sample_candidates`: ``n`` top-left corners drawn (seeded, without replacement) from the thumbnail
    positions whose tile footprint is at least ``min_tissue_fraction`` tissue and at most ``max_pen_fraction`` pen,
@@ -245,13 +245,15 @@ def _read_thumbnail(handle: openslide.OpenSlide, downsample: float) -> tuple[np.
 
 
 def tissue_mask(handle: openslide.OpenSlide, downsample: float = 32, pen_saturation: int = 160,
-                median_blur: int = 9, min_area: int = 16, min_separation: float = MIN_SEPARATION) -> TissueMask:
+                median_blur: int = 9, min_area: float = 0.5 * 256**2,
+                min_separation: float = MIN_SEPARATION) -> TissueMask:
     """Otsu tissue mask on the saturation of a thumbnail at about ``downsample`` x.
 
     Pen pixels (S >= ``pen_saturation``) are set to S = 0 (background) before the median blur (kernel
-    ``median_blur``) and Otsu's threshold (``cv2.THRESH_OTSU``); tissue is blurred S > threshold and not pen. Then connected
-    tissue components smaller than ``min_area`` thumbnail pixels are removed and background components (holes)
-    smaller than ``min_area`` not touching the border are filled (8-connectivity). When the two Otsu classes'
+    ``median_blur``) and Otsu's threshold (``cv2.THRESH_OTSU``); tissue is blurred S > threshold and not pen. Then
+    connected tissue components smaller than ``min_area`` (level-0 pixels; :func:`tile_patient` passes half a tile
+    footprint: a speck that cannot hold half a tile) are removed and background components (holes) smaller than
+    that, not touching the border, are filled (8-connectivity, at least 4 thumbnail pixels). When the two Otsu classes'
     mean saturations differ by less than ``min_separation`` or nothing is left, the mask is empty and ``reason``
     says "no tissue". Never reads level 0 whole (see :func:`_read_thumbnail`).
 
@@ -275,10 +277,11 @@ def tissue_mask(handle: openslide.OpenSlide, downsample: float = 32, pen_saturat
         mask[:] = False
         reason = f"no tissue (Otsu classes {separation:.1f} saturation levels apart, < {min_separation:g})"
     else:
-        mask = _remove_small(mask, min_area)
-        mask = ~_remove_small(~mask, min_area, keep_border=True)
+        area = max(4, round(min_area / ds**2))
+        mask = _remove_small(mask, area)
+        mask = ~_remove_small(~mask, area, keep_border=True)
         if not mask.any():
-            reason = f"no tissue (no tissue region of {min_area} thumbnail pixels or more)"
+            reason = f"no tissue (no tissue region of {area} thumbnail pixels or more)"
     return TissueMask(mask=mask, thumb=thumb, pen=pen, downsample=ds, level=level, threshold=float(threshold),
                       separation=separation, reason=reason, transparent=transparent)
 
@@ -507,13 +510,14 @@ class PatientTiles:
 
 
 def tile_patient(paths: Sequence[str | Path], patient: str, settings: TileSettings = TileSettings(),
-                 progress: bool = False) -> PatientTiles:
+                 progress: bool = False, unavailable: Sequence[tuple[str, str]] = ()) -> PatientTiles:
     """Choose a patient's slide and select its tiles (module docstring, steps 1-5).
 
     Each slide is opened and masked; unusable ones are recorded with their reason. Slides with tissue are tried
     by decreasing tissue area (um^2); the first that yields ``keep`` tiles is chosen; when none does, the one
     with most tiles is, with status ``only N tiles``. No usable slide: no tiles, status the reason (one slide) or
-    ``no usable slide`` with every slide's reason in ``slides``.
+    ``no usable slide`` with every slide's reason in ``slides``. ``unavailable``: (file name, reason) of the
+    patient's slides that never reached us (a failed download), recorded in ``slides`` like unusable ones.
     """
     st = settings
     rows: list[dict[str, Any]] = []
@@ -530,10 +534,10 @@ def tile_patient(paths: Sequence[str | Path], patient: str, settings: TileSettin
             log.warning("%s: %s: %s", patient, row["slide"], exc)
             continue
         row.update(mpp=slide.mpp, mpp_source=slide.mpp_source)
-        footprint = st.tile_size * st.target_mpp / slide.mpp / st.thumbnail_downsample
+        footprint = st.tile_size * st.target_mpp / slide.mpp  # level-0 px
         try:
             tm = tissue_mask(slide.handle, st.thumbnail_downsample, st.pen_saturation, st.median_blur,
-                             min_area=max(4, round(0.5 * footprint**2)))
+                             min_area=0.5 * footprint**2)
         except SlideError as exc:
             row["status"] = str(exc)
             log.warning("%s: %s: %s", patient, row["slide"], exc)
@@ -547,6 +551,9 @@ def tile_patient(paths: Sequence[str | Path], patient: str, settings: TileSettin
             slide.close()
             continue
         masked.append((row["tissue_area_um2"], order, slide, tm))
+    for name, reason in unavailable:
+        rows.append({"slide": name, "status": reason, "mpp": math.nan, "mpp_source": "",
+                     "tissue_area_um2": math.nan, "n_tiles": 0, "chosen": False})
 
     masked.sort(key=lambda t: (-t[0], t[1]))
     chosen: tuple[int, Slide, TissueMask, TileSelection] | None = None

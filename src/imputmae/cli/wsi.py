@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = wsub.add_parser("tiles", help="one patient's slides -> PREFIX.npy, .parquet, .png, .qc.tsv",
                         description="Choose the slide with most tissue, sample candidates on its Otsu tissue mask, "
                                     "keep the best by HSV score. Exit 0 with a QC reason when no slide is usable.")
-    t.add_argument("slides", nargs="+", metavar="SLIDE", help="the patient's slide files (.svs or any OpenSlide format)")
+    t.add_argument("slides", nargs="*", metavar="SLIDE", help="the patient's slide files (.svs or any OpenSlide format)")
     t.add_argument("--out", required=True, metavar="PREFIX", help="output prefix: PREFIX.npy, .parquet, .png, .qc.tsv")
     t.add_argument("--patient", help="patient id for the tables (default: the name of PREFIX)")
     t.add_argument("--settings", default="{}", metavar="JSON",
@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, help="parallel OpenSlide reads (config: 4)")
     t.add_argument("--default-mpp", type=float,
                    help="um/px for slides with neither MPP nor AppMag (config: none, such a slide goes to QC)")
+    t.add_argument("--unavailable", action="append", default=[], metavar="FILE_NAME=REASON",
+                   help="a slide of the patient that is not here (e.g. its download failed): recorded in the QC row")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_tiles)
 
@@ -87,10 +89,19 @@ def _tiles(args: argparse.Namespace) -> int:
     from imputmae.wsi import QC_COLUMNS, draw_qc, tile_patient
 
     st = _settings(args)
+    unavailable = []
+    for item in args.unavailable:
+        name, sep, reason = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--unavailable {item!r}: expected FILE_NAME=REASON, e.g. 'x.svs=not downloaded'")
+        unavailable.append((name, reason or "unavailable"))
+    if not args.slides and not unavailable:
+        raise UserError("no SLIDE given; pass the patient's slide files (or --unavailable NAME=REASON for each "
+                        "slide that is missing, to record them)")
     prefix = Path(args.out)
     patient = args.patient or prefix.name
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    result = tile_patient(args.slides, patient, st, progress=not args.no_progress)
+    result = tile_patient(args.slides, patient, st, progress=not args.no_progress, unavailable=unavailable)
 
     def tmp(suffix: str) -> Path:
         return prefix.with_name(f"{prefix.name}{suffix}.part{os.getpid()}")
