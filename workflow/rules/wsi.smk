@@ -14,6 +14,7 @@ if GDC_COHORTS:
                 downloaded_files(w.cohort, "wsi").query("patient == @w.patient")["local_path"]
             ),
             report=lambda w: download_report(w.cohort, "wsi"),
+            selected=f"{RESULTS}/{{cohort}}/gdc/selected.parquet",  # the checkpoint params read
         output:
             npy=f"{RESULTS}/{{cohort}}/wsi/{{patient}}.npy",
             table=f"{RESULTS}/{{cohort}}/wsi/{{patient}}.parquet",
@@ -23,7 +24,7 @@ if GDC_COHORTS:
             prefix=lambda w: f"{RESULTS}/{w.cohort}/wsi/{w.patient}",
             settings=as_json(config["wsi"]),
             unavailable=lambda w, input: " ".join(
-                "--unavailable " + shlex.quote(f"{name}=not downloaded (see {input.report})")
+                f"--unavailable {shlex.quote(f'{name}=not downloaded (see {input.report})')}"
                 for name in sorted(
                     set(selected_files(w.cohort, "wsi").query("patient == @w.patient")["file_name"])
                     - set(downloaded_files(w.cohort, "wsi").query("patient == @w.patient")["file_name"])
