@@ -200,6 +200,18 @@ def test_blank_slide_has_no_tissue(slides):
     assert res.mask is not None and res.mask.separation < wsi.MIN_SEPARATION
 
 
+def test_dust_on_blank_glass_is_not_tissue(tmp_path):
+    # specks of 10-50 um on glass: the median blur and the speck-size rule leave no tissue
+    specks = [(0.2, 0.3, 0.01, 0.013, 1.0), (0.7, 0.3, 0.045, 0.06, 1.0), (0.4, 0.7, 0.045, 0.06, 1.0)]
+    path = write_aperio_svs(tmp_path / "dust.svs", he_image(1536, 2048, specks, seed=4), mpp=0.5, app_mag=20)
+    res = wsi.tile_patient([path], "D", FAST)
+    assert res.qc["status"].startswith("no tissue") and res.tiles.shape[0] == 0
+    # the same specks at 4x the size are tissue
+    big = [(x, y, 4 * rx, 4 * ry, d) for x, y, rx, ry, d in specks[1:]]
+    path = write_aperio_svs(tmp_path / "big.svs", he_image(1536, 2048, big, seed=4), mpp=0.5, app_mag=20)
+    assert wsi.tile_patient([path], "D", FAST).qc["status"] == "ok"
+
+
 @pytest.mark.parametrize("name, reason", [("truncated", "cannot open"), ("garbage", "cannot open"),
                                           ("bad_tiles", "read error: Corrupt JPEG")])
 def test_corrupt_slides_go_to_qc(slides, name, reason):
