@@ -201,7 +201,7 @@ def test_blank_slide_has_no_tissue(slides):
 
 
 def test_dust_on_blank_glass_is_not_tissue(tmp_path):
-    # specks of 10-50 um on glass: the median blur and the speck-size rule leave no tissue
+    # specks 20-90 um across on glass: the median blur and the speck-size rule leave no tissue
     specks = [(0.2, 0.3, 0.01, 0.013, 1.0), (0.7, 0.3, 0.045, 0.06, 1.0), (0.4, 0.7, 0.045, 0.06, 1.0)]
     path = write_aperio_svs(tmp_path / "dust.svs", he_image(1536, 2048, specks, seed=4), mpp=0.5, app_mag=20)
     res = wsi.tile_patient([path], "D", FAST)
