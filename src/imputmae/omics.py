@@ -573,7 +573,7 @@ def read_feature_table(path: str | Path, modality: str) -> pd.DataFrame:
     if bad.any():
         r, c = (int(x[0]) for x in np.nonzero(bad))
         raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}), column {feats[c]!r}: "
-                         f"{values.iat[r, c]!r} is not a number")
+                         f"{str(values.iat[r, c])!r} is not a number")
     arr = numeric.to_numpy(dtype=np.float32)
     if np.isinf(arr).any():
         r, c = (int(x[0]) for x in np.nonzero(np.isinf(arr)))
@@ -610,8 +610,9 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
         if not ok.all():
             r = int(np.flatnonzero(~ok.to_numpy())[0])
             want = "a number of days >= 0" if name == "time" else "0 (censored) or 1 (death)"
-            raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}): {name} "
-                             f"{df[name].iloc[r]!r}, expected {want}")
+            value = df[name].iloc[r]
+            value = value.item() if hasattr(value, "item") else value
+            raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}): {name} {value!r}, expected {want}")
     event = event.astype(np.int8)
     return pd.DataFrame({
         "patient": patients.to_numpy(),
