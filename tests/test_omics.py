@@ -258,21 +258,25 @@ def test_malformed_dnam_error_names_file_line_patient(dnam_files, tmp_path, kind
 
 def test_cli_rna_and_dnam_with_report_and_qc(rna_files, dnam_files, tmp_path, capsys):
     bad, _ = _corrupt_rna(tmp_path, "non_numeric")
-    files = pd.concat([rna_files, pd.DataFrame([dict(patient="TCGA-ZZ-0001", path=str(bad))])])
+    files = pd.concat([rna_files, pd.DataFrame([dict(patient="TCGA-ZZ-0001", path=str(bad))])], ignore_index=True)
     files = files.assign(file_id=[f"id{i}" for i in range(len(files))], modality="rna").rename(
         columns={"path": "local_path"})
     dn = dnam_files.assign(file_id=[f"dn{i}" for i in range(len(dnam_files))], modality="dnam").rename(
         columns={"path": "local_path"})
     pd.concat([files, dn]).to_parquet(tmp_path / "selected.parquet")
-    report = files[["file_id", "local_path"]].assign(status="ok")
-    report.loc[report.index[0], "status"] = "md5_mismatch"
-    report.to_csv(tmp_path / "download_rna.tsv", sep="\t", index=False)
+    report = files[["file_id", "local_path"]].assign(status="downloaded", reason="")
+    report.loc[report.index[0], ["status", "reason"]] = ["failed", "md5 mismatch after 8 attempts"]
+    report.iloc[:-1].to_csv(tmp_path / "download_rna.tsv", sep="\t", index=False)  # the last: not in the report
     out = tmp_path / "res"
     argv = ["omics", "rna", "--files", str(tmp_path / "selected.parquet"), "--modality", "rna", "--report",
             str(tmp_path / "download_rna.tsv"), "--out", str(out / "rna.parquet"), "--qc", str(out / "rna_qc.tsv")]
-    assert main(argv) == 2  # error mode: the unverified download stops the job, one line
+    assert main(argv) == 0  # failed downloads are missing data, not malformed files: QC in either mode
+    qc = pd.read_csv(out / "rna_qc.tsv", sep="\t")
+    assert qc.reason.tolist() == ["download failed: md5 mismatch after 8 attempts", "not in the download report"]
+    report.to_csv(tmp_path / "download_rna.tsv", sep="\t", index=False)
+    assert main(argv) == 2  # error mode: the malformed file stops the job, one line naming file, line, patient
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "download not verified" in err and files.patient.iloc[0] in err
+    assert str(bad) in err and "TCGA-ZZ-0001" in err and "line" in err
     assert main(argv + ["--on-malformed", "qc"]) == 0
     rna, meta = read_matrix(out / "rna.parquet")
     assert rna.shape == (5, N_PC) and meta["normalized"] == "false" and meta["column"] == "fpkm_uq_unstranded"
