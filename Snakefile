@@ -15,6 +15,11 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 
 
+wildcard_constraints:
+    cohort="|".join(COHORTS),
+    fold=r"\d+",
+
+
 rule all:
     input:
         all_targets,

@@ -1,4 +1,4 @@
-# Shared by every rule file: validation, the cohort table, paths, and the list of final targets.
+# Shared by the workflow: validation, the cohort table, paths, and the list of final targets.
 import json
 import sys
 from pathlib import Path
@@ -9,6 +9,8 @@ SRC = str(Path(workflow.basedir) / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
+from snakemake.settings.types import DeploymentMethod  # noqa: E402
+
 from imputmae.config import ConfigError, validate_config  # noqa: E402
 
 try:
@@ -16,13 +18,17 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-IMPUTMAE = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python -m imputmae"
+# Every shell command runs `python -m imputmae ...` (the imputmae CLI) with this checkout's sources first on the
+# path; without --use-conda, `python` is the interpreter running Snakemake (the project's .venv).
+_USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+_PATH = "" if _USE_CONDA else f'export PATH="{Path(sys.executable).parent}:$PATH"; '
+shell.prefix(f'set -euo pipefail; {_PATH}export PYTHONPATH="{SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 RESULTS = config["results"]
 COHORTS = sorted(config["cohorts"])
 GDC_COHORTS = [c for c in COHORTS if "projects" in config["cohorts"][c]]
 TABLE_COHORTS = [c for c in COHORTS if "tables" in config["cohorts"][c]]
 
-# Each rule file appends what `rule all` should build: paths, or functions of wildcards returning paths.
+# Each rule file appends the final outputs (paths, or functions of wildcards returning paths) to TARGETS.
 TARGETS = []
 
 
@@ -46,7 +52,3 @@ def as_json(obj):
     """A config section as one JSON argument (shell-quote it with {params.x:q})."""
     return json.dumps(obj, sort_keys=True)
 
-
-wildcard_constraints:
-    cohort="|".join(COHORTS) if COHORTS else "NONE",
-    fold=r"\d+",

@@ -8,7 +8,7 @@ if config.get("demo"):
             cases=f"{config['demo']['out']}/cases.json",
             oracle=f"{config['demo']['out']}/oracle.parquet",
         params:
-            out=config["demo"]["out"],
+            out=lambda wildcards, output: Path(output.files).parent,
             seed=config["demo"]["seed"],
             sizes=as_json(config["demo"].get("n_patients", {})),
         log:
@@ -18,6 +18,6 @@ if config.get("demo"):
         conda:
             "../../envs/gdc.yaml"
         shell:
-            "{IMPUTMAE} demo-data {params.out} --seed {params.seed} --sizes {params.sizes:q} > {log} 2>&1"
+            "python -m imputmae demo-data {params.out} --seed {params.seed} --sizes {params.sizes:q} > {log} 2>&1"
 
     TARGETS.append(rules.demo_data.output.files)
