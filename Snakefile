@@ -27,3 +27,4 @@ rule all:
 
 
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/gdc.smk"
