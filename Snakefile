@@ -28,3 +28,4 @@ rule all:
 
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/gdc.smk"
+include: "workflow/rules/omics.smk"
