@@ -89,21 +89,21 @@ def quantile_fit(x: torch.Tensor, n_quantiles: int, chunk: int = 4096) -> torch.
     return torch.cummax(out, dim=1).values
 
 
-def _interp_rows(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor, idx: torch.Tensor, tie: float) -> torch.Tensor:
-    """Linear interpolation of ``x [F, N]`` on segment ``idx`` of ``xp [F, Q]`` / ``fp [Q]`` (flat segment -> tie)."""
-    x0, x1 = xp.gather(1, idx), xp.gather(1, idx + 1)
-    d = x1 - x0
-    t = torch.where(d > 0, (x - x0) / torch.where(d > 0, d, torch.ones_like(d)), torch.full_like(d, tie))
-    t = t.clamp(0, 1)
-    return fp[idx] + t * (fp[idx + 1] - fp[idx])
+def _tie_starts(q: torch.Tensor) -> torch.Tensor:
+    """For each knot of ``q [F, Q]`` (non-decreasing rows), the index of the first knot with the same value."""
+    idx = torch.arange(q.shape[1]).expand_as(q)
+    new = torch.ones_like(q, dtype=torch.bool)
+    new[:, 1:] = q[:, 1:] != q[:, :-1]
+    return torch.cummax(torch.where(new, idx, torch.zeros_like(idx)), dim=1).values
 
 
 def quantile_transform(x: torch.Tensor, quantiles: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """Map ``x [N, F]`` through the per-feature ``quantiles [F, Q]`` to uniform [0, 1] (float64 [N, F]).
 
-    Matches scikit-learn's ``QuantileTransformer(output_distribution="uniform").transform``: the average of the
-    interpolation at the last and the first of tied quantiles; values within ``BOUNDS_THRESHOLD`` of the training
-    range's ends, or outside it, go to exactly 0 or 1.
+    Matches scikit-learn's ``QuantileTransformer(output_distribution="uniform").transform``, which averages
+    ``np.interp`` forwards and backwards: between knots that is plain linear interpolation; at a value shared by
+    knots ``a..b`` it is the middle of their references, ``(ref[a] + ref[b]) / 2``. Values within
+    ``BOUNDS_THRESHOLD`` of the training range's ends, or outside it, go to exactly 0 or 1.
     """
     n_q = quantiles.shape[1]
     refs = _references(n_q)
@@ -111,13 +111,17 @@ def quantile_transform(x: torch.Tensor, quantiles: torch.Tensor, chunk: int = 20
     for c0 in range(0, x.shape[1], chunk):
         q = quantiles[c0: c0 + chunk].to(torch.float64).contiguous()        # [F, Q]
         xt = x[:, c0: c0 + chunk].to(torch.float64).T.contiguous()         # [F, N]
-        right = torch.searchsorted(q, xt, right=True)   # number of quantiles <= x
-        left = torch.searchsorted(q, xt, right=False)   # number of quantiles < x
-        up = _interp_rows(xt, q, refs, (right - 1).clamp(0, n_q - 2), tie=1.0)
-        down = _interp_rows(xt, q, refs, (left - 1).clamp(0, n_q - 2), tie=0.0)
-        y = 0.5 * (up + down)
-        y = torch.where(xt + BOUNDS_THRESHOLD > q[:, -1:], torch.ones_like(y), y)
-        y = torch.where(xt - BOUNDS_THRESHOLD < q[:, :1], torch.zeros_like(y), y)
+        last = (torch.searchsorted(q, xt, right=True) - 1).clamp(0, n_q - 1)  # last knot <= x (0 below range)
+        j = last.clamp(max=n_q - 2)
+        x0, x1 = q.gather(1, j), q.gather(1, j + 1)
+        d = x1 - x0
+        t = torch.where(d > 0, ((xt - x0) / torch.where(d > 0, d, 1.0)).clamp(0, 1), 1.0)
+        y = refs[j] + t * (refs[j + 1] - refs[j])
+        tie = q.gather(1, last) == xt
+        if tie.any():
+            y = torch.where(tie, 0.5 * (refs[_tie_starts(q).gather(1, last)] + refs[last]), y)
+        y = torch.where(xt + BOUNDS_THRESHOLD > q[:, -1:], 1.0, y)
+        y = torch.where(xt - BOUNDS_THRESHOLD < q[:, :1], 0.0, y)
         out[:, c0: c0 + chunk] = y.T
     return out
 

@@ -93,11 +93,11 @@ class MalformedFileError(ValueError):
 _ROW_RE = re.compile(r"Row #(\d+)")
 
 
-def _arrow_error(path: str | Path, exc: pa.ArrowInvalid, skipped_lines: int) -> MalformedFileError:
-    """Turn pyarrow's CSV error (``Row #N`` counts from the first parsed line) into a file line number."""
+def _arrow_error(path: str | Path, exc: pa.ArrowInvalid) -> MalformedFileError:
+    """Turn pyarrow's CSV error into one naming the line (``Row #N`` is the file's line N, skipped rows counted)."""
     msg = str(exc)
     m = _ROW_RE.search(msg)
-    line = int(m.group(1)) + skipped_lines if m else None
+    line = int(m.group(1)) if m else None
     reason = msg.split(": ", 1)[1] if msg.startswith(("CSV parse error", "In CSV column")) else msg
     reason = _ROW_RE.sub("", reason).replace("  ", " ").strip(": ")
     if "conversion error" in msg:
@@ -107,14 +107,16 @@ def _arrow_error(path: str | Path, exc: pa.ArrowInvalid, skipped_lines: int) -> 
     return MalformedFileError(path, reason, line)
 
 
-def _read_bytes(path: str | Path) -> bytes:
+def _read_head(path: str | Path, size: int = 1 << 16) -> bytes:
+    """The first ``size`` bytes (pyarrow reads the rest itself, block by block, without a whole-file copy)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            head = fh.read(size)
     except OSError as exc:
         raise MalformedFileError(path, f"cannot be read ({exc.strerror or exc})") from None
-    if not data.strip():
+    if not head.strip():
         raise MalformedFileError(path, "the file is empty", 1)
-    return data
+    return head
 
 
 # ---------------------------------------------------------------------------------------------------------- RNA
@@ -128,35 +130,42 @@ class _StarTable:
     skipped: int                # lines before the header (the "# gene-model" comment)
 
 
-def _parse_star(path: str | Path, column: str) -> _StarTable:
-    data = _read_bytes(path)
-    skipped, offset = 0, 0
-    while data.startswith(b"#", offset):  # the "# gene-model: GENCODE v36" line(s)
-        nl = data.find(b"\n", offset)
-        if nl < 0:
-            raise MalformedFileError(path, "only a comment line, no header or genes (truncated?)", skipped + 1)
-        offset, skipped = nl + 1, skipped + 1
-    nl = data.find(b"\n", offset)
-    header = data[offset: nl if nl >= 0 else len(data)].decode("utf-8", "replace").rstrip("\r").split("\t")
+def _star_header(path: str | Path, column: str) -> int:
+    """Check the header of a STAR - Counts file; return the number of comment lines before it."""
+    lines = _read_head(path).split(b"\n")
+    skipped = 0
+    while skipped < len(lines) - 1 and lines[skipped].startswith(b"#"):  # "# gene-model: GENCODE v36"
+        skipped += 1
+    if skipped == len(lines) - 1:
+        raise MalformedFileError(path, "no header line after the comment (truncated?)", skipped + 1)
+    header = lines[skipped].decode("utf-8", "replace").rstrip("\r").split("\t")
     missing = [c for c in ("gene_id", "gene_type", column) if c not in header]
     if missing:
         raise MalformedFileError(path, f"header lacks column(s) {missing}; expected the GDC STAR - Counts "
                                  f"columns {list(STAR_COLUMNS)}, got {header[:12]}", skipped + 1)
     if len(set(header)) != len(header):
         raise MalformedFileError(path, f"header repeats a column name: {header}", skipped + 1)
+    return skipped
+
+
+def _star_options(column: str, skipped: int) -> dict:
+    return dict(
+        read_options=pacsv.ReadOptions(use_threads=False, skip_rows=skipped),
+        parse_options=pacsv.ParseOptions(delimiter="\t"),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=["gene_id", "gene_type", column],
+            column_types={"gene_id": pa.string(), "gene_type": pa.string(), column: pa.float64()},
+            strings_can_be_null=False,
+        ),
+    )
+
+
+def _parse_star(path: str | Path, column: str) -> _StarTable:
+    skipped = _star_header(path, column)
     try:
-        table = pacsv.read_csv(
-            pa.py_buffer(memoryview(data)[offset:]),
-            read_options=pacsv.ReadOptions(use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter="\t"),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=["gene_id", "gene_type", column],
-                column_types={"gene_id": pa.string(), "gene_type": pa.string(), column: pa.float64()},
-                strings_can_be_null=False,
-            ),
-        )
+        table = pacsv.read_csv(path, **_star_options(column, skipped))
     except pa.ArrowInvalid as exc:
-        raise _arrow_error(path, exc, skipped) from None
+        raise _arrow_error(path, exc) from None
     if table.num_rows == 0:
         raise MalformedFileError(path, "a header and no genes (truncated?)", skipped + 2)
     return _StarTable(table["gene_id"], table["gene_type"], table[column], skipped)
@@ -178,17 +187,18 @@ def _star_genes(t: _StarTable, path: str | Path, gene_type: str) -> tuple[np.nda
     return rows, ids
 
 
+def _check_star_values(vals: np.ndarray, rows: np.ndarray, first_line: int, path: str | Path, column: str) -> None:
+    """``vals`` of table rows ``rows`` (row 0 on line ``first_line``): present, finite, >= 0."""
+    bad = ~np.isfinite(vals) | (vals < 0)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        what = f"empty {column} value" if np.isnan(vals[k]) else f"{column} must be a finite number >= 0"
+        raise MalformedFileError(path, what, int(rows[k]) + first_line)
+
+
 def _star_values(t: _StarTable, rows: np.ndarray, path: str | Path, column: str) -> np.ndarray:
-    vals = t.values.to_numpy().astype(np.float64, copy=False)[rows] if t.values.null_count == 0 else None
-    if vals is None:
-        full = t.values.to_numpy(zero_copy_only=False)
-        bad = rows[np.isnan(full[rows])]
-        if bad.size:
-            raise MalformedFileError(path, f"empty {column} value for a gene", int(bad[0]) + t.skipped + 2)
-        vals = full[rows]
-    if not np.isfinite(vals).all() or (vals < 0).any():
-        pos = rows[np.flatnonzero(~np.isfinite(vals) | (vals < 0))[0]]
-        raise MalformedFileError(path, f"{column} must be a finite number >= 0", int(pos) + t.skipped + 2)
+    vals = t.values.to_numpy(zero_copy_only=False)[rows]
+    _check_star_values(vals, rows, t.skipped + 2, path, column)
     return vals
 
 
@@ -227,7 +237,7 @@ def _run_parallel(fn: Callable[[int], object], n: int, threads: int, desc: str) 
     from tqdm.auto import tqdm
 
     out: list[object] = [None] * n
-    with tqdm(total=n, desc=desc, unit="file", disable=n < 50, leave=False) as bar:
+    with tqdm(total=n, desc=desc, unit="file", disable=True if n < 50 else None, leave=False) as bar:
         if threads <= 1:
             for i in range(n):
                 out[i] = fn(i)
@@ -309,7 +319,8 @@ def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", ge
         if failed[i]:
             return
         try:
-            t = heads[i][0] if i in heads else _parse_star(paths[i], column)
+            head = heads.pop(i, None)
+            t = head[0] if head is not None else _parse_star(paths[i], column)
             if _equal(t.gene_id, ref.gene_id) and _equal(t.gene_type, ref.gene_type):
                 rows = ref_rows  # the fast path: the same genes in the same rows as the reference
             else:
@@ -326,7 +337,6 @@ def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", ge
         return None
 
     errors = _run_parallel(fill, n, threads, "rna files")
-    heads.clear()
     for i, err in enumerate(errors):
         if err is not None:
             fail(i, err)
@@ -354,10 +364,10 @@ def platform_group(platform: object) -> str:
 
 
 def _parse_betas(path: str | Path, probes_only: bool = False) -> tuple[pa.ChunkedArray, pa.ChunkedArray | None]:
-    data = _read_bytes(path)
+    _read_head(path, 4096)
     try:
         table = pacsv.read_csv(
-            pa.py_buffer(data),
+            path,
             read_options=pacsv.ReadOptions(use_threads=False, column_names=["probe", "beta"]),
             parse_options=pacsv.ParseOptions(delimiter="\t"),
             convert_options=pacsv.ConvertOptions(
@@ -367,7 +377,7 @@ def _parse_betas(path: str | Path, probes_only: bool = False) -> tuple[pa.Chunke
             ),
         )
     except pa.ArrowInvalid as exc:
-        err = _arrow_error(path, exc, 0)
+        err = _arrow_error(path, exc)
         if err.line == 1 and "not a number" in err.reason:
             err = MalformedFileError(path, err.reason + "; SeSAMe beta files have no header line", 1)
         raise err from None
