@@ -21,6 +21,7 @@ Run alone (``python tests/gdc_server.py MIRROR``) it prints its URL and serves u
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -56,13 +57,14 @@ class Request:
 class GDCServer:
     """``with GDCServer(mirror) as srv: srv.url`` ... ; ``srv.add_fault("data/<id>", "cut", after=1000)``."""
 
-    def __init__(self, mirror: str | Path, chunk_size: int = 1 << 16):
+    def __init__(self, mirror: str | Path, chunk_size: int = 1 << 16, rate: float | None = None):
         self.mirror = Path(mirror)
         self.hits = {name: json.loads((self.mirror / f"{name}.json").read_text()) for name in ("files", "cases")}
         status = self.mirror / "status.json"
         self.status = json.loads(status.read_text()) if status.is_file() else {"data_release": "Data Release 0"}
         self.files = {h["file_id"]: h for h in self.hits["files"]}
         self.chunk_size = chunk_size
+        self.rate = rate  # bytes/s per connection for /data bodies (a network's pace); None: as fast as possible
         self.faults: dict[str, list[Fault]] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -207,8 +209,8 @@ def _make_handler(server: GDCServer) -> type[BaseHTTPRequestHandler]:
             hit = server.files.get(file_id)
             if hit is None:
                 return self._send_json(req, 404, {"message": f"file {file_id} not found"})
-            data = (server.mirror / "data" / file_id / hit["file_name"]).read_bytes()
-            total = len(data)
+            path = server.mirror / "data" / file_id / hit["file_name"]
+            total = path.stat().st_size
             start, end = 0, total - 1
             kind = fault.kind if fault else None
             ranged = req.range is not None and kind != "ignore_range"
@@ -224,30 +226,42 @@ def _make_handler(server: GDCServer) -> type[BaseHTTPRequestHandler]:
                     self.end_headers()
                     req.status = 416
                     return
-            body = data[start:end + 1]
+            length = end + 1 - start
             self.send_response(206 if ranged else 200)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
             self.send_header("Content-Disposition", f"attachment; filename={hit['file_name']}")
             if ranged:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
             self.end_headers()
+            self.wfile.flush()
             req.status = 206 if ranged else 200
-            if kind == "wrong":
-                body = bytes(b ^ 0xFF for b in body[:64]) + body[64:]
             if kind == "slow":
                 time.sleep(fault.delay)
             if kind == "cut":
-                body = body[:fault.after]
+                length = min(length, fault.after)
             try:
-                for i in range(0, len(body), server.chunk_size):
-                    self.wfile.write(body[i:i + server.chunk_size])
-                    req.bytes_sent += min(server.chunk_size, len(body) - i)
+                with open(path, "rb") as fh:
+                    if kind == "wrong":  # same length, the first bytes flipped
+                        fh.seek(start)
+                        body = bytearray(fh.read(length))
+                        body[:64] = bytes(x ^ 0xFF for x in body[:64])
+                        self.wfile.write(body)
+                        req.bytes_sent = len(body)
+                    else:  # zero-copy, in chunks so that bytes_sent is known if the client goes away
+                        sock, offset, t0 = self.connection.fileno(), start, time.perf_counter()
+                        while req.bytes_sent < length:
+                            if server.rate:
+                                time.sleep(max(0.0, t0 + req.bytes_sent / server.rate - time.perf_counter()))
+                            n = os.sendfile(sock, fh.fileno(), offset, min(server.chunk_size, length - req.bytes_sent))
+                            if n == 0:
+                                break
+                            offset += n
+                            req.bytes_sent += n
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
                 return
             if kind == "cut":  # the connection drops before Content-Length bytes were sent
-                self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
 
@@ -280,7 +294,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mirror")
     ap.add_argument("--chunk-size", type=int, default=1 << 20)
+    ap.add_argument("--rate-mib", type=float, default=None, help="MiB/s per connection for /data bodies")
     a = ap.parse_args()
-    with GDCServer(a.mirror, chunk_size=a.chunk_size) as srv:
+    rate = a.rate_mib * 2**20 if a.rate_mib else None
+    with GDCServer(a.mirror, chunk_size=a.chunk_size if not rate else 1 << 18, rate=rate) as srv:
         print(srv.url, flush=True)
         sys.stdin.read()  # serve until the parent closes our stdin

@@ -532,6 +532,11 @@ def test_mirror_resume_corrupt_and_missing(tmp_path):
     assert not (tmp_path / "d" / "f02" / rows.file_name[1]).exists()
     assert (src / "data" / "f02" / rows.file_name[1]).read_bytes() == b"not the file"  # the mirror is untouched
     assert sorted(p.name for p in (tmp_path / "d").rglob("*") if p.is_file()) == [rows.file_name[0]]
+    # a .part hard-linked to the mirror (a run killed between link and rename) is never appended to
+    short = src / "data" / "f02" / rows.file_name[1]
+    os.link(short, tmp_path / "d" / "f02" / (rows.file_name[1] + ".part"))
+    rep = _download(rows.iloc[[1]], tmp_path / "d", gdc.MirrorTransport(src, link=False))
+    assert rep.loc["f02", "status"] == "failed" and short.read_bytes() == b"not the file"
 
 
 # --------------------------------------------------------------------------------------------------- clinical
@@ -629,5 +634,75 @@ def test_cli_end_to_end_on_a_mirror(mirror, tmp_path):
     assert t.loc["C"].to_dict() == {"DNAm": 33.33, "Clinical": 50.0, "WSI": 50.0, "RNA count": 6}
     assert t.loc["AAA", "RNA count"] == 3 and t.loc["BBB", "RNA count"] == 3
     assert (R / "tables" / "table2.md").read_text().startswith("**Table 2: Modality availability")
+    # with the download reports, a failed download counts as missing
+    rna = pd.read_csv(g / "download_rna.tsv", sep="\t")
+    rna.loc[rna["file_id"] == "f01", "status"] = "failed"
+    rna.to_csv(g / "download_rna.tsv", sep="\t", index=False)
+    assert main(["tables", "table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "t2"),
+                 "--with-downloads"]) == 0
+    assert pd.read_csv(R / "tables" / "t2.csv").set_index("Cohort").loc["C", "RNA count"] == 5
+    (g / "download_wsi.tsv").unlink()
+    assert main(["tables", "table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "t3"),
+                 "--with-downloads"]) == 2
     for p in pd.read_parquet(g / "selected.parquet")["local_path"]:
         assert hashlib.md5(Path(p).read_bytes()).hexdigest()  # every selected file is there
+
+
+# ----------------------------------------------------------------------------------- the demo mirror (conftest)
+
+DEMO_PROJECTS = ["DEMO-BRCA", "DEMO-UCEC", "DEMO-GBM", "DEMO-LGG"]
+
+
+def test_demo_manifest_and_selection_over_http_and_mirror(demo_mirror, tmp_path):
+    with GDCServer(demo_mirror) as srv:
+        http, meta = gdc.fetch_manifest(gdc.HttpTransport(srv.url, timeout_s=5), DEMO_PROJECTS, page_size=7)
+    mirrored, _ = gdc.fetch_manifest(gdc.MirrorTransport(demo_mirror), DEMO_PROJECTS)
+    pd.testing.assert_frame_equal(http, mirrored)
+    assert meta["gdc_data_release"] == json.loads((demo_mirror / "status.json").read_text())["data_release"]
+    hits = json.loads((demo_mirror / "files.json").read_text())
+    wanted = {h["file_id"] for h in hits if h["data_type"] in ("Gene Expression Quantification", "Methylation Beta Value")
+              or h.get("experimental_strategy") == "Diagnostic Slide"}
+    assert set(http["file_id"]) == wanted  # the miRNA files and the tissue slides are filtered out
+    assert (http["patient"].str.len() == 12).all()
+    sel = gdc.select_files(http, ["Primary Tumor", "Recurrent Tumor"], tmp_path)
+    omics = sel[sel["modality"] != "wsi"]
+    assert not omics.duplicated(["modality", "patient"]).any()
+    assert set(omics["sample_type"]) == {"Primary Tumor"}  # the normals never, recurrences only as a last resort
+    by_patient = http[http["modality"] == "rna"].groupby("patient")["sample"].apply(set)
+    two_vials = [p for p, s in by_patient.items() if {f"{p}-01A", f"{p}-01B"} <= s]
+    assert two_vials and all(sel.loc[(sel["modality"] == "rna") & (sel["patient"] == p), "sample"].item()
+                             == f"{p}-01A" for p in two_vials)
+    slides = sel[sel["modality"] == "wsi"]
+    assert slides["file_name"].str.contains("-DX").all() and slides.duplicated("patient").any()  # every DX slide
+    assert set(slides["file_id"]) == set(http.loc[http["modality"] == "wsi", "file_id"])
+
+
+def test_demo_clinical_matches_the_oracle(demo_mirror):
+    with GDCServer(demo_mirror) as srv:
+        clinical, qc, _ = gdc.fetch_clinical(gdc.HttpTransport(srv.url, timeout_s=5), DEMO_PROJECTS, page_size=9)
+    oracle = pd.read_parquet(demo_mirror / "oracle.parquet").set_index("patient")
+    assert len(clinical) + len(qc) == len(oracle) and not set(clinical["patient"]) & set(qc["patient"])
+    assert set(qc["reason"]) <= {"missing vital status", "dead without days_to_death", "no follow-up time",
+                                 "negative time"} and len(qc)
+    truth = oracle.loc[clinical["patient"]]
+    np.testing.assert_array_equal(clinical["time"].to_numpy(), truth["time"].to_numpy())
+    np.testing.assert_array_equal(clinical["event"].to_numpy(), truth["event"].to_numpy())
+
+
+def test_demo_downloads_http_with_faults_and_mirror(demo_mirror, tmp_path, sleeps):
+    hits = json.loads((demo_mirror / "files.json").read_text())
+    slides = [h for h in hits if h["file_name"].endswith(".svs")][:3]
+    others = [h for h in hits if not h["file_name"].endswith(".svs")][:3]
+    rows = pd.DataFrame([{k: h[k] for k in ("file_id", "file_name", "md5sum", "file_size")} for h in slides + others])
+    with GDCServer(demo_mirror) as srv:
+        srv.add_fault(f"data/{slides[0]['file_id']}", "cut", after=slides[0]["file_size"] // 2)
+        srv.add_fault(f"data/{slides[1]['file_id']}", "wrong")
+        srv.add_fault(f"data/{others[0]['file_id']}", "429", retry_after=2)
+        rep = _download(rows, tmp_path / "http", gdc.HttpTransport(srv.url, timeout_s=5))
+        assert [r.range for r in srv.data_requests(slides[0]["file_id"])][1] == f"bytes={slides[0]['file_size'] // 2}-"
+    assert (rep["status"] == "downloaded").all() and rep["md5_verified"].all()
+    assert rep.loc[slides[0]["file_id"], "bytes_fetched"] == slides[0]["file_size"]
+    _assert_only_verified(tmp_path / "http", demo_mirror)
+    mrep = _download(rows, tmp_path / "mirror", gdc.MirrorTransport(demo_mirror))
+    assert (mrep["status"] == "downloaded").all()
+    _assert_only_verified(tmp_path / "mirror", demo_mirror)

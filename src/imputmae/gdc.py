@@ -60,6 +60,9 @@ __all__ = [
     "match_filters",
     "field_values",
     "project_fields",
+    "paginate",
+    "RetryableError",
+    "Token",
     "Transport",
     "HttpTransport",
     "MirrorTransport",
@@ -303,7 +306,7 @@ class RetryableError(GDCError):
         self.retry_after = retry_after
 
 
-class _Token:
+class Token:
     """The X-Auth-Token value; its repr and str never show it."""
 
     def __init__(self, value: str):
@@ -315,7 +318,7 @@ class _Token:
     __str__ = __repr__
 
 
-def read_token(path: str | os.PathLike[str] | None) -> _Token | None:
+def read_token(path: str | os.PathLike[str] | None) -> Token | None:
     """The token in ``path`` (whitespace stripped), or ``None`` when no path is given.
 
     Raises:
@@ -330,7 +333,7 @@ def read_token(path: str | os.PathLike[str] | None) -> _Token | None:
         raise GDCError(f"token file {p}: cannot read it ({exc.strerror}); download a token from the GDC portal") from None
     if not value:
         raise GDCError(f"token file {p} is empty; download a token from the GDC portal")
-    return _Token(value)
+    return Token(value)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -366,7 +369,7 @@ class HttpTransport:
         chunk_size: bytes per read of a streamed body.
     """
 
-    def __init__(self, api: str, timeout_s: float = 60.0, token: _Token | None = None, chunk_size: int = 1 << 20):
+    def __init__(self, api: str, timeout_s: float = 60.0, token: Token | None = None, chunk_size: int = 1 << 20):
         self.api = api.rstrip("/")
         self.source = self.api
         self.timeout_s = timeout_s
@@ -759,6 +762,9 @@ def _download_one(transport: Transport, file_id: str, file_name: str, md5sum: st
         if offset > size:
             part.unlink()
             offset = 0
+        elif offset and part.stat().st_nlink > 1:  # a hard link into a mirror: appending would modify the mirror
+            shutil.copyfile(part, part.with_name(part.name + ".copy"))
+            os.replace(part.with_name(part.name + ".copy"), part)
         h = hashlib.md5(usedforsecurity=False)
         if offset:
             with open(part, "rb") as fh:
@@ -838,10 +844,17 @@ def download_files(manifest: pd.DataFrame, dest: str | os.PathLike[str], transpo
     bar = tqdm(total=int(rows["file_size"].sum()), unit="B", unit_scale=True, unit_divisor=1024,
                desc="gdc download", disable=not progress, mininterval=1.0)
     lock = threading.Lock()
+    done = {"files": 0, "failed": 0}
 
     def tick(n: int) -> None:
         with lock:
             bar.update(n)
+
+    def finished(failed: bool) -> None:
+        with lock:
+            done["files"] += 1
+            done["failed"] += failed
+            bar.set_postfix_str(f"{done['files']}/{len(rows)} files, {done['failed']} failed", refresh=False)
 
     def one(row: Any) -> dict[str, Any]:
         r = _download_one(transport, row.file_id, row.file_name, row.md5sum, int(row.file_size), dest, retries,
@@ -850,6 +863,7 @@ def download_files(manifest: pd.DataFrame, dest: str | os.PathLike[str], transpo
             tick(int(row.file_size))
         if r.status == "failed":
             log.error("%s (%s): FAILED: %s", row.file_id, row.file_name, r.reason)
+        finished(r.status == "failed")
         return {"file_id": row.file_id, "file_name": row.file_name,
                 "local_path": str(dest / row.file_id / row.file_name), "md5sum": row.md5sum,
                 "md5_verified": r.md5_verified, "bytes": r.bytes, "status": r.status, "reason": r.reason,

@@ -1,48 +1,14 @@
-# GDC acquisition: manifest (checkpoint) -> per-patient selection (checkpoint) -> verified downloads -> clinical
+# GDC acquisition: manifest (checkpoint) -> per-patient selection (checkpoint) -> verified downloads (checkpoint)
 # labels -> Table 2. Only cohorts given as GDC projects (GDC_COHORTS) have these rules; cohorts given as tables
 # bring their own matrices and labels.
 #
-# Other rule files use the two helpers below:
-#   selected_files(cohort, modality) -> DataFrame of the selected rows (patient, file_id, local_path, ...)
-#   download_report(cohort, modality) -> path of the download report (an input that makes the files exist;
-#                                         rows with status "failed" count as missing)
-import shlex
-
-import pandas as pd
-
-GDC_MODALITIES = ["rna", "dnam", "wsi"]
-
-
-def gdc_request_args():
-    """Retries, timeout and token of every GDC request (the token file's path only; its content is never shown)."""
-    g = config["gdc"]
-    args = f"--retries {g['retries']} --timeout {g['timeout_s']}"
-    if g["token_file"]:
-        args += f" --token-file {shlex.quote(g['token_file'])}"
-    return args
-
-
-def gdc_source_inputs(wildcards):
-    """The demo mirror must exist before anything reads it."""
-    return [rules.demo_data.output.files, rules.demo_data.output.cases] if config.get("demo") else []
-
-
-def gdc_project_args(wildcards):
-    return " ".join(f"--project {shlex.quote(p)}" for p in config["cohorts"][wildcards.cohort]["projects"])
-
-
-def selected_files(cohort, modality):
-    """The selected rows of ``cohort`` for ``modality`` (rna, dnam, wsi), read after the gdc_select checkpoint."""
-    path = checkpoints.gdc_select.get(cohort=cohort).output[0]
-    df = pd.read_parquet(path)
-    return df[df["modality"] == modality].reset_index(drop=True)
-
-
-def download_report(cohort, modality):
-    """Path of the download report of ``cohort``/``modality`` (one row per selected file, with its status)."""
-    return f"{RESULTS}/{cohort}/gdc/download_{modality}.tsv"
-
-
+# Other rule files use these helpers (defined in common.smk, section GDC stage):
+#   selected_files(cohort, modality)   -> DataFrame of the selected rows (patient, file_id, local_path, ...)
+#   download_report(cohort, modality)  -> path of the download report (one row per selected file, with its status;
+#                                          "failed" rows count as missing). Depend on it, not on the data files:
+#                                          no rule has the downloaded files as outputs.
+#   downloaded_files(cohort, modality) -> the selected rows whose download was verified (after the gdc_download
+#                                          checkpoint ran), so their local_path exist and may be listed as inputs.
 if GDC_COHORTS:
 
     if config["gdc"]["local_downloads"]:
@@ -62,6 +28,8 @@ if GDC_COHORTS:
             source=gdc_source_args(),
             request=gdc_request_args(),
             page_size=config["gdc"]["page_size"],
+        resources:
+            gdc_api=1,  # the profiles cap concurrent GDC API use
         log:
             "logs/gdc_manifest/{cohort}.log",
         benchmark:
@@ -72,7 +40,7 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: 1
         shell:
-            "{IMPUTMAE} gdc manifest {params.projects} --out {output} --page-size {params.page_size} "
+            "python -m imputmae gdc manifest {params.projects} --out {output} --page-size {params.page_size} "
             "{params.source} {params.request} > {log} 2>&1"
 
     checkpoint gdc_select:
@@ -93,10 +61,10 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: 1
         shell:
-            "{IMPUTMAE} gdc select {input} --out {output} --download-dir {params.download_dir:q} "
+            "python -m imputmae gdc select {input} --out {output} --download-dir {params.download_dir:q} "
             "{params.sample_types} > {log} 2>&1"
 
-    rule gdc_download:
+    checkpoint gdc_download:
         input:
             selected=f"{RESULTS}/{{cohort}}/gdc/selected.parquet",
             source=gdc_source_inputs,
@@ -106,6 +74,8 @@ if GDC_COHORTS:
             dest=config["gdc"]["download_dir"],
             source=gdc_source_args(),
             request=gdc_request_args(),
+        resources:
+            gdc_api=1,  # the profiles cap concurrent GDC API use
         log:
             "logs/gdc_download/{cohort}_{modality}.log",
         benchmark:
@@ -117,7 +87,7 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: config["gdc"]["workers"]
         shell:
-            "{IMPUTMAE} gdc download {input.selected} --modality {wildcards.modality} --dest {params.dest:q} "
+            "python -m imputmae gdc download {input.selected} --modality {wildcards.modality} --dest {params.dest:q} "
             "--report {output} --workers {threads} --no-progress {params.source} {params.request} > {log} 2>&1"
 
     rule gdc_clinical:
@@ -131,6 +101,8 @@ if GDC_COHORTS:
             source=gdc_source_args(),
             request=gdc_request_args(),
             page_size=config["gdc"]["page_size"],
+        resources:
+            gdc_api=1,  # the profiles cap concurrent GDC API use
         log:
             "logs/gdc_clinical/{cohort}.log",
         benchmark:
@@ -141,14 +113,13 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: 1
         shell:
-            "{IMPUTMAE} gdc clinical {params.projects} --out {output.clinical} --qc {output.qc} "
+            "python -m imputmae gdc clinical {params.projects} --out {output.clinical} --qc {output.qc} "
             "--page-size {params.page_size} {params.source} {params.request} > {log} 2>&1"
 
     rule table2:
         input:
             selected=expand(f"{RESULTS}/{{cohort}}/gdc/selected.parquet", cohort=GDC_COHORTS),
             clinical=expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=GDC_COHORTS),
-            downloads=expand(download_report("{cohort}", "{modality}"), cohort=GDC_COHORTS, modality=GDC_MODALITIES),
         output:
             csv=f"{RESULTS}/tables/table2.csv",
             md=f"{RESULTS}/tables/table2.md",
@@ -164,7 +135,8 @@ if GDC_COHORTS:
             "../../envs/gdc.yaml"
         threads: 1
         shell:
-            "{IMPUTMAE} tables table2 --results {params.results:q} {params.cohorts} --out {params.prefix:q} "
+            "python -m imputmae tables table2 --results {params.results:q} {params.cohorts} --out {params.prefix:q} "
             "> {log} 2>&1"
 
     TARGETS.extend([rules.table2.output.csv, rules.table2.output.md])
+    TARGETS.extend(download_report(c, m) for c in GDC_COHORTS for m in GDC_MODALITIES)

@@ -72,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t2.add_argument("--results", required=True, help="results folder ({R}); reads {R}/<cohort>/gdc/... and clinical")
     t2.add_argument("--cohort", action="append", required=True, dest="cohorts", help="cohort name (repeat)")
     t2.add_argument("--out", required=True, help="output prefix, e.g. results/tables/table2")
+    t2.add_argument("--with-downloads", action="store_true",
+                    help="also read {R}/<cohort>/gdc/download_{rna,dnam,wsi}.tsv: failed downloads count as missing")
     t2.set_defaults(func=_table2)
 
 
@@ -181,14 +183,18 @@ def _table2(args: argparse.Namespace) -> int:
                 raise UserError(f"table2: {p} is missing; run `imputmae gdc select` / `gdc clinical` for {cohort}")
         selected[cohort] = pd.read_parquet(sel)
         clinical[cohort] = pd.read_parquet(clin)
-        reports = sorted((results / cohort / "gdc").glob("download_*.tsv"))
-        if reports:
+        if args.with_downloads:
+            reports = [results / cohort / "gdc" / f"download_{m}.tsv" for m in ("rna", "dnam", "wsi")]
+            missing = [str(r) for r in reports if not r.is_file()]
+            if missing:
+                raise UserError(f"table2 --with-downloads: {', '.join(missing)} missing; run `imputmae gdc download`")
             downloads[cohort] = pd.concat([pd.read_csv(r, sep="\t", dtype={"file_id": str}) for r in reports])
     df = table2(selected, clinical, downloads)
-    note = ("Among patients with a selected RNA-seq file: % with a DNAm file, a usable survival label "
-            "(clinical.parquet) and at least one diagnostic slide. Files whose download failed count as missing "
-            "where download reports exist. WSI availability is before slide QC; the WSI stage may drop slides "
-            "(see wsi_qc.tsv).")
+    note = ("Among patients with a selected RNA-seq file (gdc/selected.parquet): % with a selected DNAm file, with a "
+            "usable survival label (clinical.parquet) and with at least one diagnostic slide. "
+            + ("Files whose download failed count as missing. " if args.with_downloads else
+               "Availability at the GDC, before downloads. ")
+            + "WSI availability is before slide QC: the WSI stage may still drop slides (wsi_qc.tsv).")
     write_table(df, args.out, ("csv", "md"),
                 caption="Table 2: Modality availability (%) among patients with RNA-seq data.", note=note)
     print(df.to_string(index=False))
