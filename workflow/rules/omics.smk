@@ -2,27 +2,7 @@
 # omics_qc.tsv. GDC cohorts: from the GDC stage's selected files (gdc/selected.parquet, one RNA and one DNAm file
 # per patient) and its download reports (a failed download goes to the QC table). Cohorts given as tables
 # (TABLE_COHORTS): the user's matrices and clinical table, validated and written in the same layout.
-import shlex
-
 OMICS = config["omics"]
-
-
-def omics_probe_list(wildcards):
-    """The user's DNAm probe list, when configured (an input, so that editing it rebuilds the matrix)."""
-    return [OMICS["dnam"]["probe_list"]] if OMICS["dnam"]["probe_list"] else []
-
-
-def omics_table_inputs(wildcards):
-    return {k: v for k, v in config["cohorts"][wildcards.cohort]["tables"].items()}
-
-
-def omics_table_args(wildcards, input):
-    args = f"--cohort {shlex.quote(wildcards.cohort)} --clinical {shlex.quote(input.clinical)}"
-    for modality in ("rna", "dnam"):
-        if modality in input.keys():
-            args += f" --{modality} {shlex.quote(getattr(input, modality))}"
-    normalize = config["cohorts"][wildcards.cohort].get("normalize", True)
-    return args + ("" if normalize else " --no-normalize")
 
 
 if GDC_COHORTS:
@@ -56,7 +36,8 @@ if GDC_COHORTS:
         input:
             selected=f"{RESULTS}/{{cohort}}/gdc/selected.parquet",
             report=lambda w: download_report(w.cohort, "dnam"),
-            probe_list=omics_probe_list,
+            # the user's probe list, when configured: an input, so that editing it rebuilds the matrix
+            probe_list=lambda w: [OMICS["dnam"]["probe_list"]] if OMICS["dnam"]["probe_list"] else [],
         output:
             matrix=f"{RESULTS}/{{cohort}}/dnam.parquet",
             probes=f"{RESULTS}/{{cohort}}/dnam_probes.txt",
@@ -101,7 +82,7 @@ if TABLE_COHORTS:
 
     rule omics_tables:
         input:
-            unpack(omics_table_inputs),
+            unpack(lambda w: dict(config["cohorts"][w.cohort]["tables"])),
         output:
             rna=f"{RESULTS}/{{cohort}}/rna.parquet",
             dnam=f"{RESULTS}/{{cohort}}/dnam.parquet",
@@ -109,7 +90,11 @@ if TABLE_COHORTS:
             clinical=f"{RESULTS}/{{cohort}}/clinical.parquet",
             qc=f"{RESULTS}/{{cohort}}/omics_qc.tsv",
         params:
-            args=omics_table_args,
+            args=lambda w: " ".join(
+                [f"--cohort {shlex.quote(w.cohort)}"]
+                + [f"--{k} {shlex.quote(v)}" for k, v in sorted(config["cohorts"][w.cohort]["tables"].items())]
+                + ([] if config["cohorts"][w.cohort].get("normalize", True) else ["--no-normalize"])
+            ),
             out_dir=lambda w, output: str(Path(output.rna).parent),
         log:
             "logs/omics_tables/{cohort}.log",
