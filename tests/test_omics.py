@@ -366,3 +366,33 @@ def test_cli_bring_your_own_errors_are_one_line(tmp_path, capsys, mutate, needle
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and needle in err[-1] and err[-1].startswith("imputmae omics: error:")
     assert not (tmp_path / "out" / "rna.parquet").exists()
+
+
+def test_snakemake_builds_a_tables_cohort_and_plans_the_gdc_rules(tmp_path):
+    """omics.smk end to end for a bring-your-own cohort (the real rule, through Snakemake), and the dry run of
+    a GDC cohort schedules omics_rna, omics_dnam and omics_qc."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    t = _byo_tables(tmp_path)
+    shutil.copy(root / "config.yaml", tmp_path / "config.yaml")
+    overlay = dict(results=str(tmp_path / "res"), cohorts=dict(MINE=dict(
+        tables={k: str(v) for k, v in t.items()}, normalize=False)))
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    smk = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "overlay.yaml"), "--cores", "1"]
+    targets = [str(tmp_path / "res" / "MINE" / n) for n in ("rna.parquet", "dnam.parquet", "clinical.parquet")]
+    run = subprocess.run(smk + targets, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert matrix_is_normalized(tmp_path / "res" / "MINE" / "rna.parquet")
+    assert read_matrix(tmp_path / "res" / "MINE" / "dnam.parquet")[0].shape == (10, 5)
+    dry = subprocess.run(smk + ["-n", str(tmp_path / "res" / "BRCA" / "omics_qc.tsv"),
+                                     str(tmp_path / "res" / "BRCA" / "dnam_probes.txt")],
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    for rule in ("omics_rna", "omics_dnam", "omics_qc", "gdc_select"):
+        assert rule in dry.stdout, dry.stdout[-2000:]
