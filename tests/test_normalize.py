@@ -217,3 +217,15 @@ def test_from_config():
     d = OmicsNormalizer.from_config("dnam", cfg, already_normalized=True)
     assert (r.kind, r.min_std, r.patch_size, r.mode) == ("rna", 0.1, 256, "paper")
     assert (d.kind, d.min_std, d.patch_size, d.mode) == ("dnam", None, 512, "identity")
+
+
+@pytest.mark.parametrize("kind", ["rna", "dnam"])
+def test_inputs_are_not_modified(kind):
+    df = (_rna if kind == "rna" else _dnam)(20, 40)
+    df.iloc[:, 3] = np.nan  # never observed in training: filled with 0
+    before = df.copy()
+    norm = OmicsNormalizer(kind, n_quantiles=10, patch_size=16).fit(df.iloc[:15])
+    out = norm.transform(df)
+    norm.upper_quartiles(df)
+    pd.testing.assert_frame_equal(df, before)
+    assert np.isfinite(out).all() and float(norm.median_[3]) == 0.0

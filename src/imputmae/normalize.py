@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -138,9 +139,19 @@ def quantile_inverse(y: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
 
 
 def upper_quartile_scale(x: torch.Tensor) -> torch.Tensor:
-    """Each row's 75th percentile (linear, as ``numpy.percentile``) for ``x [N, F]`` -> ``[N]`` (float64)."""
-    s = torch.sort(x.to(torch.float64), dim=1).values
-    return _percentile_linear(s.T, torch.tensor([0.75], dtype=torch.float64))[:, 0]
+    """Each row's 75th percentile (linear, as ``numpy.percentile``) for ``x [N, F]`` -> ``[N]`` (float64).
+
+    Two order statistics per row (``kthvalue``), not a sort: no [N, F] copy beyond the float64 cast.
+    """
+    x = x.to(torch.float64)
+    n = x.shape[1]
+    pos = (n - 1) * (75.0 / 100)  # numpy's virtual index for q = 75
+    lo = math.floor(pos)
+    t = pos - lo
+    a = torch.kthvalue(x, lo + 1, dim=1).values
+    b = torch.kthvalue(x, min(lo + 2, n), dim=1).values
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 # ------------------------------------------------------------------------------------------------- the class
@@ -206,16 +217,18 @@ class OmicsNormalizer:
             raise ValueError("the training frame repeats a feature name")
         raw = train.to_numpy(dtype=np.float64, copy=True)
         self.n_train_ = raw.shape[0]
-        observed = ~np.isnan(raw)
-        never = ~observed.any(axis=0)
-        with np.errstate(all="ignore"):
-            median = np.where(never, 0.0, np.nanmedian(np.where(never, 0.0, raw), axis=0))
+        never = np.isnan(raw).all(axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features: handled just below
+            median = np.nanmedian(raw, axis=0)
+        median[never] = 0.0
         if never.any():
             log.info("%s: %d features never observed in training are filled with 0", self.kind, int(never.sum()))
         self.median_ = torch.from_numpy(median)
         keep = np.arange(raw.shape[1])
         if self.mode == "paper" and self.kind == "rna" and self.min_std is not None:
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a feature seen once or never: std NaN, dropped
                 std = np.nanstd(raw, axis=0, ddof=1)
             keep = np.flatnonzero(np.nan_to_num(std, nan=0.0) > self.min_std)
             log.info("rna: %d of %d genes have training std > %g", keep.size, raw.shape[1], self.min_std)
@@ -254,24 +267,35 @@ class OmicsNormalizer:
             raise ValueError(f"{self.kind}: {len(missing)} of the {len(self.features_in_)} training features are "
                              f"absent, e.g. {list(missing[:3])}")
         idx = cols.get_indexer(self.features_in_)
-        x = torch.from_numpy(df.to_numpy(dtype=np.float64)[:, idx])
-        return torch.where(torch.isnan(x), self.median_.unsqueeze(0), x)
+        arr = df.to_numpy(dtype=np.float64, copy=True)  # our own copy: the steps below work in place
+        if not np.array_equal(idx, np.arange(arr.shape[1])):
+            arr = arr[:, idx]
+        return self._fill(torch.from_numpy(arr))
+
+    def _fill(self, x: torch.Tensor) -> torch.Tensor:
+        """NaN -> the training median of the feature, in place on ``x [N, F_in]``."""
+        nan = torch.isnan(x)
+        if nan.any():
+            x[nan] = self.median_.expand_as(x)[nan]
+        return x
 
     def _pre_quantile(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw ``x [N, F_in]`` -> (kept features, NaN filled, log1p (RNA), divided by each row's 75th percentile
-        [N, F]; that divisor [N])."""
-        x = torch.where(torch.isnan(x), self.median_.unsqueeze(0), x)[:, self.keep_]
+        """Raw ``x [N, F_in]`` (modified in place) -> (kept features, NaN filled, log1p (RNA), divided by each
+        row's 75th percentile [N, F]; that divisor [N])."""
+        x = self._fill(x)
+        if self.keep_.numel() != x.shape[1]:
+            x = x[:, self.keep_]
         if self.kind == "rna":
             if (x < 0).any():
                 raise ValueError("rna: negative expression values; the paper's steps expect raw FPKM-UQ (>= 0). "
                                  "For a matrix already normalised set the cohort's normalize: false")
-            x = torch.log1p(x)
+            x.log1p_()
         uq = upper_quartile_scale(x)
         bad = ~(uq > 0) | ~torch.isfinite(uq)
         if bad.any():
             log.warning("%s: %d patient(s) with a 75th percentile <= 0 are not scaled", self.kind, int(bad.sum()))
         uq = torch.where(bad, torch.ones_like(uq), uq)
-        return x / uq.unsqueeze(1), uq
+        return x.div_(uq.unsqueeze(1)), uq
 
     def _pad(self, x: torch.Tensor) -> np.ndarray:
         out = np.zeros((x.shape[0], self.n_padded_), dtype=np.float32)
@@ -284,7 +308,7 @@ class OmicsNormalizer:
         self._check_fitted()
         x = self._aligned(df)
         if self.mode == "identity":
-            return self._pad(x[:, self.keep_])
+            return self._pad(x if self.keep_.numel() == x.shape[1] else x[:, self.keep_])
         y = quantile_transform(self._pre_quantile(x)[0], self.quantiles_)
         rng = self.max_ - self.min_
         y = ((y - self.min_) / torch.where(rng > 0, rng, torch.ones_like(rng))).clamp(0, 1)

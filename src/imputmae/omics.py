@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -438,29 +439,30 @@ def dnam_probe_set(files: pd.DataFrame, on_malformed: OnMalformed = "error",
               pd.Series("unknown", index=files.index))
     paths, patients = files["path"].astype(str).tolist(), files["patient"].astype(str).tolist()
 
-    def probes_of(i: int):
-        try:
-            return _parse_betas(paths[i], probes_only=True)[0]
-        except MalformedFileError as err:
-            return err
-
-    results = _run_parallel(probes_of, len(files), threads, "dnam probes")
     qc: list[dict] = []
     unions: dict[str, set[str]] = {}
-    seen: dict[str, list[pa.ChunkedArray]] = {}
+    seen: dict[str, list[pa.ChunkedArray]] = {}  # the distinct probe lists of each platform (nearly always one)
+    lock = threading.Lock()
+
+    def probes_of(i: int) -> MalformedFileError | None:
+        try:
+            probes = _parse_betas(paths[i], probes_only=True)[0]
+        except MalformedFileError as err:
+            return err
+        g = groups.iloc[i]
+        with lock:  # only a new list is kept and added to the union: memory is one list per platform
+            if not any(_equal(probes, prev) for prev in seen.get(g, [])):
+                seen.setdefault(g, []).append(probes)
+                unions.setdefault(g, set()).update(probes.to_numpy(zero_copy_only=False).tolist())
+        return None
+
+    results = _run_parallel(probes_of, len(files), threads, "dnam probes")
     for i, res in enumerate(results):
-        if isinstance(res, MalformedFileError):
+        if res is not None:
             err = res.with_patient(patients[i])
             if on_malformed == "error":
                 raise err
             qc.append(dict(patient=patients[i], modality="dnam", file=paths[i], reason=err.reason))
-            continue
-        g = groups.iloc[i]
-        # Files of one platform nearly always list the same probes: union each distinct list once.
-        if any(_equal(res, prev) for prev in seen.get(g, [])):
-            continue
-        seen.setdefault(g, []).append(res)
-        unions.setdefault(g, set()).update(res.to_numpy(zero_copy_only=False).tolist())
     if not unions:
         return [], _qc_frame(qc)
     platforms = sorted(unions)
