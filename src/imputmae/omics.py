@@ -580,13 +580,16 @@ def read_feature_table(path: str | Path, modality: str) -> pd.DataFrame:
     if feats.duplicated().any():
         raise ValueError(f"{path}: feature column {feats[feats.duplicated()][0]!r} appears more than once")
     values = df.iloc[:, 1:]
-    numeric = values.apply(pd.to_numeric, errors="coerce")
-    bad = numeric.isna().to_numpy() & values.notna().to_numpy()
-    if bad.any():
-        r, c = (int(x[0]) for x in np.nonzero(bad))
-        raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}), column {feats[c]!r}: "
-                         f"{str(values.iat[r, c])!r} is not a number")
-    arr = numeric.to_numpy(dtype=np.float32)
+    for c, name in enumerate(values.columns):  # the readers parse numeric columns as numbers: check the others
+        if not pd.api.types.is_numeric_dtype(values[name]):
+            col = values[name]
+            bad = pd.to_numeric(col, errors="coerce").isna() & col.notna()
+            if bad.any():
+                r = int(np.flatnonzero(bad.to_numpy())[0])
+                raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}), column {feats[c]!r}: "
+                                 f"{str(col.iloc[r])!r} is not a number")
+    arr = values.apply(pd.to_numeric) if (values.dtypes == object).any() else values
+    arr = arr.to_numpy(dtype=np.float32)
     if np.isinf(arr).any():
         r, c = (int(x[0]) for x in np.nonzero(np.isinf(arr)))
         raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}), column {feats[c]!r}: infinite value")
