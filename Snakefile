@@ -28,4 +28,5 @@ rule all:
 
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/gdc.smk"
+include: "workflow/rules/omics.smk"
 include: "workflow/rules/wsi.smk"
