@@ -28,6 +28,6 @@ rule all:
 
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/gdc.smk"
-
-
+include: "workflow/rules/omics.smk"
+include: "workflow/rules/wsi.smk"
 include: "workflow/rules/pretrain.smk"
