@@ -27,8 +27,9 @@ rule all:
 
 
 include: "workflow/rules/demo.smk"
-
-
+include: "workflow/rules/gdc.smk"
+include: "workflow/rules/omics.smk"
+include: "workflow/rules/wsi.smk"
 include: "workflow/rules/pretrain.smk"
 
 

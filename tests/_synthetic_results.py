@@ -67,8 +67,8 @@ def use_stand_in_normalizer(monkeypatch) -> None:
 
 
 def write_results(root: Path, *, n_per_cohort: int = 24, n_rna: int = 300, n_dnam: int = 600, tile: int = 32,
-                  n_tiles: int = 3, seed: int = 0) -> None:
-    """Cohorts A (project P-A) and B (P-B1, P-B2) under ``root``."""
+                  n_tiles: int = 3, seed: int = 0, complete: bool = False) -> None:
+    """Cohorts A (project P-A) and B (P-B1, P-B2) under ``root``; ``complete``: every patient has everything."""
     rng = np.random.default_rng(seed)
     w_rna, w_dnam = rng.normal(size=(4, n_rna)), rng.normal(size=(4, n_dnam))
     w_img = rng.normal(size=(4, 3))
@@ -81,19 +81,19 @@ def write_results(root: Path, *, n_per_cohort: int = 24, n_rna: int = 300, n_dna
                              "vital_status": "Alive", "time": rng.uniform(10, 3000, len(ids)).round(),
                              "event": (z[:, 0] + rng.normal(0, 0.5, len(ids)) > 0).astype(int)})
         clin.loc[clin["event"] == 1, "vital_status"] = "Dead"
-        clin.iloc[:-2].to_parquet(d / "clinical.parquet", index=False)      # the last two: no labels
+        clin.iloc[: None if complete else -2].to_parquet(d / "clinical.parquet", index=False)      # the last two: no labels
         rna = pd.DataFrame(np.exp(z @ w_rna + rng.normal(0, 0.3, (len(ids), n_rna))).astype(np.float32),
                            index=pd.Index(ids, name="patient"), columns=[f"ENSG{i:011d}" for i in range(n_rna)])
-        rna.iloc[1:].to_parquet(d / "rna.parquet")                          # the first: no RNA
+        rna.iloc[0 if complete else 1:].to_parquet(d / "rna.parquet")                          # the first: no RNA
         beta = 1 / (1 + np.exp(-(z @ w_dnam + rng.normal(0, 0.3, (len(ids), n_dnam)))))
         dnam = pd.DataFrame(beta.astype(np.float32), index=pd.Index(ids, name="patient"),
                             columns=[f"cg{i:08d}" for i in range(n_dnam)])
         dnam.iloc[0, 3] = np.nan
         # every fifth patient lacks DNAm
-        dnam[[i % 5 != 2 for i in range(len(ids))]].to_parquet(d / "dnam.parquet")
+        dnam[[complete or i % 5 != 2 for i in range(len(ids))]].to_parquet(d / "dnam.parquet")
         qc = []
         for i, p in enumerate(ids):
-            if i % 4 == 3:
+            if i % 4 == 3 and not complete:
                 qc.append({"patient": p, "slide": f"{p}-DX1", "status": "blank slide", "n_tiles": 0})
                 continue
             colour = 1 / (1 + np.exp(-(z[i] @ w_img)))

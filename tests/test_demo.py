@@ -219,7 +219,9 @@ def test_planted_signal_each_modality_part_all_most(demo_mirror, hits):
         if tissue.mean() < 0.05 or (hsv[..., 1] >= 160).mean() > 0.01:
             continue  # blank or pen-marked
         dark = (rgb.sum(-1) < 330) & tissue
-        wsi[p] = np.array([dark.sum() / tissue.sum(), *rgb[tissue].mean(0)])
+        n_blobs, _, stats, _ = cv2.connectedComponentsWithStats(dark.astype(np.uint8))
+        wsi[p] = np.array([dark.sum() / tissue.sum(), np.median(stats[1:, cv2.CC_STAT_AREA]) if n_blobs > 1 else 0,
+                           *rgb[tissue].mean(0)])
 
     def r2(features: dict, target_cols) -> float:
         ids = sorted(features)
@@ -227,13 +229,15 @@ def test_planted_signal_each_modality_part_all_most(demo_mirror, hits):
         return _cv_r2(np.stack([features[i] for i in ids]), target)
 
     # each modality reads its own factors well ...
-    assert r2(rna, ["z0", "z1"]) > 0.5
-    assert r2(dnam, ["z1", "z2"]) > 0.5
-    assert r2(wsi, ["z2", "z3"]) > 0.5
+    assert r2(rna, ["z0", "z1", "z2"]) > 0.5
+    assert r2(dnam, ["z1", "z2", "z3"]) > 0.5
+    assert r2(wsi, ["z0", "z2", "z3"]) > 0.5
+    # ... and the factor it lacks poorly (so each modality holds part of the risk, not all of it)
+    assert r2(rna, ["z3"]) < 0.3 and r2(dnam, ["z0"]) < 0.3 and r2(wsi, ["z1"]) < 0.3
     # ... and carries part, not all, of the risk; together they carry more than any one
     common = sorted(set(rna) & set(dnam) & set(wsi))
     y = oracle.loc[common, "risk"].to_numpy()
     singles = {m: _cv_r2(np.stack([f[i] for i in common]), y) for m, f in (("rna", rna), ("dnam", dnam), ("wsi", wsi))}
     together = _cv_r2(np.hstack([np.stack([f[i] for i in common]) for f in (rna, dnam, wsi)]), y)
-    assert all(0.05 < v < 0.85 for v in singles.values()), singles
+    assert all(0.05 < v < 0.9 for v in singles.values()), singles
     assert together > max(singles.values()), (together, singles)

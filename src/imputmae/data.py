@@ -36,7 +36,8 @@ from torch.utils.data import Dataset
 from imputmae.model import MODALITIES
 
 __all__ = [
-    "Normalizer", "make_normalizer", "restore_normalizer", "n_features", "load_patients", "select_split_patients", "make_splits", "write_splits",
+    "Normalizer", "make_normalizer", "restore_normalizer", "n_features", "load_patients", "select_split_patients",
+    "make_splits", "write_splits",
     "read_splits", "pretraining_patients", "load_omics", "fit_normalizers", "OmicsArrays", "build_arrays",
     "PatientDataset", "collate",
 ]
@@ -297,20 +298,23 @@ class PatientDataset(Dataset):
 
     Item: ``rna`` [L_rna], ``dnam`` [L_dnam] float32; ``wsi`` [3, T, T] float32 in [0, 1] (zeros when absent or
     not among ``modalities``); ``available`` [3] bool (restricted to ``modalities``); ``noise_<m>`` [N_m] float32
-    uniform noise for masking (one per model modality); ``index`` int.
+    uniform noise for masking (one per model modality); ``index`` int; with ``modality_dropout`` > 0 also
+    ``hidden`` [3] bool: with that probability, one of the sample's present modalities (when it has two or more),
+    chosen uniformly, is hidden from the encoder but kept as a target (see :meth:`MultimodalMAE.forward_encoder`).
 
     Randomness per item comes from ``np.random.default_rng([seed, epoch, index])``: the same item in the same
     epoch is the same sample whatever the worker, rank or resume.
     """
 
     def __init__(self, arrays: OmicsArrays, *, modalities: Sequence[str], n_patches: Mapping[str, int],
-                 tile_size: int, seed: int, fixed_tile: bool = False):
+                 tile_size: int, seed: int, fixed_tile: bool = False, modality_dropout: float = 0.0):
         self.a = arrays
         self.modalities = tuple(modalities)
         self.n_patches = dict(n_patches)
         self.tile_size = tile_size
         self.seed = seed
         self.fixed_tile = fixed_tile     # evaluation: the same tile in every epoch
+        self.modality_dropout = float(modality_dropout)
         self.epoch = 0
         self.mask = np.array([m in self.modalities for m in MODALITIES])
 
@@ -344,6 +348,13 @@ class PatientDataset(Dataset):
             if m in self.modalities:
                 noise_rng = np.random.default_rng([self.seed, self.epoch, i, k])
                 item[f"noise_{m}"] = torch.from_numpy(noise_rng.random(self.n_patches[m], dtype=np.float32))
+        if self.modality_dropout > 0:
+            hidden = np.zeros(3, dtype=bool)
+            hide_rng = np.random.default_rng([self.seed, self.epoch, i, 9])
+            present = np.flatnonzero(avail)
+            if len(present) >= 2 and hide_rng.random() < self.modality_dropout:
+                hidden[hide_rng.choice(present)] = True
+            item["hidden"] = torch.from_numpy(hidden)
         item["index"] = i
         return item
 

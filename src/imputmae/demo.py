@@ -10,9 +10,11 @@
   blank slide, a pen-marked slide, one corrupt file), and a few files of other types the pipeline must filter out;
 - ``oracle.parquet``: the true log-hazard of every patient, for benchmarks only (no pipeline stage reads it).
 
-A planted signal makes the demo a real test of the method: four latent factors per patient drive the hazard;
-RNA carries factors 0 and 1, DNA methylation factors 1 and 2, the slides' tissue (nuclear density and stain hue)
-factors 2 and 3. Every modality carries part of the risk and all of them together carry most of it.
+A planted signal makes the demo a real test of the method: four latent factors per patient drive the hazard.
+RNA carries factors 0, 1 and 2; DNA methylation 1, 2 and 3; the slides' tissue (nuclear density, stain hue and
+nuclear size) 0, 2 and 3. Every modality carries part of the risk, all of them together carry all of it, and
+every factor a modality carries is also carried by the other two together, so a missing modality can be imputed
+from the others (the multimodal decoder's job).
 
 Same seed, same bytes.
 """
@@ -50,7 +52,7 @@ DEFAULT_PATIENTS: dict[str, int] = {"DEMO-BRCA": 40, "DEMO-UCEC": 28, "DEMO-GBM"
 
 N_FACTORS = 4
 RISK_WEIGHTS = np.array([0.9, 0.7, 0.7, 0.6])  # log-hazard = RISK_WEIGHTS . z
-RNA_FACTORS, DNAM_FACTORS, WSI_FACTORS = (0, 1), (1, 2), (2, 3)
+RNA_FACTORS, DNAM_FACTORS, WSI_FACTORS = (0, 1, 2), (1, 2, 3), (0, 2, 3)
 
 N_GENES, N_CODING = 3000, 2000  # a few thousand genes, two thirds protein coding
 N_PROBES_450K, N_PROBES_27K, N_PROBES_SHARED = 3000, 1300, 1100
@@ -184,7 +186,7 @@ class _OmicsModel:
     gene_names: list[str]
     gene_types: list[str]
     gene_mu: np.ndarray  # [N_GENES] log FPKM-UQ baseline
-    gene_load: np.ndarray  # [N_GENES, 2] loadings on RNA_FACTORS
+    gene_load: np.ndarray  # [N_GENES, 3] loadings on RNA_FACTORS
     gene_len: np.ndarray  # [N_GENES] kb, for the count columns
     probes_450: list[str]
     probes_27: list[str]
@@ -202,10 +204,10 @@ def _make_omics_model(rng: np.random.Generator) -> _OmicsModel:
     mu = rng.normal(1.5, 1.8, N_GENES)
     low = rng.random(N_GENES) < 0.12  # genes hardly expressed anywhere: the std filter must drop them
     mu[low] = -6
-    load = np.zeros((N_GENES, 2))
+    load = np.zeros((N_GENES, len(RNA_FACTORS)))
     coding = np.flatnonzero((types == "protein_coding") & ~low)
-    driven = rng.choice(coding, 300, replace=False)
-    load[driven] = rng.normal(0, 0.8, (300, 2))
+    driven = rng.choice(coding, 1000, replace=False)  # about half the expressed coding genes follow the factors
+    load[driven] = rng.normal(0, 0.6, (1000, len(RNA_FACTORS)))
     probe_ids = np.sort(rng.choice(np.arange(1, 30_000_000), N_PROBES_450K + N_PROBES_27K - N_PROBES_SHARED,
                                    replace=False))
     probes = [f"cg{i:08d}" for i in probe_ids]
@@ -216,9 +218,9 @@ def _make_omics_model(rng: np.random.Generator) -> _OmicsModel:
     probes_450 = sorted([probes[i] for i in np.concatenate([shared, only_450])])
     probes_27 = sorted([probes[i] for i in np.concatenate([shared, only_27])])
     p_mu = rng.normal(0, 2.0, len(probes))
-    p_load = np.zeros((len(probes), 2))
-    driven_p = rng.choice(shared, 250, replace=False)  # the signal sits on probes both arrays measure
-    p_load[driven_p] = rng.normal(0, 0.9, (250, 2))
+    p_load = np.zeros((len(probes), len(DNAM_FACTORS)))
+    driven_p = rng.choice(shared, 700, replace=False)  # the signal sits on probes both arrays measure
+    p_load[driven_p] = rng.normal(0, 0.7, (700, len(DNAM_FACTORS)))
     return _OmicsModel(
         gene_ids=gene_ids, gene_names=names, gene_types=list(types), gene_mu=mu, gene_load=load,
         gene_len=rng.uniform(0.5, 8.0, N_GENES), probes_450=probes_450, probes_27=probes_27,
@@ -229,7 +231,7 @@ def _make_omics_model(rng: np.random.Generator) -> _OmicsModel:
 
 def _star_counts_tsv(om: _OmicsModel, z: np.ndarray, rng: np.random.Generator) -> bytes:
     """A GDC STAR - Counts file: a comment line, the header, four N_ rows, one row per gene."""
-    log_fpkm_uq = om.gene_mu + om.gene_load @ z[list(RNA_FACTORS)] + rng.normal(0, 0.35, N_GENES)
+    log_fpkm_uq = om.gene_mu + om.gene_load @ z[list(RNA_FACTORS)] + rng.normal(0, 0.3, N_GENES)
     fpkm_uq = np.exp(log_fpkm_uq)
     fpkm_uq[om.gene_mu < -5] *= rng.random((om.gene_mu < -5).sum()) < 0.2
     fpkm = fpkm_uq / rng.uniform(3.0, 5.0)
@@ -267,8 +269,8 @@ def _betas_txt(om: _OmicsModel, z: np.ndarray, platform: str, rng: np.random.Gen
 
 
 def _tissue_image(z: np.ndarray, rng: np.random.Generator, shape: tuple[int, int], kind: str) -> np.ndarray:
-    """An H&E-like field at 20x: white background, tissue islands, nuclei whose density follows factor 2 and a
-    stain hue that follows factor 3. ``kind``: "normal", "blank" or "pen". Returns uint8 [H, W, 3] RGB."""
+    """An H&E-like field at 20x: white background, tissue islands, nuclei whose density, stain hue and size follow
+    the three WSI_FACTORS. ``kind``: "normal", "blank" or "pen". Returns uint8 [H, W, 3] RGB."""
     h, w = shape
     img = np.empty((h, w, 3), np.uint8)
     img[:] = (242, 240, 244)
@@ -281,7 +283,7 @@ def _tissue_image(z: np.ndarray, rng: np.random.Generator, shape: tuple[int, int
         cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.25, 0.75) * w
         ay, ax = rng.uniform(0.18, 0.3) * h, rng.uniform(0.15, 0.28) * w
         cv2.ellipse(mask, (int(cx), int(cy)), (int(ax), int(ay)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-    # Stain: factor 3 moves eosin from pink towards purple; slow texture across the tissue.
+    # Stain: the second WSI factor moves eosin from pink towards purple; slow texture across the tissue.
     hue = 1 / (1 + math.exp(-1.2 * z[WSI_FACTORS[1]]))  # 0..1
     stroma = np.array([236 - 40 * hue, 150 - 35 * hue, 190 + 10 * hue], np.float32)
     low = cv2.resize(rng.standard_normal((h // 64 + 2, w // 64 + 2), np.float32), (w, h),
@@ -289,7 +291,8 @@ def _tissue_image(z: np.ndarray, rng: np.random.Generator, shape: tuple[int, int
     grain = rng.standard_normal((h, w), np.float32)
     tissue = cv2.merge([stroma[c] + 12 * low + 4 * grain for c in range(3)])
     tissue = np.clip(tissue, 0, 255).astype(np.uint8)
-    # Nuclei: factor 2 sets their density. Hematoxylin stays below the pen threshold (HSV S < 160), as on real H&E.
+    # Nuclei: the first WSI factor sets their density, the third their size. Hematoxylin stays below the pen
+    # threshold (HSV S < 160), as on real H&E.
     density = 0.0025 * math.exp(0.55 * z[WSI_FACTORS[0]])
     area = int(np.count_nonzero(mask))
     n_nuclei = int(density * area)
@@ -297,7 +300,8 @@ def _tissue_image(z: np.ndarray, rng: np.random.Generator, shape: tuple[int, int
     xs = rng.integers(0, w, 4 * n_nuclei)
     inside = mask[ys, xs] > 0
     ys, xs = ys[inside][:n_nuclei], xs[inside][:n_nuclei]
-    radii = rng.integers(3, 7, len(ys))
+    mean_radius = 4.5 * math.exp(0.3 * z[WSI_FACTORS[2]])
+    radii = np.clip(np.round(rng.normal(mean_radius, 0.8, len(ys))), 2, 12)
     shade = rng.integers(0, 35, len(ys))
     for y, x, r, s in zip(ys, xs, radii, shade, strict=True):
         cv2.circle(tissue, (int(x), int(y)), int(r), (int(95 + s), int(60 + s // 2), int(140 + s)), -1)

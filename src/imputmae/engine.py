@@ -38,7 +38,7 @@ from imputmae.model import (MODALITIES, MAEConfig, MultimodalMAE, load_checkpoin
                             load_vit_mae_weights, save_checkpoint)
 
 __all__ = ["EXIT_PREEMPTED", "get_lr", "param_groups", "train_one_epoch", "pretrain", "run_modalities",
-           "folds_to_run", "evaluate_reconstruction", "evaluate_imputation", "table4", "write_loss_plot"]
+           "folds_to_run", "evaluate_reconstruction", "evaluate_imputation", "ridge_imputation", "table4", "write_loss_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,31 @@ def _is_ddp() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _global_mean_losses(raw_model: MultimodalMAE, batch: Mapping[str, torch.Tensor],
+                        masks: Mapping[str, torch.Tensor], losses: Mapping[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, bool]]:
+    """Rescale each rank's per-modality mean so that DDP's gradient average is the gradient of the global mean.
+
+    Ranks count different numbers of target elements (modality sets differ; masked omics patches hold different
+    amounts of padding), so the plain average of per-rank means is not the global batch's mean. Each rank's mean
+    is multiplied by ``world * n_local / n_global`` (counts all-reduced; constants for autograd). Also returns
+    whether any rank's batch had each modality.
+    """
+    world = dist.get_world_size()
+    counts = []
+    for m in raw_model.modalities:
+        valid = batch["available"][:, MODALITIES.index(m)].float()   # present: a target (hidden or not)
+        per_patch = raw_model.element_weight(m).sum(-1)                          # [N] real elements per patch
+        counts.append(((masks[m].float() * valid[:, None]) * per_patch).sum())
+    local = torch.stack(counts).detach().double()
+    total = local.clone()
+    dist.all_reduce(total)
+    scale = torch.where(total > 0, world * local / total.clamp_min(1), torch.zeros_like(total))
+    scaled = {m: losses[m] * scale[i].to(losses[m].dtype) for i, m in enumerate(raw_model.modalities)}
+    present = {m: bool(total[i] > 0) for i, m in enumerate(raw_model.modalities)}
+    return torch.stack(list(scaled.values())).sum(), scaled, present
+
+
 def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
                     epoch: int, *, step: int, lr_fn: Callable[[int], float], modalities: Sequence[str],
                     sums: Mapping[str, float] | None = None, stop: Callable[[], bool] | None = None,
@@ -92,7 +117,11 @@ def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.
         noise = {m: batch.pop(f"noise_{m}").to(device, non_blocking=True) for m in modalities}
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _, _, losses = model(batch, noise=noise)
+            loss, _, masks, losses = model(batch, noise=noise)
+        if _is_ddp():
+            loss, losses, present = _global_mean_losses(model.module, batch, masks, losses)
+        else:
+            present = {m: bool(batch["available"][:, MODALITIES.index(m)].any()) for m in modalities}
         if not torch.isfinite(loss):
             detail = ", ".join(f"{m}={v.item():.4g}" for m, v in losses.items())
             raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step} ({detail}), lr {lr:.3g}: "
@@ -104,8 +133,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.
         batches += 1
         acc["steps"] += 1
         acc["loss"] += loss.item()
-        for j, m in enumerate(modalities):
-            if bool(batch["available"][:, MODALITIES.index(m)].any()):
+        for m in modalities:
+            if present[m]:
                 acc[f"loss_{m}"] += losses[m].item()
                 acc[f"n_{m}"] += 1
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
@@ -224,7 +253,8 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     """Pretrain one model (``run`` = multimodal | rna | dnam | wsi) on fold ``fold``'s training patients.
 
     Reads ``{results}/splits.parquet`` and the stage outputs (see :mod:`imputmae.data`); writes
-    ``out_dir/checkpoint.pt`` (every ``pretrain.checkpoint_every`` epochs and at the end), ``metrics.csv`` (one row
+    ``out_dir/checkpoint.pt`` when training completes (``out_dir/last.pt`` every ``pretrain.checkpoint_every``
+    epochs and on SIGTERM; ``resume`` continues from it, removed at the end), ``metrics.csv`` (one row
     per epoch: lr, total and per-modality masked-patch MSE) and ``loss.png``. Under torchrun (``WORLD_SIZE`` > 1)
     runs DDP; only rank 0 writes. Returns {"status": "completed" | "preempted", "epoch", "step", "history"}.
     """
@@ -254,20 +284,23 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     omics = {k: load_omics(results, sorted(cfg["cohorts"]), k) for k in ("rna", "dnam") if k in modalities}
     normalizers = fit_normalizers(omics, train["patient"].tolist(), cfg)
     arrays = build_arrays(train, omics, normalizers)
-    mcfg = MAEConfig.from_config(cfg, rna_len=n_features(normalizers["rna"], arrays.rna.shape[1]) if "rna" in normalizers
-                                 else 0, dnam_len=n_features(normalizers["dnam"], arrays.dnam.shape[1])
-                                 if "dnam" in normalizers else 0, modalities=modalities)
+    lengths = {k: n_features(normalizers[k], getattr(arrays, k).shape[1]) if k in normalizers else 0
+               for k in ("rna", "dnam")}
+    mcfg = MAEConfig.from_config(cfg, rna_len=lengths["rna"], dnam_len=lengths["dnam"], modalities=modalities)
     dataset = PatientDataset(arrays, modalities=modalities, n_patches={m: mcfg.n_patches(m) for m in modalities},
-                             tile_size=mcfg.tile_size, seed=pc["seed"])
+                             tile_size=mcfg.tile_size, seed=pc["seed"], modality_dropout=pc["modality_dropout"])
     log.info("run %s fold %d: %d training patients (rna %d, dnam %d, wsi %d), rank %d/%d, device %s", run, fold,
              len(train), *arrays.available.sum(0).tolist(), rank, world, dev)
 
     # -- model, optimizer, schedule ----------------------------------------------------------------------------
     model = MultimodalMAE(mcfg)
+    train_means = _train_means(arrays, dataset, modalities)
+    model.init_output_bias(train_means)
     if cfg["model"].get("vit_mae_weights") and "wsi" in modalities:
         load_vit_mae_weights(model, cfg["model"]["vit_mae_weights"])
     model.to(dev)
-    optimizer = torch.optim.AdamW(param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=tuple(pc["betas"]))
+    optimizer = torch.optim.AdamW(param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=tuple(pc["betas"]),
+                                  foreach=True)   # one kernel per step over all tensors
     per_rank = pc["batch_size"] // world
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=pc["seed"])
     steps_per_epoch = math.ceil(len(sampler) / per_rank)
@@ -278,7 +311,11 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
         return get_lr(step, base_lr=pc["lr"], warmup_steps=warmup_steps, total_steps=total_steps)
 
     start_epoch, step, skip_batches, history, partial = 0, 0, 0, [], None
-    ckpt = out_dir / "checkpoint.pt"
+    # Rolling checkpoints go to last.pt, which is not a Snakemake output (Snakemake deletes the outputs of a failed
+    # job, and a preempted job exits non-zero); checkpoint.pt is written once, when training completes.
+    final, ckpt = out_dir / "checkpoint.pt", out_dir / "last.pt"
+    if resume and not ckpt.is_file() and final.is_file():
+        ckpt = final
     if resume and ckpt.is_file():
         ck = load_checkpoint(ckpt, map_location=dev)
         if ck["model_config"] != mcfg.to_dict():
@@ -292,7 +329,6 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
         log.info("resumed from %s: epoch %d, step %d (+%d batches)", ckpt, start_epoch, step, skip_batches)
     elif resume:
         log.info("--resume: no checkpoint at %s; starting from scratch", ckpt)
-    train_means = _train_means(arrays, dataset, modalities)
     net: torch.nn.Module = model
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -311,10 +347,11 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
-    def checkpoint(epoch: int, batches_done: int, partial_sums: Mapping[str, float] | None) -> None:
+    def checkpoint(epoch: int, batches_done: int, partial_sums: Mapping[str, float] | None, done: bool = False) -> None:
         if rank != 0:
             return
-        save_checkpoint(ckpt, model=raw_model, optimizer=optimizer, step=step, epoch=epoch, model_config=mcfg,
+        save_checkpoint(final if done else out_dir / "last.pt", model=raw_model, optimizer=optimizer, step=step,
+                        epoch=epoch, model_config=mcfg,
                         normalizers={k: v.state_dict() for k, v in normalizers.items()},
                         extra={"run": run, "fold": fold, "batches_done": batches_done, "history": history,
                                "partial_sums": dict(partial_sums) if partial_sums else None,
@@ -355,7 +392,9 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
                 _write_metrics(out_dir / "metrics.csv", history)
             last = epoch + 1 == pc["epochs"]
             if res["interrupted"] or last or (epoch + 1) % pc["checkpoint_every"] == 0:
-                checkpoint(epoch + 1, 0, None)
+                checkpoint(epoch + 1, 0, None, done=last)
+                if last and rank == 0:
+                    (out_dir / "last.pt").unlink(missing_ok=True)
                 if rank == 0:
                     write_loss_plot(out_dir / "loss.png", history, f"pretraining {run}, fold {fold}")
             if res["interrupted"]:
@@ -392,7 +431,7 @@ def evaluate_reconstruction(model: MultimodalMAE, dataset: PatientDataset, devic
         preds = model.forward_decoder(enc)
         for m in model.modalities:
             e = enc[m]
-            s, c = model.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["valid"][:, None])
+            s, c = model.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None])
             sse[m] += s.item()
             n[m] += c.item()
     return {m: sse[m] / n[m] if n[m] else float("nan") for m in model.modalities}
@@ -431,7 +470,8 @@ def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_mea
                 w = torch.ones_like(truth)
             else:
                 recon = recon[:, : truth.shape[1]]
-                w = (torch.arange(truth.shape[1], device=device) < getattr(model.cfg, f"{m}_len")).float().expand_as(truth)
+                real = torch.arange(truth.shape[1], device=device) < getattr(model.cfg, f"{m}_len")
+                w = real.float().expand_as(truth)
             mean = train_means[m].to(device)[..., : truth.shape[-1]] if m != "wsi" else train_means[m].to(device)
             sse_model += (((recon - truth) ** 2) * w).sum().item()
             sse_mean += (((mean.expand_as(truth) - truth) ** 2) * w).sum().item()
@@ -440,6 +480,38 @@ def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_mea
         if count:
             out[m] = {"model": sse_model / count, "mean": sse_mean / count,
                       "ratio": sse_model / sse_mean if sse_mean else float("nan"), "n_patients": patients}
+    return out
+
+
+def ridge_imputation(model: MultimodalMAE, train: Any, test: Any, train_means: Mapping[str, torch.Tensor]
+                     ) -> dict[str, float]:
+    """An independent reference for whole-modality imputation: scikit-learn ``RidgeCV`` from the other omics
+    modality, fitted on the training patients; the training mean where the test patient lacks that modality.
+
+    Scored on the rows :func:`evaluate_imputation` uses (patients with the modality and at least one other).
+    ``train``/``test``: :class:`imputmae.data.OmicsArrays`. Returns {m: MSE over real elements} for RNA and DNAm.
+    """
+    from sklearn.linear_model import RidgeCV
+
+    out = {}
+    for m, o in (("rna", "dnam"), ("dnam", "rna")):
+        if m not in model.modalities or o not in model.modalities:
+            continue
+        j, k = MODALITIES.index(m), MODALITIES.index(o)
+        others = [MODALITIES.index(x) for x in model.modalities if x != m]
+        n_m, n_o = getattr(model.cfg, f"{m}_len"), getattr(model.cfg, f"{o}_len")
+        fit_rows = train.available[:, j] & train.available[:, k]
+        rows = test.available[:, j] & test.available[:, others].any(1)
+        if fit_rows.sum() < 3 or not rows.any():
+            continue
+        ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(getattr(train, o)[fit_rows, :n_o],
+                                                            getattr(train, m)[fit_rows, :n_m])
+        truth = getattr(test, m)[rows, :n_m]
+        pred = np.broadcast_to(train_means[m].numpy()[:n_m], truth.shape).copy()
+        has_o = test.available[rows, k]
+        if has_o.any():
+            pred[has_o] = ridge.predict(getattr(test, o)[rows][has_o, :n_o])
+        out[m] = float(((np.clip(pred, 0, 1) - truth) ** 2).mean())
     return out
 
 
@@ -478,8 +550,13 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
         for m, mse in evaluate_reconstruction(model, ds, dev).items():
             rows.append({"run": run, "fold": fold, "modality": m, "mse": mse, "n_test": len(ds)})
         if run == "multimodal":
-            for m, r in evaluate_imputation(model, ds, meta["extra"]["train_means"], dev).items():
-                imp_rows.append({"fold": fold, "modality": m, **r})
+            means = meta["extra"]["train_means"]
+            train = patients[patients["patient"].isin(set(meta["extra"]["train_patients"]))].reset_index(drop=True)
+            train_arrays = build_arrays(train, {k: omics_cache[k] for k in norm_states},
+                                        {k: _data.restore_normalizer(v) for k, v in norm_states.items()})
+            ridge = ridge_imputation(model, train_arrays, ds.a, means)
+            for m, r in evaluate_imputation(model, ds, means, dev).items():
+                imp_rows.append({"fold": fold, "modality": m, **r, "ridge": ridge.get(m, float("nan"))})
     per_fold = pd.DataFrame(rows)
     names = {"wsi": "WSI", "rna": "RNA", "dnam": "DNAm"}
     table = pd.DataFrame(index=["Multimodal pretraining", "Unimodal pretraining"], columns=["WSI", "RNA", "DNAm"],
@@ -496,7 +573,8 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
     imputation = pd.DataFrame(imp_rows)
     if len(imputation):
         imputation = (imputation.groupby("modality")
-                      .agg(model_mse=("model", "mean"), train_mean_mse=("mean", "mean"),
+                      .agg(model_mse=("model", "mean"), train_mean_mse=("mean", "mean"), ridge_mse=("ridge", "mean"),
                            n_patients=("n_patients", "sum"), folds=("fold", "nunique")).reset_index())
         imputation["ratio"] = imputation["model_mse"] / imputation["train_mean_mse"]
+        imputation["ridge_ratio"] = imputation["ridge_mse"] / imputation["train_mean_mse"]
     return table, per_fold, imputation

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -93,11 +94,11 @@ class MalformedFileError(ValueError):
 _ROW_RE = re.compile(r"Row #(\d+)")
 
 
-def _arrow_error(path: str | Path, exc: pa.ArrowInvalid, skipped_lines: int) -> MalformedFileError:
-    """Turn pyarrow's CSV error (``Row #N`` counts from the first parsed line) into a file line number."""
+def _arrow_error(path: str | Path, exc: pa.ArrowInvalid) -> MalformedFileError:
+    """Turn pyarrow's CSV error into one naming the line (``Row #N`` is the file's line N, skipped rows counted)."""
     msg = str(exc)
     m = _ROW_RE.search(msg)
-    line = int(m.group(1)) + skipped_lines if m else None
+    line = int(m.group(1)) if m else None
     reason = msg.split(": ", 1)[1] if msg.startswith(("CSV parse error", "In CSV column")) else msg
     reason = _ROW_RE.sub("", reason).replace("  ", " ").strip(": ")
     if "conversion error" in msg:
@@ -107,14 +108,16 @@ def _arrow_error(path: str | Path, exc: pa.ArrowInvalid, skipped_lines: int) -> 
     return MalformedFileError(path, reason, line)
 
 
-def _read_bytes(path: str | Path) -> bytes:
+def _read_head(path: str | Path, size: int = 1 << 16) -> bytes:
+    """The first ``size`` bytes (pyarrow reads the rest itself, block by block, without a whole-file copy)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            head = fh.read(size)
     except OSError as exc:
         raise MalformedFileError(path, f"cannot be read ({exc.strerror or exc})") from None
-    if not data.strip():
+    if not head.strip():
         raise MalformedFileError(path, "the file is empty", 1)
-    return data
+    return head
 
 
 # ---------------------------------------------------------------------------------------------------------- RNA
@@ -128,35 +131,42 @@ class _StarTable:
     skipped: int                # lines before the header (the "# gene-model" comment)
 
 
-def _parse_star(path: str | Path, column: str) -> _StarTable:
-    data = _read_bytes(path)
-    skipped, offset = 0, 0
-    while data.startswith(b"#", offset):  # the "# gene-model: GENCODE v36" line(s)
-        nl = data.find(b"\n", offset)
-        if nl < 0:
-            raise MalformedFileError(path, "only a comment line, no header or genes (truncated?)", skipped + 1)
-        offset, skipped = nl + 1, skipped + 1
-    nl = data.find(b"\n", offset)
-    header = data[offset: nl if nl >= 0 else len(data)].decode("utf-8", "replace").rstrip("\r").split("\t")
+def _star_header(path: str | Path, column: str) -> int:
+    """Check the header of a STAR - Counts file; return the number of comment lines before it."""
+    lines = _read_head(path).split(b"\n")
+    skipped = 0
+    while skipped < len(lines) - 1 and lines[skipped].startswith(b"#"):  # "# gene-model: GENCODE v36"
+        skipped += 1
+    if skipped == len(lines) - 1:
+        raise MalformedFileError(path, "no header line after the comment (truncated?)", skipped + 1)
+    header = lines[skipped].decode("utf-8", "replace").rstrip("\r").split("\t")
     missing = [c for c in ("gene_id", "gene_type", column) if c not in header]
     if missing:
         raise MalformedFileError(path, f"header lacks column(s) {missing}; expected the GDC STAR - Counts "
                                  f"columns {list(STAR_COLUMNS)}, got {header[:12]}", skipped + 1)
     if len(set(header)) != len(header):
         raise MalformedFileError(path, f"header repeats a column name: {header}", skipped + 1)
+    return skipped
+
+
+def _star_options(column: str, skipped: int) -> dict:
+    return dict(
+        read_options=pacsv.ReadOptions(use_threads=False, skip_rows=skipped),
+        parse_options=pacsv.ParseOptions(delimiter="\t"),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=["gene_id", "gene_type", column],
+            column_types={"gene_id": pa.string(), "gene_type": pa.string(), column: pa.float64()},
+            strings_can_be_null=False,
+        ),
+    )
+
+
+def _parse_star(path: str | Path, column: str) -> _StarTable:
+    skipped = _star_header(path, column)
     try:
-        table = pacsv.read_csv(
-            pa.py_buffer(memoryview(data)[offset:]),
-            read_options=pacsv.ReadOptions(use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter="\t"),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=["gene_id", "gene_type", column],
-                column_types={"gene_id": pa.string(), "gene_type": pa.string(), column: pa.float64()},
-                strings_can_be_null=False,
-            ),
-        )
+        table = pacsv.read_csv(path, **_star_options(column, skipped))
     except pa.ArrowInvalid as exc:
-        raise _arrow_error(path, exc, skipped) from None
+        raise _arrow_error(path, exc) from None
     if table.num_rows == 0:
         raise MalformedFileError(path, "a header and no genes (truncated?)", skipped + 2)
     return _StarTable(table["gene_id"], table["gene_type"], table[column], skipped)
@@ -178,17 +188,18 @@ def _star_genes(t: _StarTable, path: str | Path, gene_type: str) -> tuple[np.nda
     return rows, ids
 
 
+def _check_star_values(vals: np.ndarray, rows: np.ndarray, first_line: int, path: str | Path, column: str) -> None:
+    """``vals`` of table rows ``rows`` (row 0 on line ``first_line``): present, finite, >= 0."""
+    bad = ~np.isfinite(vals) | (vals < 0)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        what = f"empty {column} value" if np.isnan(vals[k]) else f"{column} must be a finite number >= 0"
+        raise MalformedFileError(path, what, int(rows[k]) + first_line)
+
+
 def _star_values(t: _StarTable, rows: np.ndarray, path: str | Path, column: str) -> np.ndarray:
-    vals = t.values.to_numpy().astype(np.float64, copy=False)[rows] if t.values.null_count == 0 else None
-    if vals is None:
-        full = t.values.to_numpy(zero_copy_only=False)
-        bad = rows[np.isnan(full[rows])]
-        if bad.size:
-            raise MalformedFileError(path, f"empty {column} value for a gene", int(bad[0]) + t.skipped + 2)
-        vals = full[rows]
-    if not np.isfinite(vals).all() or (vals < 0).any():
-        pos = rows[np.flatnonzero(~np.isfinite(vals) | (vals < 0))[0]]
-        raise MalformedFileError(path, f"{column} must be a finite number >= 0", int(pos) + t.skipped + 2)
+    vals = t.values.to_numpy(zero_copy_only=False)[rows]
+    _check_star_values(vals, rows, t.skipped + 2, path, column)
     return vals
 
 
@@ -227,7 +238,7 @@ def _run_parallel(fn: Callable[[int], object], n: int, threads: int, desc: str) 
     from tqdm.auto import tqdm
 
     out: list[object] = [None] * n
-    with tqdm(total=n, desc=desc, unit="file", disable=n < 50, leave=False) as bar:
+    with tqdm(total=n, desc=desc, unit="file", disable=True if n < 50 else None, leave=False) as bar:
         if threads <= 1:
             for i in range(n):
                 out[i] = fn(i)
@@ -309,7 +320,8 @@ def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", ge
         if failed[i]:
             return
         try:
-            t = heads[i][0] if i in heads else _parse_star(paths[i], column)
+            head = heads.pop(i, None)
+            t = head[0] if head is not None else _parse_star(paths[i], column)
             if _equal(t.gene_id, ref.gene_id) and _equal(t.gene_type, ref.gene_type):
                 rows = ref_rows  # the fast path: the same genes in the same rows as the reference
             else:
@@ -326,7 +338,6 @@ def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", ge
         return None
 
     errors = _run_parallel(fill, n, threads, "rna files")
-    heads.clear()
     for i, err in enumerate(errors):
         if err is not None:
             fail(i, err)
@@ -354,10 +365,10 @@ def platform_group(platform: object) -> str:
 
 
 def _parse_betas(path: str | Path, probes_only: bool = False) -> tuple[pa.ChunkedArray, pa.ChunkedArray | None]:
-    data = _read_bytes(path)
+    _read_head(path, 4096)
     try:
         table = pacsv.read_csv(
-            pa.py_buffer(data),
+            path,
             read_options=pacsv.ReadOptions(use_threads=False, column_names=["probe", "beta"]),
             parse_options=pacsv.ParseOptions(delimiter="\t"),
             convert_options=pacsv.ConvertOptions(
@@ -367,7 +378,7 @@ def _parse_betas(path: str | Path, probes_only: bool = False) -> tuple[pa.Chunke
             ),
         )
     except pa.ArrowInvalid as exc:
-        err = _arrow_error(path, exc, 0)
+        err = _arrow_error(path, exc)
         if err.line == 1 and "not a number" in err.reason:
             err = MalformedFileError(path, err.reason + "; SeSAMe beta files have no header line", 1)
         raise err from None
@@ -428,29 +439,30 @@ def dnam_probe_set(files: pd.DataFrame, on_malformed: OnMalformed = "error",
               pd.Series("unknown", index=files.index))
     paths, patients = files["path"].astype(str).tolist(), files["patient"].astype(str).tolist()
 
-    def probes_of(i: int):
-        try:
-            return _parse_betas(paths[i], probes_only=True)[0]
-        except MalformedFileError as err:
-            return err
-
-    results = _run_parallel(probes_of, len(files), threads, "dnam probes")
     qc: list[dict] = []
     unions: dict[str, set[str]] = {}
-    seen: dict[str, list[pa.ChunkedArray]] = {}
+    seen: dict[str, list[pa.ChunkedArray]] = {}  # the distinct probe lists of each platform (nearly always one)
+    lock = threading.Lock()
+
+    def probes_of(i: int) -> MalformedFileError | None:
+        try:
+            probes = _parse_betas(paths[i], probes_only=True)[0]
+        except MalformedFileError as err:
+            return err
+        g = groups.iloc[i]
+        with lock:  # only a new list is kept and added to the union: memory is one list per platform
+            if not any(_equal(probes, prev) for prev in seen.get(g, [])):
+                seen.setdefault(g, []).append(probes)
+                unions.setdefault(g, set()).update(probes.to_numpy(zero_copy_only=False).tolist())
+        return None
+
+    results = _run_parallel(probes_of, len(files), threads, "dnam probes")
     for i, res in enumerate(results):
-        if isinstance(res, MalformedFileError):
+        if res is not None:
             err = res.with_patient(patients[i])
             if on_malformed == "error":
                 raise err
             qc.append(dict(patient=patients[i], modality="dnam", file=paths[i], reason=err.reason))
-            continue
-        g = groups.iloc[i]
-        # Files of one platform nearly always list the same probes: union each distinct list once.
-        if any(_equal(res, prev) for prev in seen.get(g, [])):
-            continue
-        seen.setdefault(g, []).append(res)
-        unions.setdefault(g, set()).update(res.to_numpy(zero_copy_only=False).tolist())
     if not unions:
         return [], _qc_frame(qc)
     platforms = sorted(unions)
@@ -568,13 +580,16 @@ def read_feature_table(path: str | Path, modality: str) -> pd.DataFrame:
     if feats.duplicated().any():
         raise ValueError(f"{path}: feature column {feats[feats.duplicated()][0]!r} appears more than once")
     values = df.iloc[:, 1:]
-    numeric = values.apply(pd.to_numeric, errors="coerce")
-    bad = numeric.isna().to_numpy() & values.notna().to_numpy()
-    if bad.any():
-        r, c = (int(x[0]) for x in np.nonzero(bad))
-        raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}), column {feats[c]!r}: "
-                         f"{values.iat[r, c]!r} is not a number")
-    arr = numeric.to_numpy(dtype=np.float32)
+    for c, name in enumerate(values.columns):  # the readers parse numeric columns as numbers: check the others
+        if not pd.api.types.is_numeric_dtype(values[name]):
+            col = values[name]
+            bad = pd.to_numeric(col, errors="coerce").isna() & col.notna()
+            if bad.any():
+                r = int(np.flatnonzero(bad.to_numpy())[0])
+                raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}), column {feats[c]!r}: "
+                                 f"{str(col.iloc[r])!r} is not a number")
+    arr = values.apply(pd.to_numeric) if (values.dtypes == object).any() else values
+    arr = arr.to_numpy(dtype=np.float32)
     if np.isinf(arr).any():
         r, c = (int(x[0]) for x in np.nonzero(np.isinf(arr)))
         raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}), column {feats[c]!r}: infinite value")
@@ -610,8 +625,9 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
         if not ok.all():
             r = int(np.flatnonzero(~ok.to_numpy())[0])
             want = "a number of days >= 0" if name == "time" else "0 (censored) or 1 (death)"
-            raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}): {name} "
-                             f"{df[name].iloc[r]!r}, expected {want}")
+            value = df[name].iloc[r]
+            value = value.item() if hasattr(value, "item") else value
+            raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}): {name} {value!r}, expected {want}")
     event = event.astype(np.int8)
     return pd.DataFrame({
         "patient": patients.to_numpy(),

@@ -1,5 +1,6 @@
 # Shared by the workflow: validation, the cohort table, paths, and the list of final targets.
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -52,3 +53,51 @@ def as_json(obj):
     """A config section as one JSON argument (shell-quote it with {params.x:q})."""
     return json.dumps(obj, sort_keys=True)
 
+
+
+# ------------------------------------------------------------------------------------------- GDC stage
+import pandas as pd  # noqa: E402
+
+GDC_MODALITIES = ["rna", "dnam", "wsi"]
+
+
+def gdc_request_args():
+    """Retries, timeout and token of every GDC request (the token file's path only; its content is never shown)."""
+    g = config["gdc"]
+    args = f"--retries {g['retries']} --timeout {g['timeout_s']}"
+    if g["token_file"]:
+        args += f" --token-file {shlex.quote(g['token_file'])}"
+    return args
+
+
+def gdc_source_inputs(wildcards):
+    """The demo mirror must exist before anything reads it."""
+    return [rules.demo_data.output.files, rules.demo_data.output.cases] if config.get("demo") else []
+
+
+def gdc_project_args(wildcards):
+    return " ".join(f"--project {shlex.quote(p)}" for p in config["cohorts"][wildcards.cohort]["projects"])
+
+
+def selected_files(cohort, modality):
+    """The selected rows of ``cohort`` for ``modality`` (rna, dnam, wsi), read after the gdc_select checkpoint."""
+    path = checkpoints.gdc_select.get(cohort=cohort).output[0]
+    df = pd.read_parquet(path)
+    return df[df["modality"] == modality].reset_index(drop=True)
+
+
+def download_report(cohort, modality):
+    """Path of the download report of ``cohort``/``modality`` (one row per selected file, with its status)."""
+    return f"{RESULTS}/{cohort}/gdc/download_{modality}.tsv"
+
+
+def downloaded_files(cohort, modality):
+    """The selected rows of ``cohort``/``modality`` whose files were downloaded and verified (report status
+    ``downloaded`` or ``present``), read after the gdc_download checkpoint; ``local_path`` from the report."""
+    table = pd.read_csv(checkpoints.gdc_download.get(cohort=cohort, modality=modality).output[0], sep="\t",
+                         dtype={"file_id": str, "local_path": str, "status": str})
+    ok = table[table["status"].isin(["downloaded", "present"])].set_index("file_id")["local_path"]
+    rows = selected_files(cohort, modality)
+    rows = rows[rows["file_id"].isin(ok.index)].copy()
+    rows["local_path"] = rows["file_id"].map(ok)
+    return rows.reset_index(drop=True)

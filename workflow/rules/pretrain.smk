@@ -9,23 +9,18 @@ PRETRAIN_RUNS = ["multimodal"] + list(config["pretrain"]["unimodal"])
 PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"]["per_fold"] else [0]
 
 
-def pretrain_inputs(wildcards):
-    """Every cohort's labels, omics matrices and WSI QC table (tiles are listed by the QC table)."""
-    return {
-        "splits": f"{RESULTS}/splits.parquet",
-        "clinical": expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
-        "rna": expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
-        "dnam": expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
-        "wsi_qc": expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
-    }
+# Every cohort's labels, omics matrices and WSI QC table (the QC table lists the tile files).
+STAGE_TABLES = {
+    "clinical": expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
+    "rna": expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
+    "dnam": expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
+    "wsi_qc": expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
+}
 
 
 rule splits:
     input:
-        clinical=expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
-        rna=expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
-        dnam=expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
-        wsi_qc=expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
+        **STAGE_TABLES,
     output:
         f"{RESULTS}/splits.parquet",
     params:
@@ -37,19 +32,20 @@ rule splits:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "{IMPUTMAE} splits --config-json {params.cfg:q} --out {output:q} > {log} 2>&1"
+        "python -m imputmae splits --config-json {params.cfg:q} --out {output:q} > {log} 2>&1"
 
 
 rule pretrain:
     input:
-        unpack(pretrain_inputs),
+        splits=f"{RESULTS}/splits.parquet",
+        **STAGE_TABLES,
     output:
         checkpoint=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/checkpoint.pt",
         metrics=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/metrics.csv",
         plot=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/loss.png",
     params:
         cfg=as_json(config),
-        out_dir=lambda wildcards: f"{RESULTS}/pretrain/{wildcards.run}/fold{wildcards.fold}",
+        out_dir=subpath(output.checkpoint, parent=True),
     wildcard_constraints:
         run="multimodal|rna|dnam|wsi",
     log:
@@ -58,13 +54,13 @@ rule pretrain:
         "benchmarks/pretrain/{run}/fold{fold}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2 if config.get("demo") else 8
+    threads: 1 if config.get("demo") else 8  # tiny demo models: two 1-thread jobs beat one 2-thread job
     resources:
         gpu=0 if config.get("demo") else 1,
         mem_mb=4000 if config.get("demo") else 64000,
         runtime=30 if config.get("demo") else 2880,
     shell:
-        "{IMPUTMAE} pretrain --config-json {params.cfg:q} --run {wildcards.run} --fold {wildcards.fold} "
+        "python -m imputmae pretrain --config-json {params.cfg:q} --run {wildcards.run} --fold {wildcards.fold} "
         "--out-dir {params.out_dir:q} --resume --threads {threads} --no-progress > {log} 2>&1"
 
 
@@ -80,7 +76,7 @@ rule table4:
         imputation=f"{RESULTS}/tables/table4_imputation.csv",
     params:
         cfg=as_json(config),
-        out_dir=f"{RESULTS}/tables",
+        out_dir=subpath(output.csv, parent=True),
     log:
         "logs/table4/table4.log",
     benchmark:
@@ -89,7 +85,7 @@ rule table4:
         "../../envs/torch.yaml"
     threads: 2
     shell:
-        "{IMPUTMAE} table4 --config-json {params.cfg:q} --out-dir {params.out_dir:q} --threads {threads} > {log} 2>&1"
+        "python -m imputmae table4 --config-json {params.cfg:q} --out-dir {params.out_dir:q} --threads {threads} > {log} 2>&1"
 
 
 TARGETS.append(rules.table4.output.csv)

@@ -2,7 +2,8 @@
 
 A file table is CSV/TSV/parquet with columns ``patient`` and ``path`` (or ``local_path``), and ``platform`` for
 DNAm (GDC's field); the GDC stage's ``selected.parquet`` is one (``--modality`` picks its rows). With
-``--report`` (the GDC stage's ``download_<modality>.tsv``), files the download did not verify go to the QC table.
+``--report`` (the GDC stage's ``download_<modality>.tsv``: file_id, local_path, status, reason), a file whose
+download failed goes to the QC table (that patient's modality is missing), in either ``--on-malformed`` mode.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger("imputmae.omics")
-
-_OK_STATUS = {"ok", "verified", "present", "downloaded", "skipped", "exists", "cached"}
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("omics", help="RNA-seq and DNA methylation matrices (GDC files or your own tables)")
@@ -60,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _file_table(args: argparse.Namespace, modality: str):
     """(files: patient, path[, platform]; qc rows for files the report says are not usable)."""
+    import numpy as np
     import pandas as pd
 
     from imputmae.cli import UserError
@@ -76,27 +75,25 @@ def _file_table(args: argparse.Namespace, modality: str):
     if "path" not in files.columns and "local_path" in files.columns:
         files = files.rename(columns={"local_path": "path"})
     qc = []
-    if args.report:
+    if args.report:  # the GDC stage's download report: a failed download's modality is missing for its patient
         rep = pd.read_csv(args.report, sep="\t", dtype=str, keep_default_na=False)
         if "file_id" not in rep.columns or "file_id" not in files.columns:
             raise UserError(f"--report {args.report}: both tables need a file_id column to be joined")
         rep = rep.drop_duplicates("file_id", keep="last").set_index("file_id")
         if "local_path" in rep.columns:
-            files = files.assign(path=files["file_id"].map(rep["local_path"]).fillna(
-                files["path"] if "path" in files.columns else ""))
-        status = files["file_id"].map(rep["status"]) if "status" in rep.columns else None
-        if status is not None:
-            bad = ~status.fillna("not in the download report").str.lower().isin(_OK_STATUS)
-            for _, row in files[bad].iterrows():
-                st = status[_]
-                qc.append(dict(patient=row["patient"], modality=modality, file=row.get("path", ""),
-                               reason=f"download not verified: {st if isinstance(st, str) else 'not in report'}"))
-            if bad.any() and args.on_malformed == "error":
-                row = files[bad].iloc[0]
-                raise UserError(f"{row.get('path', row['file_id'])} (patient {row['patient']}): download not "
-                                f"verified ({status[bad].iloc[0]}); rerun the GDC download, or set "
-                                f"omics.on_malformed: qc")
-            files = files[~bad]
+            local = files["file_id"].map(rep["local_path"])
+            files = files.assign(path=local.where(local.notna() & (local != ""), files.get("path")))
+        status = files["file_id"].map(rep["status"]) if "status" in rep.columns else pd.Series("", index=files.index)
+        reason = files["file_id"].map(rep["reason"]) if "reason" in rep.columns else pd.Series("", index=files.index)
+        absent = ~files["file_id"].isin(rep.index)
+        bad = absent | (status.fillna("").str.lower() == "failed")
+        for i in np.flatnonzero(bad.to_numpy()):
+            row = files.iloc[i]
+            why = "not in the download report" if absent.iloc[i] else f"download failed: {reason.iloc[i] or 'no reason given'}"
+            qc.append(dict(patient=row["patient"], modality=modality, file=row.get("path", row["file_id"]), reason=why))
+        if bad.any():
+            log.warning("%s: %d file(s) not downloaded: modality missing for those patients", modality, int(bad.sum()))
+        files = files[~bad.to_numpy()]
     missing = {"patient", "path"} - set(files.columns)
     if missing:
         raise UserError(f"--files {src}: needs columns patient and path (or local_path); missing {sorted(missing)}")

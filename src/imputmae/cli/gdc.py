@@ -1,0 +1,201 @@
+"""``imputmae gdc manifest|select|download|clinical`` and ``imputmae tables table2``.
+
+Each reads the GDC API (``--api URL``) or a local gdc-client copy (``--mirror DIR``) and writes its outputs
+through temporary names. ``gdc download`` records a file that still fails after the retries in its report
+(status ``failed``, with the reason) and goes on; ``--strict`` makes it exit 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from imputmae.cli import UserError
+
+log = logging.getLogger("imputmae.gdc")
+
+
+def _source(p: argparse.ArgumentParser, token: bool = False) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--api", help="GDC API base URL, e.g. https://api.gdc.cancer.gov")
+    src.add_argument("--mirror", help="a local copy in gdc-client layout (files.json, cases.json, data/<id>/<name>)")
+    p.add_argument("--retries", type=int, default=8, help="per request; exponential backoff, Retry-After honoured")
+    p.add_argument("--backoff", type=float, default=1.0, help="first backoff in seconds (doubles each retry)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds, per request (connect and read)")
+    if token:
+        p.add_argument("--token-file", help="GDC token file for controlled data (sent as X-Auth-Token; never logged)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("gdc", help="GDC acquisition: manifest, selection, verified downloads, clinical labels")
+    gsub = g.add_subparsers(dest="gdc_command", metavar="ACTION", required=True)
+
+    m = gsub.add_parser("manifest", help="list the RNA-seq, DNAm and diagnostic-slide files of projects")
+    m.add_argument("--project", action="append", required=True, help="GDC project id (repeat for several)")
+    m.add_argument("--out", required=True, help="manifest.parquet")
+    m.add_argument("--page-size", type=int, default=500)
+    _source(m, token=True)
+    m.set_defaults(func=_manifest)
+
+    s = gsub.add_parser("select", help="one RNA and one DNAm file per patient, all of its diagnostic slides")
+    s.add_argument("manifest", help="manifest.parquet from `gdc manifest`")
+    s.add_argument("--out", required=True, help="selected.parquet")
+    s.add_argument("--download-dir", required=True, help="where `gdc download` puts files (for local_path)")
+    s.add_argument("--sample-type", action="append", required=True, dest="sample_types",
+                   help="sample types in preference order (repeat), e.g. 'Primary Tumor'")
+    s.set_defaults(func=_select)
+
+    d = gsub.add_parser("download", help="download and verify files into DEST/<file_id>/<file_name>")
+    d.add_argument("manifest", help="our manifest/selected parquet, or the GDC portal's manifest.tsv")
+    d.add_argument("--dest", required=True, help="download folder (gdc-client layout)")
+    d.add_argument("--report", required=True, help="TSV report, one row per file")
+    d.add_argument("--modality", choices=["rna", "dnam", "wsi"], help="only this modality (parquet manifests)")
+    d.add_argument("--workers", type=int, default=4)
+    d.add_argument("--strict", action="store_true", help="exit 1 when any file failed (default: record, go on)")
+    d.add_argument("--no-progress", action="store_true")
+    _source(d, token=True)
+    d.set_defaults(func=_download)
+
+    c = gsub.add_parser("clinical", help="survival labels from /cases, with a QC table of dropped patients")
+    c.add_argument("--project", action="append", required=True)
+    c.add_argument("--out", required=True, help="clinical.parquet")
+    c.add_argument("--qc", required=True, help="clinical_qc.tsv")
+    c.add_argument("--page-size", type=int, default=500)
+    _source(c, token=True)
+    c.set_defaults(func=_clinical)
+
+    t = sub.add_parser("tables", help="the paper's tables")
+    tsub = t.add_subparsers(dest="tables_command", metavar="TABLE", required=True)
+    t2 = tsub.add_parser("table2", help="modality availability among patients with RNA-seq")
+    t2.add_argument("--results", required=True, help="results folder ({R}); reads {R}/<cohort>/gdc/... and clinical")
+    t2.add_argument("--cohort", action="append", required=True, dest="cohorts", help="cohort name (repeat)")
+    t2.add_argument("--out", required=True, help="output prefix, e.g. results/tables/table2")
+    t2.add_argument("--with-downloads", action="store_true",
+                    help="also read {R}/<cohort>/gdc/download_{rna,dnam,wsi}.tsv: failed downloads count as missing")
+    t2.set_defaults(func=_table2)
+
+
+def _transport(args: argparse.Namespace):
+    from imputmae.gdc import GDCError, open_transport
+
+    try:
+        return open_transport(api=args.api, mirror=args.mirror, timeout_s=args.timeout,
+                              token_file=getattr(args, "token_file", None))
+    except GDCError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    from imputmae.gdc import GDCError, fetch_manifest, write_parquet
+
+    try:
+        df, meta = fetch_manifest(_transport(args), args.project, page_size=args.page_size, retries=args.retries,
+                                  backoff_s=args.backoff)
+    except GDCError as exc:
+        raise UserError(str(exc)) from None
+    if df.empty:
+        raise UserError(f"no RNA-seq, DNAm or diagnostic-slide files for {args.project} at {meta['gdc_source']}; "
+                        "check the project ids")
+    write_parquet(df, args.out, meta)
+    log.info("manifest: %d files -> %s (%s)", len(df), args.out, meta["gdc_data_release"])
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from imputmae.gdc import GDCError, read_manifest, select_files, write_parquet
+
+    try:
+        manifest, meta = read_manifest(args.manifest)
+    except GDCError as exc:
+        raise UserError(str(exc)) from None
+    if "modality" not in manifest.columns:
+        raise UserError(f"{args.manifest}: not a `gdc manifest` parquet (no modality column)")
+    out = select_files(manifest, args.sample_types, args.download_dir)
+    write_parquet(out, args.out, meta)
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from imputmae.gdc import GDCError, download_files, read_manifest
+
+    try:
+        manifest, _ = read_manifest(args.manifest)
+    except GDCError as exc:
+        raise UserError(str(exc)) from None
+    if args.modality:
+        if "modality" not in manifest.columns:
+            raise UserError(f"{args.manifest}: --modality needs our parquet manifest (this one has no modality column)")
+        manifest = manifest[manifest["modality"] == args.modality]
+    transport = _transport(args)
+    log.info("download: %d file(s), %.1f MB from %s into %s with %d worker(s)", len(manifest),
+             manifest["file_size"].sum() / 1e6, transport.source, args.dest, args.workers)
+    report = download_files(manifest, args.dest, transport, workers=args.workers, retries=args.retries,
+                            backoff_s=args.backoff, progress=not args.no_progress)
+    path = Path(args.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    report.to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, path)
+    counts = report["status"].value_counts().to_dict()
+    failed = counts.get("failed", 0)
+    log.info("download: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do")
+    if failed:
+        log.error("download: %d file(s) FAILED after retries (reasons in %s); their modality counts as missing for "
+                  "those patients. %s", failed, path,
+                  "Exiting 1 (--strict)." if args.strict else "Continuing (pass --strict to stop instead).")
+        return 1 if args.strict else 0
+    return 0
+
+
+def _clinical(args: argparse.Namespace) -> int:
+    from imputmae.gdc import GDCError, fetch_clinical, write_parquet
+
+    try:
+        clinical, qc, meta = fetch_clinical(_transport(args), args.project, page_size=args.page_size,
+                                            retries=args.retries, backoff_s=args.backoff)
+    except GDCError as exc:
+        raise UserError(str(exc)) from None
+    if clinical.empty:
+        raise UserError(f"no usable clinical rows for {args.project} ({len(qc)} dropped; see the log)")
+    path = Path(args.qc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    qc.to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, path)
+    write_parquet(clinical, args.out, meta)
+    return 0
+
+
+def _table2(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from imputmae.tables import table2, write_table
+
+    results = Path(args.results)
+    selected, clinical, downloads = {}, {}, {}
+    for cohort in args.cohorts:
+        sel = results / cohort / "gdc" / "selected.parquet"
+        clin = results / cohort / "clinical.parquet"
+        for p in (sel, clin):
+            if not p.is_file():
+                raise UserError(f"table2: {p} is missing; run `imputmae gdc select` / `gdc clinical` for {cohort}")
+        selected[cohort] = pd.read_parquet(sel)
+        clinical[cohort] = pd.read_parquet(clin)
+        if args.with_downloads:
+            reports = [results / cohort / "gdc" / f"download_{m}.tsv" for m in ("rna", "dnam", "wsi")]
+            missing = [str(r) for r in reports if not r.is_file()]
+            if missing:
+                raise UserError(f"table2 --with-downloads: {', '.join(missing)} missing; run `imputmae gdc download`")
+            downloads[cohort] = pd.concat([pd.read_csv(r, sep="\t", dtype={"file_id": str}) for r in reports])
+    df = table2(selected, clinical, downloads)
+    note = ("Among patients with a selected RNA-seq file (gdc/selected.parquet): % with a selected DNAm file, with a "
+            "usable survival label (clinical.parquet) and with at least one diagnostic slide. "
+            + ("Files whose download failed count as missing. " if args.with_downloads else
+               "Availability at the GDC, before downloads. ")
+            + "WSI availability is before slide QC: the WSI stage may still drop slides (wsi_qc.tsv).")
+    write_table(df, args.out, ("csv", "md"),
+                caption="Table 2: Modality availability (%) among patients with RNA-seq data.", note=note)
+    print(df.to_string(index=False))
+    return 0
