@@ -25,7 +25,8 @@ def test_shipped_configs_validate():
     demo = load_config([BASE, DEMO])
     assert demo["cohorts"]["GBMLGG"]["projects"] == ["DEMO-GBM", "DEMO-LGG"]
     # the demo overlay changes only what it names
-    assert demo["pretrain"]["lr"] == real["pretrain"]["lr"] == 1e-4
+    assert demo["pretrain"]["weight_decay"] == real["pretrain"]["weight_decay"] == 1e-2
+    assert real["pretrain"]["lr"] == 1e-4 and demo["pretrain"]["per_fold"] is True
     assert demo["wsi"]["keep"] == 8 and real["wsi"]["keep"] == 100
 
 
