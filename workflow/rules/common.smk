@@ -54,6 +54,12 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+def stage_config(*sections):
+    """Only the named top-level sections, as one JSON argument: a step's params then change (and the step reruns)
+    only when a setting it reads changes."""
+    return as_json({s: config[s] for s in sections if s in config})
+
+
 
 # ------------------------------------------------------------------------------------------- GDC stage
 import pandas as pd  # noqa: E402

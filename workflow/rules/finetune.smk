@@ -98,7 +98,7 @@ rule table3:
         tex=f"{RESULTS}/tables/table3.tex",
         km=expand(f"{RESULTS}/figures/km_{{cohort}}.png", cohort=COHORTS),
     params:
-        results=RESULTS,
+        results=lambda wildcards, output: str(Path(output.csv).parent.parent),
         cohorts=" ".join(COHORTS),
         modsets=" ".join(FINETUNE_MODSETS),
         folds=config["splits"]["n_folds"],

@@ -24,7 +24,7 @@ rule splits:
     output:
         f"{RESULTS}/splits.parquet",
     params:
-        cfg=as_json(config),
+        cfg=stage_config("results", "cohorts", "splits"),
     log:
         "logs/splits/splits.log",
     benchmark:
@@ -44,7 +44,7 @@ rule pretrain:
         metrics=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/metrics.csv",
         plot=f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/loss.png",
     params:
-        cfg=as_json(config),
+        cfg=stage_config("results", "cohorts", "splits", "omics", "wsi", "model", "pretrain"),
         out_dir=subpath(output.checkpoint, parent=True),
     wildcard_constraints:
         run="multimodal|rna|dnam|wsi",
@@ -75,7 +75,7 @@ rule table4:
         folds=f"{RESULTS}/tables/table4_folds.csv",
         imputation=f"{RESULTS}/tables/table4_imputation.csv",
     params:
-        cfg=as_json(config),
+        cfg=stage_config("results", "cohorts", "splits", "omics", "wsi", "model", "pretrain"),
         out_dir=subpath(output.csv, parent=True),
     log:
         "logs/table4/table4.log",

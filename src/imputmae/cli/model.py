@@ -26,7 +26,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     from imputmae.config import load_config, validate_config
 
     if args.config_json:
-        return validate_config(json.loads(args.config_json))
+        partial = json.loads(args.config_json)  # the rule hands over only the sections this step reads
+        return validate_config(partial, sections=list(partial))
     return load_config(args.config)
 
 
