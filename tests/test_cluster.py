@@ -110,3 +110,64 @@ def test_pretrain_rule_resumes_after_sigterm(tmp_path):
     ma, mb = _metrics(full / "results/pretrain/multimodal/fold0/metrics.csv"), _metrics(run_dir / "metrics.csv")
     assert len(ma) == epochs
     pd.testing.assert_frame_equal(ma, mb, check_exact=False, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ one-cohort rerun
+
+SMALL_DEMO = """\
+results: results/demo
+demo: {seed: 0, out: results/demo/mirror, n_patients: {DEMO-BRCA: 8, DEMO-UCEC: 8, DEMO-GBM: 4, DEMO-LGG: 4}}
+gdc: {download_dir: results/demo/gdc_data, workers: 1}
+cohorts:
+  BRCA: {projects: [DEMO-BRCA]}
+  UCEC: {projects: [DEMO-UCEC]}
+  GBMLGG: {projects: [DEMO-GBM, DEMO-LGG]}
+wsi: {n_candidates: 20, keep: 2, threads: 1}
+omics: {n_quantiles: 50}
+splits: {n_folds: 2}
+model: {size: tiny}
+pretrain: {per_fold: false, unimodal: [], epochs: 1, warmup_epochs: 0, batch_size: 8, num_workers: 0,
+           deterministic: true}
+finetune: {modality_sets: [all], epochs: 1, batch_size: 8, warmup_epochs: 0}
+"""
+
+
+def _state(results: Path) -> dict[str, tuple[int, bytes]]:
+    import hashlib
+
+    return {str(p.relative_to(results)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).digest())
+            for p in sorted(results.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow   # ~80 s on 2 cores: a whole (tiny) demo, then the rerun
+def test_rerun_one_cohort_touches_nothing_else(tmp_path):
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    (tmp_path / "small.yaml").write_text(SMALL_DEMO)
+    opts = ["--cores", "2", "--configfile", "small.yaml", "-q"]
+    subprocess.run([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *opts], cwd=tmp_path, env=_env(), check=True,
+                   capture_output=True)
+    results = tmp_path / "results/demo"
+    before = _state(results)
+    time.sleep(1.1)   # coarse file-system clocks
+    out = subprocess.run([sys.executable, str(ROOT / "workflow/scripts/rerun_cohort.py"), "UCEC", *opts],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = _state(results)
+
+    def ucec(path: str) -> bool:
+        return path.startswith(("UCEC/", "finetune/UCEC/", "baselines/cox/UCEC/"))
+
+    # the shared tables with a row per cohort (and Table 3's Kaplan-Meier figures) are rebuilt
+    shared = {p for p in before if p.startswith(("tables/table2.", "tables/table3.", "figures/km_"))}
+    others = [p for p in before if not ucec(p) and p not in shared]
+    assert any(p.startswith("BRCA/wsi/") for p in others) and "splits.parquet" in others
+    assert any(p.startswith("pretrain/") for p in others)
+    changed = [p for p in others if after.get(p) != before[p]]
+    assert not changed, changed[:10]
+    # every output of the cohort's own jobs was rewritten (downloaded data are verified and kept)
+    mine = [p for p in before if ucec(p)]
+    assert len(mine) > 30
+    stale = [p for p in mine if after[p][0] == before[p][0]]
+    assert not stale, stale[:10]
+    assert all(after[p][0] > before[p][0] for p in shared if p.startswith("tables/table2."))
+    assert set(after) == set(before)

@@ -1,5 +1,6 @@
 # Shared by the workflow: validation, the cohort table, paths, and the list of final targets.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -117,3 +118,15 @@ def train_launcher(wildcards, resources):
     if n > 1:
         return f"exec torchrun --standalone --nproc_per_node={n} -m imputmae"
     return "exec python -m imputmae"
+
+
+# ------------------------------------------------------------------------------------------- Cluster (one-cohort rerun)
+# workflow/scripts/rerun_cohort.py sets IMPUTMAE_KEEP_POOLED=1 while it rebuilds one cohort's models and the shared
+# tables: the jobs that pool every cohort (splits, pretraining, Table 4) then take their stage inputs as ancient(),
+# so the cohort's regenerated matrices do not make them rerun. Unset (every other run), mtimes count as usual.
+KEEP_POOLED = os.environ.get("IMPUTMAE_KEEP_POOLED") == "1"
+
+
+def pooled_input(files):
+    """``files`` as inputs of a pooled job: ancient() during a one-cohort rerun, unchanged otherwise."""
+    return ancient(files) if KEEP_POOLED else files

@@ -10,11 +10,12 @@ PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"][
 
 
 # Every cohort's labels, omics matrices and WSI QC table (the QC table lists the tile files).
+# (pooled_input: ancient() while workflow/scripts/rerun_cohort.py rebuilds one cohort, so these jobs are kept)
 STAGE_TABLES = {
-    "clinical": expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
-    "rna": expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
-    "dnam": expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
-    "wsi_qc": expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
+    "clinical": pooled_input(expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS)),
+    "rna": pooled_input(expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS)),
+    "dnam": pooled_input(expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS)),
+    "wsi_qc": pooled_input(expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS)),
 }
 
 
