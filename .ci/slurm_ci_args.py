@@ -1,8 +1,8 @@
 """Print, one per line, the command-line options CI adds to `snakemake --profile slurm` (the profile file given).
 
 Options given on the command line replace the profile's value of the same option as a whole, so the resource
-options are the profile's own, with CI's changes merged in: demo-sized memory and runtime, and gpu=1 on the
-training rules (the demo config asks for none) so that they are scheduled through the fake GPUs' GRES.
+options are the profile's own, with CI's changes merged in: demo-sized memory and runtime, and gpu=1 on pretraining
+(the demo config asks for none) so that it is scheduled through the fake GPUs' GRES.
 """
 
 import sys
@@ -12,8 +12,9 @@ import yaml
 profile = yaml.safe_load(open(sys.argv[1]))
 default = {**profile.get("default-resources", {}), "mem_mb": "1000 * attempt", "runtime": 30}
 sets = {rule: dict(res) for rule, res in profile.get("set-resources", {}).items()}
-for rule in ("pretrain", "finetune"):   # one fake GPU and the demo's one thread (8 CPUs would never schedule)
-    sets.setdefault(rule, {}).update(gpu=1, cpus_per_gpu=1)
+# pretraining through the fake GPUs' GRES (one each, the demo's one thread: 8 CPUs per GPU would never schedule);
+# fine-tuning as the demo config asks (no GPU): 60 short jobs would queue behind the two fake GPUs
+sets.setdefault("pretrain", {}).update(gpu=1, cpus_per_gpu=1)
 args = [
     "--slurm-status-command", "squeue",              # no slurmdbd on the CI cluster: sacct would never answer
     "--slurm-init-seconds-before-status-checks", "2",
