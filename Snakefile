@@ -31,3 +31,6 @@ include: "workflow/rules/gdc.smk"
 include: "workflow/rules/omics.smk"
 include: "workflow/rules/wsi.smk"
 include: "workflow/rules/pretrain.smk"
+
+
+include: "workflow/rules/finetune.smk"

@@ -1,0 +1,273 @@
+"""Survival subcommands: ``finetune``, ``cox-baseline``, ``table3``, ``predict``, ``impute``.
+
+Each parses its arguments, makes one library call (imputmae.finetune, imputmae.baselines, imputmae.report) and
+writes its outputs under temporary names renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from imputmae.cli import UserError
+
+log = logging.getLogger("imputmae.survival")
+
+MODSETS = ("rna", "dnam", "wsi", "all")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune the survival model of one cohort, modality set and fold")
+    p.add_argument("--checkpoint", required=True, help="the fold's pretrained checkpoint.pt")
+    p.add_argument("--results", required=True, help="the results folder {R} (splits, clinical, omics, tiles)")
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--modset", required=True, choices=MODSETS)
+    p.add_argument("--fold", required=True, type=int)
+    p.add_argument("--params", default="{}", help="the config's finetune section as JSON (defaults: the paper's)")
+    p.add_argument("--cindex", default="antolini", choices=("antolini", "adj_antolini", "harrell"),
+                   help="validation C-index for model selection (config evaluation.cindex)")
+    p.add_argument("--missing", default="impute", choices=("impute", "zero"),
+                   help="missing modalities: imputed by the pretrained decoder (paper) or zero embeddings")
+    p.add_argument("--out", required=True, help="output folder: predictions.parquet, metrics.json, model.pt")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("cox-baseline", help="penalised Cox on training-fitted PCA, every fold and modality set")
+    p.add_argument("--results", required=True)
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--modsets", nargs="+", default=list(MODSETS), choices=MODSETS)
+    p.add_argument("--params", default="{}", help='JSON: n_components, penalizer, n_bins, cut_scheme, seed')
+    p.add_argument("--out", required=True, help="folder: {modset}/fold{k}/predictions.parquet, metrics.json")
+    p.set_defaults(func=_cox)
+
+    p = sub.add_parser("table3", help="Table 3 (csv, md, tex) and Kaplan-Meier figures from the per-fold metrics")
+    p.add_argument("--results", required=True)
+    p.add_argument("--cohorts", nargs="+", required=True)
+    p.add_argument("--modsets", nargs="+", default=list(MODSETS), choices=MODSETS)
+    p.add_argument("--folds", type=int, required=True, help="number of outer folds")
+    p.add_argument("--cindex", default="antolini", choices=("antolini", "adj_antolini", "harrell"))
+    p.add_argument("--oracle", default=None, help="the demo's oracle.parquet: adds the oracle C-index row")
+    p.add_argument("--no-literature", action="store_true", help="leave out the rows quoted from the paper")
+    p.add_argument("--km-modset", default="all", choices=MODSETS, help="the model whose risk splits the KM curves")
+    p.set_defaults(func=_table3)
+
+    for name, helptext in [("predict", "risk and survival curve for new patients from whatever modalities they have"),
+                           ("impute", "reconstruct new patients' missing modalities in the original feature space")]:
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True, help="a fine-tuned model folder (model.pt) or file")
+        p.add_argument("inputs", nargs="+", help="rna/dnam tables (.parquet/.csv/.tsv; prefix rna: or dnam: to "
+                       "force the modality) and <patient>.npy tile files or folders of them")
+        p.add_argument("--out", required=True, help="predict: a .parquet/.csv file; impute: a folder")
+        p.set_defaults(func=_predict if name == "predict" else _impute)
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic(path, lambda t: t.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n"))
+
+
+def _read_table(path: Path, what: str):
+    import pandas as pd
+
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found (run the stage that writes it first; see docs/layout.md)")
+    return pd.read_parquet(path)
+
+
+def _fold_patients(results: str, cohort: str, fold: int):
+    splits = _read_table(Path(results) / "splits.parquet", "the outer-fold splits")
+    s = splits[splits["cohort"] == cohort]
+    if s.empty:
+        raise UserError(f"{results}/splits.parquet has no patient of cohort {cohort}")
+    if fold not in set(s["fold"]):
+        raise UserError(f"{results}/splits.parquet: cohort {cohort} has no fold {fold} (folds {sorted(set(s['fold']))})")
+    clinical = _read_table(Path(results) / cohort / "clinical.parquet", f"{cohort} clinical labels")
+    clinical = clinical.set_index("patient") if "patient" in clinical.columns else clinical
+    return s, clinical
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from imputmae.finetune import (FinetuneConfig, load_cohort_inputs, normalizers_from_states, run_finetune,
+                                   save_survival_model)
+    from imputmae.model import load_pretrained
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s, clinical = _fold_patients(args.results, args.cohort, args.fold)
+    test = s.loc[s["fold"] == args.fold, "patient"].tolist()
+    train = s.loc[s["fold"] != args.fold, "patient"].tolist()
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"{args.checkpoint}: pretrained checkpoint not found (run `imputmae pretrain` first)")
+    mae, norm_states, meta = load_pretrained(args.checkpoint)
+    pre_train = set(meta.get("extra", {}).get("train_patients", []) or [])
+    if pre_train & set(test):
+        log.warning("%s: the pretraining saw %d of this fold's test patients (pretrain.per_fold: false?)",
+                    args.checkpoint, len(pre_train & set(test)))
+    params = json.loads(args.params)
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
+            "val_fraction", "seed")
+    cfg = FinetuneConfig(modset=args.modset, missing=args.missing, select_on=args.cindex,
+                         **{k: params[k] for k in keys if k in params})
+    normalizers = normalizers_from_states(norm_states)
+    inputs = load_cohort_inputs(args.results, args.cohort, normalizers, train + test)
+    try:
+        res = run_finetune(mae, inputs, clinical, train, test, cfg, fold=args.fold)
+    except ValueError as exc:
+        raise UserError(f"{args.cohort} {args.modset} fold {args.fold}: {exc}") from None
+    out = Path(args.out)
+    res.metrics.update(cohort=args.cohort, model="impuTMAE", checkpoint=str(args.checkpoint))
+    save_survival_model(out / "model.pt", res, mae, norm_states)
+    _atomic(out / "predictions.parquet", lambda t: res.predictions.to_parquet(t, index=False))
+    _write_json(out / "metrics.json", res.metrics)
+    log.info("%s %s fold %d: antolini %.3f, harrell %.3f, ibs %.3f (best epoch %d; %.1fs cache, %.1fs train)",
+             args.cohort, args.modset, args.fold, res.metrics["antolini"], res.metrics["harrell"],
+             res.metrics["ibs"], res.metrics["best_epoch"], res.metrics["seconds_cache"],
+             res.metrics["seconds_train"])
+    return 0
+
+
+def _cox(args: argparse.Namespace) -> int:
+    from imputmae.baselines import load_modality_features, run_cox_pca_folds
+
+    splits = _read_table(Path(args.results) / "splits.parquet", "the outer-fold splits")
+    splits = splits[splits["cohort"] == args.cohort]
+    _, clinical = _fold_patients(args.results, args.cohort, int(splits["fold"].min()))
+    p = json.loads(args.params)
+    kw = {k: p[k] for k in ("n_components", "penalizer", "n_bins", "cut_scheme", "seed") if k in p}
+    features = {m: load_modality_features(args.results, args.cohort, m) for m in ("rna", "dnam", "wsi")}
+    for modset in args.modsets:
+        try:
+            results = run_cox_pca_folds(features, clinical, splits, modset, **kw)
+        except ValueError as exc:
+            raise UserError(f"{args.cohort} cox-pca {modset}: {exc}") from None
+        for r in results:
+            d = Path(args.out) / modset / f"fold{r.metrics['fold']}"
+            r.metrics.update(cohort=args.cohort, modset=modset, model="cox_pca")
+            _atomic(d / "predictions.parquet", lambda t, r=r: r.predictions.to_parquet(t, index=False))
+            _write_json(d / "metrics.json", r.metrics)
+            log.info("%s cox-pca %s fold %d: antolini %.3f", args.cohort, modset, r.metrics["fold"],
+                     r.metrics["antolini"])
+    return 0
+
+
+def _table3(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from imputmae.report import km_split, oracle_cindex, plot_km, table3, table3_latex, table3_markdown
+
+    R = Path(args.results)
+    rows, km_frames = [], {}
+    for cohort in args.cohorts:
+        for modset in args.modsets:
+            for fold in range(args.folds):
+                for model, d in [("impuTMAE", R / "finetune" / cohort / modset / f"fold{fold}"),
+                                 ("cox_pca", R / "baselines" / "cox" / cohort / modset / f"fold{fold}")]:
+                    f = d / "metrics.json"
+                    if not f.exists():
+                        if model == "impuTMAE":
+                            raise UserError(f"{f}: missing (run `imputmae finetune` for it)")
+                        continue
+                    m = json.loads(f.read_text())
+                    rows.append({"model": model, "modset": modset, "cohort": cohort, "fold": fold,
+                                 **{k: m[k] for k in ("antolini", "adj_antolini", "harrell", "ibs", "n_test")}})
+                    if model == "impuTMAE" and modset == args.km_modset:
+                        pred = pd.read_parquet(d / "predictions.parquet")
+                        pred = pred[pred["split"] == "test"].assign(median=m["train_median_risk"])
+                        km_frames.setdefault(cohort, []).append(pred)
+    metrics = pd.DataFrame(rows)
+    notes = [f"Modality sets: a single modality uses the patients who have it; 'all' uses every patient, missing "
+             f"modalities imputed by the pretrained decoder. Model selection on a validation split of each fold's "
+             f"training patients; label cuts fitted on training patients."]
+    oracle = None
+    if args.oracle:
+        splits = _read_table(R / "splits.parquet", "the outer-fold splits")
+        clin = pd.concat([_read_table(R / c / "clinical.parquet", f"{c} clinical labels") for c in args.cohorts])
+        oracle = oracle_cindex(_read_table(Path(args.oracle), "the demo oracle"), splits, clin)
+        notes.append("oracle: Harrell's C-index of the demo generator's true risk on the same test folds (an upper "
+                     "reference; equal to plain Antolini for non-crossing curves).")
+    table = table3(metrics, args.cindex, args.cohorts, literature=not args.no_literature, oracle=oracle)
+    out = R / "tables"
+    _atomic(out / "table3.csv", lambda t: table.to_csv(t, index=False))
+    _atomic(out / "table3.md", lambda t: t.write_text(table3_markdown(table, args.cindex, notes)))
+    _atomic(out / "table3.tex", lambda t: t.write_text(table3_latex(table, args.cindex)))
+    _atomic(out / "table3_folds.csv", lambda t: metrics.to_csv(t, index=False))
+    for cohort in args.cohorts:
+        preds = pd.concat(km_frames.get(cohort, [])) if km_frames.get(cohort) else None
+        if preds is None:
+            raise UserError(f"{cohort}: no {args.km_modset} predictions for the Kaplan-Meier figure")
+        med = preds.groupby("fold")["median"].first().to_dict()
+        p = plot_km(km_split(preds, med), f"{cohort}: impuTMAE ({args.km_modset}) test patients, split at the "
+                    f"training median risk", R / "figures" / f"km_{cohort}.png")
+        log.info("%s: KM log-rank p = %.3g", cohort, p)
+    print(table3_markdown(table, args.cindex, notes))
+    return 0
+
+
+def _load_model(path: str):
+    from imputmae.finetune import load_survival_model, normalizers_from_states
+
+    try:
+        model, mae, state = load_survival_model(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    return model, mae, state, normalizers_from_states(state["normalizers"])
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from imputmae.finetune import predict_patients, read_user_inputs
+
+    model, mae, state, normalizers = _load_model(args.model)
+    try:
+        inputs = read_user_inputs(args.inputs, normalizers)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if not inputs.patients():
+        raise UserError("no patient in the inputs")
+    out = predict_patients(model, mae, inputs, state)
+    path = Path(args.out)
+    cuts = out.attrs["cuts_days"]
+    out = out.rename(columns={f"s_{k}": f"S({c:.0f}d)" for k, c in enumerate(cuts)})
+    _atomic(path, (lambda t: out.to_csv(t, index=False)) if path.suffix in (".csv", ".tsv")
+            else (lambda t: out.to_parquet(t, index=False)))
+    log.info("%d patients -> %s", len(out), path)
+    return 0
+
+
+def _save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
+        np.save(fh, array)
+
+
+def _impute(args: argparse.Namespace) -> int:
+    from imputmae.finetune import impute_patients, imputed_tables, read_user_inputs
+
+    _, mae, _, normalizers = _load_model(args.model)
+    try:
+        inputs = read_user_inputs(args.inputs, normalizers)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    tables = imputed_tables(impute_patients(mae, inputs), normalizers)
+    out = Path(args.out)
+    for m, t in tables.items():
+        if m == "wsi":
+            for p, tiles in t.items():
+                _atomic(out / "wsi" / f"{p}.npy", lambda f, tiles=tiles: _save_npy(f, tiles))
+        else:
+            _atomic(out / f"{m}.parquet", lambda f, t=t: t.to_parquet(f))
+        log.info("imputed %s for %d patients", m, len(t))
+    if not tables:
+        log.info("nothing to impute: every patient has every modality")
+    return 0

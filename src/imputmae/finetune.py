@@ -1,0 +1,690 @@
+"""Survival fine-tuning on the pretrained multimodal MAE (paper Section 3.3 and 4), evaluation, and use.
+
+The survival model (:class:`SurvivalModel`), per modality set (``rna``, ``dnam``, ``wsi``, ``all``):
+
+1. inputs: the patient's normalised modalities; in ``all`` every missing modality is first **imputed** by the
+   pretrained multimodal decoder (:meth:`MultimodalMAE.impute`) from the ones present (``missing="zero"`` instead
+   gives a missing modality a zero embedding: DRIM/MultiSurv's zero filling, kept for the benchmark);
+2. each modality's pretrained encoder, unmasked, **frozen except its last block** (the final LayerNorm stays
+   frozen too); the CLS token is the modality embedding; for WSI the CLS tokens of **all** the patient's tiles are
+   averaged;
+3. the modality embeddings as tokens (plus a learned modality embedding), dropout, **one multi-head self-attention
+   layer** (pre-norm, residual), mean over tokens, **a linear head to T hazard logits** (T = ``n_bins``).
+
+Exact caching: the frozen layers do not change during fine-tuning, so each patient's hidden states *entering* the
+last block (and the imputed inputs behind them) are computed once (:func:`frozen_features`); only the last blocks,
+the fusion layer and the head run in the training loop. tests/test_finetune.py checks that the cached path gives
+exactly :meth:`MultimodalMAE.encode`'s CLS embeddings; benchmarks/bench_finetune.py measures the speed-up.
+
+Which patients (a decision, written down): a single-modality set uses only the patients who **have** that
+modality (train, validation and test alike): no imputed data enters a unimodal row. ``all`` uses every patient of
+the cohort with at least one modality. Metrics state n_train/n_test; :mod:`benchmarks.bench_finetune` compares
+``all`` with each single modality on the same test patients.
+
+Honesty: label cuts, early stopping and (upstream) the normalisers are fitted on the fold's training patients only;
+the validation split used for model selection is carved from the fold's training patients (stratified by event,
+``val_fraction``) and never touches the fold's test patients. The patient lists are saved in ``model.pt``.
+Training: AdamW (lr, weight decay), linear warmup over ``warmup_epochs`` then constant lr (the paper fixes lr),
+``epochs`` epochs, batch ``batch_size``; the epoch with the best validation C-index (``select_on``) is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
+from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_to_survival, nll_logistic_hazard,
+                               risk_from_survival)
+
+__all__ = [
+    "FinetuneConfig", "PatientInputs", "FrozenFeatures", "SurvivalModel", "cls_through_block",
+    "baseline_hazard_logits", "complete_inputs", "frozen_features",
+    "select_patients", "split_validation", "train_survival", "predict_features", "run_finetune", "FinetuneResult",
+    "save_survival_model", "load_survival_model", "predict_patients", "impute_patients",
+    "normalizers_from_states", "normalize_omics", "load_cohort_inputs", "read_user_inputs", "imputed_tables",
+]
+
+log = logging.getLogger(__name__)
+
+ModSet = Literal["rna", "dnam", "wsi", "all"]
+FORMAT = "imputmae-survival-1"
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyperparameters (config ``finetune.*``; ``select_on`` from ``evaluation.cindex``)."""
+
+    modset: ModSet = "all"
+    missing: Literal["impute", "zero"] = "impute"
+    epochs: int = 20
+    batch_size: int = 24
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_epochs: int = 5
+    dropout: float = 0.1
+    n_bins: int = 20
+    cut_scheme: Literal["equidistant", "quantiles"] = "equidistant"
+    val_fraction: float = 0.2
+    seed: int = 0
+    n_sub: int = 10
+    fusion_heads: int | None = None          # None: the encoders' number of heads
+    select_on: Literal["antolini", "adj_antolini", "harrell"] = "antolini"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
+        f = cfg["finetune"]
+        keys = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
+                "val_fraction", "seed")
+        return cls(modset=modset, select_on=cfg["evaluation"]["cindex"], **{k: f[k] for k in keys}, **over)
+
+    def modalities(self, available: Sequence[str] = MODALITIES) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in available) if self.modset == "all" else (self.modset,)
+
+
+@dataclass
+class PatientInputs:
+    """Normalised model inputs of a set of patients (what the MAE was pretrained on).
+
+    ``omics[m]``: {patient: float32 [L_m]} in [0, 1]; ``tiles``: {patient: uint8 [K, H, W, 3]} (docs/layout.md).
+    A patient absent from a mapping does not have that modality.
+    """
+
+    omics: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    tiles: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def has(self, patient: str, m: str) -> bool:
+        return patient in self.tiles if m == "wsi" else patient in self.omics.get(m, {})
+
+    def patients(self) -> list[str]:
+        out = set(self.tiles)
+        for d in self.omics.values():
+            out |= set(d)
+        return sorted(out)
+
+
+def _tiles_to_tensor(tiles: np.ndarray) -> Tensor:
+    """uint8 [K, H, W, 3] -> float [K, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.array(tiles, copy=True)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str],
+                    modalities: Sequence[str], missing: Literal["impute", "zero"] = "impute",
+                    max_tiles: int | None = None) -> tuple[dict[str, dict[str, Tensor]], dict[str, np.ndarray]]:
+    """Every patient's model input for each of ``modalities``, imputing the missing ones with the decoder.
+
+    Returns (data, imputed): data[m][patient] = omics [L_pad] or tiles [K, 3, H, W] (float), absent when the
+    patient lacks m and ``missing == "zero"``; imputed[m] = bool [P] (the modality was reconstructed).
+    A patient with tiles has its missing omics imputed from each tile together with its omics, then averaged over
+    tiles; a patient without tiles gets one imputed tile.
+    """
+    mae.eval()
+    dev = next(mae.parameters()).device
+    data: dict[str, dict[str, Tensor]] = {m: {} for m in modalities}
+    imputed = {m: np.zeros(len(patients), bool) for m in modalities}
+    for i, p in enumerate(patients):
+        have = {m: inputs.has(p, m) for m in MODALITIES}
+        if not any(have.values()):
+            raise ValueError(f"patient {p}: no modality available")
+        tiles = _tiles_to_tensor(inputs.tiles[p][:max_tiles]).to(dev) if have["wsi"] else None
+        omics = {m: torch.from_numpy(np.asarray(inputs.omics[m][p], np.float32)).to(dev)
+                 for m in ("rna", "dnam") if have[m]}
+        need = [m for m in modalities if not have[m]]
+        recon: dict[str, Tensor] = {}
+        if need and missing == "impute":
+            K = tiles.shape[0] if tiles is not None else 1
+            batch: dict[str, Tensor] = {"available": torch.tensor([[have[m] for m in MODALITIES]] * K, device=dev)}
+            for m, x in omics.items():
+                batch[m] = x[None].expand(K, -1)
+            if tiles is not None:
+                batch["wsi"] = tiles
+            out = mae.impute(batch)
+            recon = {m: out[m].mean(0) if m != "wsi" else out[m][:1] for m in need}
+        for m in modalities:
+            if have[m]:
+                data[m][p] = tiles if m == "wsi" else omics[m]
+            elif m in recon:
+                data[m][p] = recon[m]
+                imputed[m][i] = True
+    return data, imputed
+
+
+@dataclass
+class FrozenFeatures:
+    """Hidden states entering each encoder's last block, per patient: h[m][i] = [K_i, 1 + N_m, D] (K = 1 for omics,
+    the number of tiles for WSI); ``present[m]`` bool [P] (False: zero embedding); ``imputed[m]`` bool [P]."""
+
+    patients: list[str]
+    h: dict[str, list[Tensor | None]]
+    present: dict[str, np.ndarray]
+    imputed: dict[str, np.ndarray]
+
+    def index(self, patients: Sequence[str]) -> np.ndarray:
+        pos = {p: i for i, p in enumerate(self.patients)}
+        missing = [p for p in patients if p not in pos]
+        if missing:
+            raise KeyError(f"no features for patients {missing[:5]}")
+        return np.array([pos[p] for p in patients], dtype=np.int64)
+
+
+def _frozen_hidden(enc: nn.Module, x: Tensor) -> Tensor:
+    """Unmasked encoder input through all blocks but the last: x [K, ...] -> [K, 1 + N, D] (exact: as ``encode``)."""
+    tokens = enc.embed(x)
+    cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+    h = torch.cat([cls, tokens], dim=1)
+    for blk in enc.blocks[:-1]:
+        h = blk(h)
+    return h
+
+
+@torch.no_grad()
+def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str], modalities: Sequence[str],
+                    missing: Literal["impute", "zero"] = "impute", chunk: int = 64,
+                    max_tiles: int | None = None) -> FrozenFeatures:
+    """Impute (when asked) and run the frozen layers once per patient; see :class:`FrozenFeatures`."""
+    from tqdm.auto import tqdm
+
+    patients = list(patients)
+    data, imputed = complete_inputs(mae, inputs, patients, modalities, missing, max_tiles)
+    h: dict[str, list[Tensor | None]] = {}
+    present = {}
+    for m in modalities:
+        enc = mae.encoders[m]
+        h[m] = []
+        for p in tqdm(patients, desc=f"frozen {m}", leave=False, disable=len(patients) < 50):
+            if p not in data[m]:
+                h[m].append(None)
+                continue
+            x = data[m][p]
+            x = x if m == "wsi" else x[None]
+            x = mae._input({m: x}, m)
+            h[m].append(torch.cat([_frozen_hidden(enc, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]))
+        present[m] = np.array([t is not None for t in h[m]])
+    return FrozenFeatures(patients, h, present, imputed)
+
+
+def cls_through_block(block: nn.Module, h: Tensor) -> Tensor:
+    """The CLS row of ``block(h)`` computed alone: h [B, 1 + N, D] -> [B, D]. Exact (the same arithmetic as
+    :class:`imputmae.model.Block` for that row: only the CLS query attends, only the CLS row goes through the MLP),
+    and O(N) instead of O(N^2) attention and N times less MLP work: only the CLS token is used downstream."""
+    B, T, D = h.shape
+    heads = block.attn.heads
+    qkv = block.attn.qkv(block.norm1(h)).view(B, T, 3, heads, D // heads)
+    q = qkv[:, :1, 0].transpose(1, 2)                                     # [B, H, 1, hd]
+    k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)    # [B, H, T, hd]
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, D)
+    x = h[:, :1] + block.attn.proj(y)
+    x = x + block.mlp(block.norm2(x))
+    return x[:, 0]
+
+
+class SurvivalModel(nn.Module):
+    """Last encoder blocks (trainable) + fusion self-attention + linear hazard head; see the module docstring."""
+
+    def __init__(self, mae_cfg: MAEConfig, modalities: Sequence[str], n_bins: int, dropout: float = 0.1,
+                 fusion_heads: int | None = None, encoders: nn.ModuleDict | None = None):
+        super().__init__()
+        D = mae_cfg.hidden_size
+        self.modalities = tuple(modalities)
+        self.mae_cfg = mae_cfg
+        # Only each modality's last block and (frozen) final norm; copied from the pretrained encoders when given.
+        src = encoders if encoders is not None else MultimodalMAE(
+            MAEConfig.from_dict({**mae_cfg.to_dict(), "modalities": list(self.modalities)})).encoders
+        self.last_blocks = nn.ModuleDict({m: copy.deepcopy(src[m].blocks[-1]) for m in self.modalities})
+        self.final_norms = nn.ModuleDict({m: copy.deepcopy(src[m].norm) for m in self.modalities})
+        for p in self.final_norms.parameters():
+            p.requires_grad_(False)
+        self.modality_embed = nn.Parameter(torch.zeros(len(self.modalities), D))
+        self.dropout = nn.Dropout(dropout)
+        self.fusion_norm = nn.LayerNorm(D)
+        self.fusion = nn.MultiheadAttention(D, fusion_heads or mae_cfg.num_heads, dropout=dropout, batch_first=True)
+        self.head_norm = nn.LayerNorm(D)
+        self.head = nn.Linear(D, n_bins)
+        nn.init.normal_(self.modality_embed, std=0.02)
+
+    def embed_modality(self, m: str, h: Tensor, tile_mask: Tensor | None = None) -> Tensor:
+        """h: [B, K, 1 + N, D] frozen hidden states, tile_mask [B, K] (1 = real tile) -> CLS mean over tiles [B, D]."""
+        B, K, T, D = h.shape
+        cls = self.final_norms[m](cls_through_block(self.last_blocks[m], h.reshape(B * K, T, D))).reshape(B, K, D)
+        if tile_mask is None:
+            return cls.mean(1)
+        w = tile_mask.to(cls.dtype)[..., None]
+        return (cls * w).sum(1) / w.sum(1).clamp_min(1)
+
+    def forward(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """feats[m] = (h [B, K, 1+N, D], tile_mask [B, K], present [B] bool) -> hazard logits phi [B, T]."""
+        tokens = []
+        for i, m in enumerate(self.modalities):
+            h, tile_mask, present = feats[m]
+            e = self.embed_modality(m, h, tile_mask) * present[:, None].to(h.dtype)
+            tokens.append(e + self.modality_embed[i])
+        x = self.dropout(torch.stack(tokens, dim=1))                          # [B, M, D]
+        y = self.fusion_norm(x)
+        x = x + self.fusion(y, y, y, need_weights=False)[0]
+        return self.head(self.dropout(self.head_norm(x).mean(1)))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def baseline_hazard_logits(idx_durations: np.ndarray, events: np.ndarray, n_bins: int,
+                           clip: tuple[float, float] = (1e-3, 0.5)) -> Tensor:
+    """logit of the life-table hazard per bin, d_k / n_k (events at bin k over patients with index >= k), of the
+    given (training) labels, clipped to ``clip``: the initial bias of the hazard head -> [n_bins]."""
+    idx = np.asarray(idx_durations, dtype=np.int64)
+    d = np.bincount(idx, weights=np.asarray(events, dtype=float), minlength=n_bins)[:n_bins]
+    at_risk = np.cumsum(np.bincount(idx, minlength=n_bins)[:n_bins][::-1])[::-1]
+    h = np.clip(np.divide(d, at_risk, out=np.zeros(n_bins), where=at_risk > 0), *clip)
+    return torch.from_numpy(np.log(h / (1 - h))).float()
+
+
+def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
+             ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    out = {}
+    for m in modalities:
+        hs = [ff.h[m][i] for i in idx]
+        ref = next((t for t in hs if t is not None), None)
+        if ref is None:  # nobody in the batch has m (missing="zero"): shapes from anyone; embeddings zeroed below
+            ref = next((t for t in ff.h[m] if t is not None), None)
+            if ref is None:
+                raise ValueError(f"no patient has {m}")
+        K = max((t.shape[0] for t in hs if t is not None), default=1)
+        h = ref.new_zeros(len(idx), K, *ref.shape[1:])
+        mask = ref.new_zeros(len(idx), K)
+        for j, t in enumerate(hs):
+            if t is not None:
+                h[j, : t.shape[0]] = t
+                mask[j, : t.shape[0]] = 1
+        out[m] = (h, mask, torch.from_numpy(ff.present[m][idx]).to(ref.device))
+    return out
+
+
+@torch.no_grad()
+def predict_features(model: SurvivalModel, ff: FrozenFeatures, idx: np.ndarray, batch_size: int = 64) -> Tensor:
+    """Hazard logits [len(idx), T] in eval mode."""
+    model.eval()
+    outs = [model(_collate(ff, idx[i:i + batch_size], model.modalities)).float().cpu()
+            for i in range(0, len(idx), batch_size)]
+    return torch.cat(outs) if outs else torch.zeros(0, model.head.out_features)
+
+
+def select_patients(inputs: PatientInputs, patients: Sequence[str], modset: str) -> list[str]:
+    """The patients a modality set uses: those with that modality, or (``all``) those with any."""
+    if modset == "all":
+        return [p for p in patients if any(inputs.has(p, m) for m in MODALITIES)]
+    return [p for p in patients if inputs.has(p, modset)]
+
+
+def split_validation(patients: Sequence[str], events: np.ndarray, fraction: float, seed: int
+                     ) -> tuple[list[str], list[str]]:
+    """Carve a validation set from TRAINING patients, stratified by event (falls back to unstratified when a class
+    has fewer than 2 patients). Returns (fit, validation)."""
+    from sklearn.model_selection import train_test_split
+
+    patients = list(patients)
+    n_val = max(2, int(round(fraction * len(patients))))
+    if len(patients) - n_val < 2:
+        raise ValueError(f"{len(patients)} training patients: too few to carve a validation split")
+    strat = events if np.bincount(events.astype(int), minlength=2).min() >= 2 else None
+    fit, val = train_test_split(patients, test_size=n_val, random_state=seed, stratify=strat)
+    return list(fit), list(val)
+
+
+def _cindex(name: str, surv: np.ndarray, cuts: np.ndarray, t: np.ndarray, e: np.ndarray, n_sub: int) -> float:
+    from imputmae.survival import concordance_harrell, concordance_td, interpolate_survival
+
+    if name == "harrell":
+        return concordance_harrell(t, e, risk_from_survival(surv))
+    grid, times = interpolate_survival(surv, cuts, n_sub)
+    return concordance_td(t, e, grid, times, name)
+
+
+def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray, val_idx: np.ndarray,
+                   idx_durations: np.ndarray, label_events: np.ndarray, durations: np.ndarray,
+                   events: np.ndarray, cuts: np.ndarray, cfg: FinetuneConfig) -> dict[str, Any]:
+    """Train on ``fit_idx``; after each epoch score the validation patients; keep the best epoch's weights.
+
+    Arrays over ``ff.patients``: idx_durations/label_events (from :func:`discretize`, for the loss) and the
+    observed durations/events (for the validation C-index). Returns {best_epoch, best_val, history}.
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, -(-len(fit_idx) // cfg.batch_size))
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    dev = next(model.parameters()).device
+    y_idx = torch.from_numpy(idx_durations).to(dev)
+    y_ev = torch.from_numpy(label_events.astype(np.float32)).to(dev)
+    best = {"epoch": -1, "val": -np.inf, "state": copy.deepcopy(model.state_dict())}
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = fit_idx[torch.randperm(len(fit_idx), generator=g).numpy()]
+        total, n = 0.0, 0
+        for i in range(0, len(perm), cfg.batch_size):
+            b = perm[i:i + cfg.batch_size]
+            phi = model(_collate(ff, b, model.modalities))
+            bt = torch.from_numpy(b).to(dev)
+            loss = nll_logistic_hazard(phi, y_idx[bt], y_ev[bt])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite fine-tuning loss at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, n = total + loss.item() * len(b), n + len(b)
+        surv = hazard_to_survival(predict_features(model, ff, val_idx)).numpy()
+        val = _cindex(cfg.select_on, surv, cuts, durations[val_idx], events[val_idx], cfg.n_sub)
+        val_score = val if np.isfinite(val) else -np.inf
+        history.append({"epoch": epoch, "train_loss": total / max(n, 1), f"val_{cfg.select_on}": val})
+        if val_score > best["val"]:
+            best = {"epoch": epoch, "val": val_score, "state": copy.deepcopy(model.state_dict())}
+    model.load_state_dict(best["state"])
+    return {"best_epoch": int(best["epoch"]), "best_val": float(best["val"]), "history": history}
+
+
+@dataclass
+class FinetuneResult:
+    model: SurvivalModel
+    predictions: pd.DataFrame   # patient, fold, split (fit/val/test), imputed_*, risk, s_0..s_{T-1}, time, event
+    metrics: dict[str, Any]
+    state: dict[str, Any]       # what model.pt holds besides the weights
+
+
+def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFrame, train: Sequence[str],
+                 test: Sequence[str], cfg: FinetuneConfig, fold: int = 0,
+                 features: FrozenFeatures | None = None, device: str | torch.device | None = None) -> FinetuneResult:
+    """One fold: select patients, fit cuts on training patients, split validation, cache, train, evaluate.
+
+    clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
+    computed with the same MAE, modalities and ``missing`` for a superset of the patients. ``device``: default
+    CUDA when available (the frozen-feature cache then lives on the GPU), else CPU.
+    """
+    t0 = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mae = mae.to(device)
+    torch.manual_seed(cfg.seed)
+    mods = cfg.modalities(mae.modalities)
+    train = [p for p in select_patients(inputs, train, cfg.modset) if p in clinical.index]
+    test = [p for p in select_patients(inputs, test, cfg.modset) if p in clinical.index]
+    leak = set(train) & set(test)
+    if leak:
+        raise ValueError(f"patients in both train and test: {sorted(leak)[:5]}")
+    if len(train) < 4 or not test:
+        raise ValueError(f"{cfg.modset}: {len(train)} training and {len(test)} test patients have the modality")
+    t_tr = clinical.loc[train, "time"].to_numpy(float)
+    e_tr = clinical.loc[train, "event"].to_numpy(float)
+    cuts = fit_cuts(t_tr, e_tr, cfg.n_bins, cfg.cut_scheme)                      # training patients only
+    fit, val = split_validation(train, e_tr, cfg.val_fraction, cfg.seed)          # from training patients only
+    everyone = train + test
+    ff = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)
+    t_cache = time.perf_counter() - t0
+    pos = ff.index(everyone)
+    t_all = clinical.loc[everyone, "time"].to_numpy(float)
+    e_all = clinical.loc[everyone, "event"].to_numpy(float)
+    idx_d, ev = discretize(cuts, t_all, e_all)
+    # arrays over ff.patients
+    n = len(ff.patients)
+    idx_full, ev_full, t_full = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n)
+    idx_full[pos], ev_full[pos], t_full[pos] = idx_d, e_all, t_all
+    ev_lab = np.zeros(n, np.float32)
+    ev_lab[pos] = ev
+    where = dict(zip(everyone, pos))
+    fit_idx = np.array([where[p] for p in fit])
+    val_idx = np.array([where[p] for p in val])
+    test_idx = np.array([where[p] for p in test])
+    model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
+    with torch.no_grad():  # start from the training patients' discrete hazards, not from hazard 0.5 in every bin
+        model.head.bias.copy_(baseline_hazard_logits(idx_full[fit_idx], ev_lab[fit_idx], len(cuts)))
+    model = model.to(device)
+    # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
+    train_info = train_survival(model, ff, fit_idx, val_idx, idx_full, ev_lab, t_full, ev_full, cuts, cfg)
+    t_train = time.perf_counter() - t0 - t_cache
+    all_idx = np.concatenate([fit_idx, val_idx, test_idx])
+    surv = hazard_to_survival(predict_features(model, ff, all_idx)).numpy()
+    n_fit, n_val = len(fit_idx), len(val_idx)
+    s_te = surv[n_fit + n_val:]
+    metrics: dict[str, Any] = evaluate_survival(s_te, cuts, t_full[test_idx], ev_full[test_idx], cfg.n_sub,
+                                                t_tr, e_tr)
+    risk = risk_from_survival(surv)
+    metrics.update(
+        fold=int(fold), modset=cfg.modset, missing=cfg.missing, n_fit=n_fit, n_val=n_val, n_test=len(test_idx),
+        n_test_events=int(ev_full[test_idx].sum()), best_epoch=train_info["best_epoch"],
+        best_val=train_info["best_val"], select_on=cfg.select_on, device=str(device),
+        train_median_risk=float(np.median(risk[: n_fit + n_val])),
+        n_test_imputed={m: int(ff.imputed[m][test_idx].sum()) for m in mods},
+        seconds_cache=round(t_cache, 3), seconds_train=round(t_train, 3), history=train_info["history"])
+    pts = [ff.patients[i] for i in all_idx]
+    pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(cuts))])
+    pred.insert(0, "event", ev_full[all_idx].astype(int))
+    pred.insert(0, "time", t_full[all_idx])
+    pred.insert(0, "risk", risk)
+    for m in mods:
+        pred.insert(0, f"imputed_{m}", ff.imputed[m][all_idx])
+    pred.insert(0, "split", ["fit"] * n_fit + ["val"] * n_val + ["test"] * len(test_idx))
+    pred.insert(0, "fold", int(fold))
+    pred.insert(0, "patient", pts)
+    state = {"cuts": torch.from_numpy(cuts), "fit_patients": list(fit), "val_patients": list(val),
+             "test_patients": list(test), "best_epoch": train_info["best_epoch"], "config": asdict(cfg),
+             "modalities": list(mods), "train_median_risk": metrics["train_median_risk"], "fold": int(fold)}
+    return FinetuneResult(model, pred, metrics, state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the saved model and its use on new patients
+
+
+def save_survival_model(path: str | Path, result: FinetuneResult, mae: MultimodalMAE,
+                        normalizers: Mapping[str, Any]) -> Path:
+    """``model.pt``: survival weights, the pretrained MAE (for imputation and the frozen layers), the normaliser
+    states, label cuts, patient lists and the early-stopping choice; loads with ``weights_only=True``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "survival": result.model.state_dict(), "mae": mae.state_dict(),
+             "mae_config": mae.cfg.to_dict(), "normalizers": dict(normalizers), **result.state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_survival_model(path: str | Path) -> tuple[SurvivalModel, MultimodalMAE, dict[str, Any]]:
+    """-> (survival model, MAE, state: cuts, normalizers, patient lists, config, ...); ``weights_only=True``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no fine-tuned model (expected model.pt written by `imputmae finetune`)")
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(st, dict) or st.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an imputmae survival model")
+    mae = MultimodalMAE(MAEConfig.from_dict(st["mae_config"]))
+    mae.load_state_dict(st["mae"])
+    mae.eval()
+    cfg = st["config"]
+    model = SurvivalModel(mae.cfg, st["modalities"], int(st["cuts"].numel()), cfg["dropout"], cfg["fusion_heads"],
+                          mae.encoders)
+    model.load_state_dict(st["survival"])
+    model.eval()
+    return model, mae, st
+
+
+@torch.no_grad()
+def predict_patients(model: SurvivalModel, mae: MultimodalMAE, inputs: PatientInputs, state: Mapping[str, Any],
+                     patients: Sequence[str] | None = None) -> pd.DataFrame:
+    """Risk and survival curve at the cuts for new patients, from whatever modalities they have.
+
+    Missing modalities the model uses are imputed by the decoder (``missing`` from the model's config). Returns
+    patient, risk, high_risk (above the training median), imputed_* and s_0..s_{T-1}; cut times in ``attrs``.
+    """
+    patients = list(patients) if patients is not None else inputs.patients()
+    ff = frozen_features(mae, inputs, patients, model.modalities, state["config"]["missing"])
+    phi = predict_features(model, ff, np.arange(len(patients)))
+    surv = hazard_to_survival(phi).numpy()
+    risk = risk_from_survival(surv)
+    out = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(surv.shape[1])])
+    for m in reversed(model.modalities):
+        out.insert(0, f"imputed_{m}", ff.imputed[m])
+    out.insert(0, "high_risk", risk > float(state["train_median_risk"]))
+    out.insert(0, "risk", risk)
+    out.insert(0, "patient", patients)
+    out.attrs["cuts_days"] = [float(c) for c in state["cuts"]]
+    return out
+
+
+@torch.no_grad()
+def impute_patients(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str] | None = None
+                    ) -> dict[str, dict[str, Tensor]]:
+    """The reconstructed missing modalities: {m: {patient: omics [L_pad] or one tile [3, H, W]}} (model space)."""
+    patients = list(patients) if patients is not None else inputs.patients()
+    data, imputed = complete_inputs(mae, inputs, patients, mae.modalities, "impute")
+    return {m: {p: data[m][p] for i, p in enumerate(patients) if imputed[m][i]} for m in mae.modalities}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs from the pipeline's files (docs/layout.md) or a user's files
+
+
+def normalizers_from_states(states: Mapping[str, Any]) -> dict[str, Any]:
+    """{modality: OmicsNormalizer} from the states saved with a model (``imputmae.normalize``)."""
+    from imputmae.normalize import OmicsNormalizer
+
+    return {m: OmicsNormalizer.from_state_dict(s) for m, s in states.items() if m in ("rna", "dnam") and s}
+
+
+def normalize_omics(normalizer: Any, df: pd.DataFrame, source: str = "table") -> dict[str, np.ndarray]:
+    """Raw omics frame (index patient, columns features) -> {patient: float32 [L_pad]} via the fitted normaliser.
+
+    Features the normaliser was fitted on but absent from ``df`` are set to NaN (then the training median) and
+    counted in the log; extra columns are ignored. Rows that are entirely NaN count as not having the modality.
+    """
+    want = list(normalizer.features_in_)
+    have = pd.Index([str(c) for c in df.columns])
+    df = df.set_axis(have, axis=1)
+    absent = pd.Index(want).difference(have)
+    if len(absent) == len(want):
+        raise ValueError(f"{source}: none of the {len(want)} {normalizer.kind} features the model was trained on "
+                         f"(e.g. {want[:3]}) is a column")
+    if len(absent):
+        log.warning("%s: %d of %d %s features absent, filled with the training median", source, len(absent),
+                    len(want), normalizer.kind)
+    df = df.reindex(columns=want)
+    df = df[~df.isna().all(axis=1)]
+    x = normalizer.transform(df)
+    return {str(p): x[i] for i, p in enumerate(df.index)}
+
+
+def load_cohort_inputs(results: str | Path, cohort: str, normalizers: Mapping[str, Any],
+                       patients: Sequence[str] | None = None) -> PatientInputs:
+    """The cohort's normalised inputs: ``{R}/{cohort}/{rna,dnam}.parquet`` through the fold's normalisers (fitted
+    on its training patients at pretraining) and the tiles of the patients ``wsi_qc.tsv`` marks ``ok``
+    (``{R}/{cohort}/wsi/{patient}.npy``, memory-mapped), with the availability rules of
+    :func:`imputmae.data.load_patients` (the ones pretraining used)."""
+    from imputmae.data import load_patients
+
+    root = Path(results) / cohort
+    table = load_patients(results, [cohort])
+    if patients is not None:
+        table = table[table["patient"].isin(set(patients))]
+    inp = PatientInputs(omics={})
+    for m in ("rna", "dnam"):
+        who = table.loc[table[f"has_{m}"], "patient"]
+        if m not in normalizers or who.empty:
+            continue
+        path = root / f"{m}.parquet"
+        df = pd.read_parquet(path)
+        if df.index.name != "patient" and "patient" in df.columns:
+            df = df.set_index("patient")
+        df.index = df.index.astype(str)
+        inp.omics[m] = normalize_omics(normalizers[m], df[df.index.isin(set(who))], str(path))
+    for p, f in table.loc[table["has_wsi"], ["patient", "wsi_path"]].itertuples(index=False):
+        tiles = np.load(f, mmap_mode="r")
+        if tiles.ndim != 4 or tiles.shape[-1] != 3:
+            raise ValueError(f"{f}: expected uint8 tiles [K, H, W, 3], got shape {tiles.shape}")
+        if tiles.shape[0] > 0:
+            inp.tiles[p] = tiles
+    return inp
+
+
+def read_user_inputs(paths: Sequence[str | Path], normalizers: Mapping[str, Any]) -> PatientInputs:
+    """New patients' files for ``predict`` / ``impute``.
+
+    Each path is a table (.parquet, .csv, .tsv: first column the patient id, then features in raw units) or tiles
+    (``<patient>.npy``, uint8 [K, H, W, 3]); a folder is searched for ``*.npy``. A table's modality is the one
+    whose training features it shares most columns with; prefix ``rna:`` or ``dnam:`` to say it explicitly.
+    """
+    inp = PatientInputs(omics={})
+    for raw in paths:
+        s = str(raw)
+        forced = None
+        if s.split(":", 1)[0] in ("rna", "dnam", "wsi") and ":" in s:
+            forced, s = s.split(":", 1)
+        path = Path(s)
+        if path.is_dir():
+            files = sorted(path.glob("*.npy"))
+            if not files:
+                raise ValueError(f"{path}: a folder with no <patient>.npy tile files")
+        else:
+            files = [path]
+        for f in files:
+            if not f.exists():
+                raise FileNotFoundError(f"{f}: no such file")
+            if f.suffix == ".npy":
+                tiles = np.load(f, mmap_mode="r")
+                if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8 or tiles.shape[0] == 0:
+                    raise ValueError(f"{f}: expected uint8 tiles [K, H, W, 3] (as `imputmae wsi` writes), got "
+                                     f"{tiles.dtype} {tiles.shape}")
+                inp.tiles[f.stem] = tiles
+                continue
+            if f.suffix == ".parquet":
+                df = pd.read_parquet(f)
+                if "patient" in df.columns:
+                    df = df.set_index("patient")
+            elif f.suffix in (".csv", ".tsv", ".txt"):
+                df = pd.read_csv(f, sep="," if f.suffix == ".csv" else "\t", index_col=0)
+            else:
+                raise ValueError(f"{f}: unknown input type (expected .parquet, .csv, .tsv or <patient>.npy)")
+            df.index = df.index.astype(str)
+            m = forced or max(normalizers, key=lambda k: len(set(map(str, df.columns))
+                                                           & set(normalizers[k].features_in_)))
+            if m not in normalizers:
+                raise ValueError(f"{f}: the model has no {m} normaliser")
+            inp.omics.setdefault(m, {}).update(normalize_omics(normalizers[m], df, str(f)))
+    return inp
+
+
+def imputed_tables(imputed: Mapping[str, Mapping[str, Tensor]], normalizers: Mapping[str, Any]
+                   ) -> dict[str, pd.DataFrame | dict[str, np.ndarray]]:
+    """Reconstructions back to the original feature space: omics via ``OmicsNormalizer.inverse_transform``
+    (per-patient upper-quartile scale: the training median, see imputmae.normalize), tiles to uint8 [1, H, W, 3]."""
+    out: dict[str, Any] = {}
+    for m, d in imputed.items():
+        if not d:
+            continue
+        pts = sorted(d)
+        if m == "wsi":
+            out[m] = {p: (d[p].clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+                      for p in pts}
+        else:
+            x = torch.stack([d[p] for p in pts]).numpy()
+            out[m] = normalizers[m].inverse_transform(x, index=pd.Index(pts, name="patient")).astype(np.float32)
+    return out

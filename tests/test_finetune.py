@@ -1,0 +1,200 @@
+"""Fine-tuning on a tiny MAE: exact frozen-feature cache, imputation, no test patient in anything fitted,
+save/load/predict round trip, and a small end-to-end run on synthetic tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from imputmae.finetune import (FinetuneConfig, baseline_hazard_logits, cls_through_block, PatientInputs, SurvivalModel, complete_inputs, frozen_features,
+                               impute_patients, load_survival_model, predict_patients, run_finetune,
+                               save_survival_model, split_validation)
+from imputmae.model import MAEConfig, MultimodalMAE
+
+
+def tiny_mae(seed: int = 0) -> MultimodalMAE:
+    torch.manual_seed(seed)
+    cfg = MAEConfig(rna_len=60, dnam_len=40, hidden_size=32, num_heads=2, intermediate_size=64, rna_layers=2,
+                    dnam_layers=2, wsi_layers=2, decoder_hidden_size=32, decoder_layers=1, decoder_heads=2,
+                    decoder_intermediate_size=64, tile_size=32, wsi_patch_size=16, rna_patch=16, dnam_patch=16)
+    return MultimodalMAE(cfg).eval()
+
+
+def synthetic_cohort(n: int = 48, seed: int = 0, missing: bool = True):
+    """A latent risk z drives the hazard and (noisily) every modality; some patients lack some modalities."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=n)
+    patients = [f"SYN-{i:04d}" for i in range(n)]
+    t = rng.exponential(1000 * np.exp(-1.2 * z))
+    c = rng.exponential(2500, n)
+    time, event = np.minimum(t, c).round() + 1, (t <= c).astype(int)
+    clinical = pd.DataFrame({"time": time, "event": event}, index=pd.Index(patients, name="patient"))
+    inp = PatientInputs(omics={"rna": {}, "dnam": {}})
+    for i, p in enumerate(patients):
+        sig = 1 / (1 + np.exp(-z[i]))
+        if not (missing and i % 7 == 3):
+            inp.omics["rna"][p] = np.clip(sig + rng.normal(0, 0.1, 60), 0, 1).astype(np.float32)
+        if not (missing and i % 5 == 1):
+            inp.omics["dnam"][p] = np.clip(1 - sig + rng.normal(0, 0.1, 40), 0, 1).astype(np.float32)
+        if not (missing and i % 4 == 2):
+            k = 1 + i % 3
+            inp.tiles[p] = (np.clip(sig + rng.normal(0, 0.2, (k, 32, 32, 3)), 0, 1) * 255).astype(np.uint8)
+    return patients, inp, clinical
+
+
+def test_frozen_cache_is_exact():
+    mae = tiny_mae()
+    patients, inp, _ = synthetic_cohort(12, missing=False)
+    mods = ("rna", "dnam", "wsi")
+    ff = frozen_features(mae, inp, patients, mods)
+    model = SurvivalModel(mae.cfg, mods, 5, 0.0, encoders=mae.encoders).eval()
+    with torch.no_grad():
+        for i, p in enumerate(patients):
+            tiles = torch.from_numpy(inp.tiles[p]).permute(0, 3, 1, 2).float() / 255
+            K = tiles.shape[0]
+            batch = {"rna": torch.from_numpy(inp.omics["rna"][p])[None].expand(K, -1),
+                     "dnam": torch.from_numpy(inp.omics["dnam"][p])[None].expand(K, -1), "wsi": tiles,
+                     "available": torch.ones(K, 3, dtype=torch.bool)}
+            ref = mae.encode(batch)
+            for m in mods:
+                got = model.embed_modality(m, ff.h[m][i][None])[0]
+                want = ref[m].mean(0) if m == "wsi" else ref[m][0]
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_complete_inputs_imputes_only_missing():
+    mae = tiny_mae()
+    patients, inp, _ = synthetic_cohort(14)
+    data, imputed = complete_inputs(mae, inp, patients, ("rna", "dnam", "wsi"))
+    for i, p in enumerate(patients):
+        for m in ("rna", "dnam"):
+            assert imputed[m][i] == (not inp.has(p, m))
+            if inp.has(p, m):
+                np.testing.assert_array_equal(data[m][p].numpy(), inp.omics[m][p])
+            else:
+                assert data[m][p].shape == (mae.cfg.input_len(m),) and 0 <= float(data[m][p].min())
+        assert imputed["wsi"][i] == (p not in inp.tiles)
+        assert data["wsi"][p].shape[1:] == (3, 32, 32)
+    # a patient without RNA: the reconstruction is the decoder's, from the present modalities
+    p = next(p for p in patients if not inp.has(p, "rna") and inp.has(p, "wsi") and inp.has(p, "dnam"))
+    tiles = torch.from_numpy(inp.tiles[p]).permute(0, 3, 1, 2).float() / 255
+    K = tiles.shape[0]
+    ref = mae.impute({"dnam": torch.from_numpy(inp.omics["dnam"][p])[None].expand(K, -1), "wsi": tiles,
+                      "available": torch.tensor([[False, True, True]] * K)})["rna"].mean(0)
+    torch.testing.assert_close(data["rna"][p], ref)
+    zero, imp0 = complete_inputs(mae, inp, patients, ("rna",), missing="zero")
+    assert not imp0["rna"].any() and set(zero["rna"]) == {p for p in patients if inp.has(p, "rna")}
+
+
+def test_validation_split_is_stratified_and_seeded():
+    pts = [f"P{i}" for i in range(40)]
+    ev = np.array([1] * 10 + [0] * 30)
+    fit, val = split_validation(pts, ev, 0.2, 0)
+    assert len(val) == 8 and not set(fit) & set(val) and set(fit) | set(val) == set(pts)
+    assert sum(ev[pts.index(p)] for p in val) == 2
+    assert split_validation(pts, ev, 0.2, 0) == (fit, val)
+
+
+CFG = dict(epochs=4, batch_size=8, warmup_epochs=1, lr=1e-3, n_bins=8, val_fraction=0.25, seed=0)
+
+
+def _fold(patients):
+    test = patients[::5]
+    return [p for p in patients if p not in test], test
+
+
+@pytest.mark.parametrize("modset", ["all", "rna", "wsi"])
+def test_end_to_end_fold(modset):
+    mae = tiny_mae()
+    patients, inp, clinical = synthetic_cohort()
+    train, test = _fold(patients)
+    res = run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset=modset, **CFG), fold=2)
+    m = res.metrics
+    assert {"antolini", "adj_antolini", "harrell", "ibs", "best_epoch"} <= set(m)
+    assert all(np.isfinite(m[k]) for k in ("antolini", "adj_antolini", "harrell", "ibs"))
+    pred = res.predictions
+    assert (pred["fold"] == 2).all() and set(pred["split"]) == {"fit", "val", "test"}
+    s = pred.filter(like="s_").to_numpy()
+    assert s.shape[1] == 8 and (np.diff(s, axis=1) <= 1e-9).all() and ((s >= 0) & (s <= 1)).all()
+    te = set(pred.loc[pred["split"] == "test", "patient"])
+    assert te <= set(test) and not te & (set(res.state["fit_patients"]) | set(res.state["val_patients"]))
+    if modset != "all":  # only patients with the modality
+        assert all(inp.has(p, modset) for p in pred["patient"])
+    else:
+        assert m["n_test_imputed"]["rna"] == sum(not inp.has(p, "rna") for p in te)
+    # the cuts are the training patients' cuts
+    tr = [p for p in train if modset == "all" or inp.has(p, modset)]
+    assert float(res.state["cuts"][-1]) == clinical.loc[tr, "time"].max()
+
+
+def test_test_patients_do_not_change_the_fitted_state():
+    """Perturb every test patient's labels and inputs: cuts, validation split, early stopping and weights stay."""
+    mae = tiny_mae()
+    patients, inp, clinical = synthetic_cohort()
+    train, test = _fold(patients)
+    cfg = FinetuneConfig(modset="all", **CFG)
+    a = run_finetune(mae, inp, clinical, train, test, cfg)
+    clinical2 = clinical.copy()
+    clinical2.loc[test, "time"] = clinical2.loc[test, "time"] * 7 + 1000
+    clinical2.loc[test, "event"] = 1 - clinical2.loc[test, "event"]
+    inp2 = PatientInputs(omics={m: dict(d) for m, d in inp.omics.items()}, tiles=dict(inp.tiles))
+    for p in test:
+        for m in ("rna", "dnam"):
+            if p in inp2.omics[m]:
+                inp2.omics[m][p] = 1 - inp2.omics[m][p]
+        if p in inp2.tiles:
+            inp2.tiles[p] = 255 - inp2.tiles[p]
+    b = run_finetune(mae, inp2, clinical2, train, test, cfg)
+    torch.testing.assert_close(a.state["cuts"], b.state["cuts"], rtol=0, atol=0)
+    for k in ("fit_patients", "val_patients", "best_epoch", "train_median_risk"):
+        assert a.state[k] == b.state[k], k
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(v, b.model.state_dict()[k], rtol=0, atol=0)
+    assert a.metrics["antolini"] != b.metrics["antolini"]  # the test data did change
+
+
+def test_save_load_predict_round_trip(tmp_path):
+    mae = tiny_mae()
+    patients, inp, clinical = synthetic_cohort()
+    train, test = _fold(patients)
+    res = run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset="all", **CFG))
+    path = save_survival_model(tmp_path / "model.pt", res, mae, {"rna": {"x": torch.ones(2)}})
+    model, mae2, state = load_survival_model(tmp_path)
+    assert state["test_patients"] == res.state["test_patients"] and "normalizers" in state
+    new = PatientInputs(omics={m: {p: d[p] for p in test if p in d} for m, d in inp.omics.items()},
+                        tiles={p: inp.tiles[p] for p in test if p in inp.tiles})
+    out = predict_patients(model, mae2, new, state, test)
+    ref = res.predictions.set_index("patient").loc[test]
+    np.testing.assert_allclose(out["risk"].to_numpy(), ref["risk"].to_numpy(), rtol=1e-5)
+    assert out["high_risk"].tolist() == (ref["risk"] > res.metrics["train_median_risk"]).tolist()
+    assert path.stat().st_size > 0
+    imp = impute_patients(mae2, new, test)
+    assert set(imp["rna"]) == {p for p in test if not new.has(p, "rna")}
+
+
+def test_cls_through_block_equals_the_block():
+    mae = tiny_mae()
+    blk = mae.encoders["wsi"].blocks[-1]
+    h = torch.randn(3, 17, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cls_through_block(blk, h), blk(h)[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_baseline_hazard_logits_life_table():
+    idx = np.array([0, 1, 1, 2, 2, 2])
+    ev = np.array([1, 1, 0, 1, 0, 0])
+    h = torch.sigmoid(baseline_hazard_logits(idx, ev, 4, clip=(1e-6, 1 - 1e-6))).numpy()
+    # bin 0: 1 event of 6 at risk; bin 1: 1 of 5; bin 2: 1 of 3; bin 3: nobody at risk -> the lower clip
+    np.testing.assert_allclose(h, [1 / 6, 1 / 5, 1 / 3, 1e-6], rtol=1e-5)
+
+
+def test_zero_filling_with_a_batch_lacking_a_modality():
+    """missing="zero": a batch where nobody has WSI still trains (zero WSI embeddings), and is not imputed."""
+    mae = tiny_mae()
+    patients, inp, clinical = synthetic_cohort()
+    train, test = _fold(patients)
+    for p in patients[:-3]:  # only the last 3 patients keep tiles: most batches have no WSI
+        inp.tiles.pop(p, None)
+    res = run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset="all", missing="zero", **CFG))
+    assert np.isfinite(res.metrics["antolini"]) and not res.predictions.filter(like="imputed_").to_numpy().any()

@@ -1,0 +1,124 @@
+# Survival fine-tuning (one job per cohort x modality set x outer fold), the Cox-PCA reference, Table 3 and the
+# Kaplan-Meier figures.
+#
+# Each fine-tuning loads the multimodal pretraining of ITS fold (trained on that fold's training patients only);
+# with pretrain.per_fold: false every fold reuses fold 0's pretraining, which has seen the other folds' test
+# patients' inputs (no labels): the log says so.
+
+FINETUNE_MODSETS = list(config["finetune"]["modality_sets"])
+FINETUNE_FOLDS = list(range(config["splits"]["n_folds"]))
+
+
+def finetune_checkpoint(wildcards):
+    fold = wildcards.fold if config["pretrain"]["per_fold"] else 0
+    return f"{RESULTS}/pretrain/multimodal/fold{fold}/checkpoint.pt"
+
+
+def cohort_stage_outputs(wildcards):
+    """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort."""
+    c = wildcards.cohort
+    return {
+        "splits": f"{RESULTS}/splits.parquet",
+        "clinical": f"{RESULTS}/{c}/clinical.parquet",
+        "rna": f"{RESULTS}/{c}/rna.parquet",
+        "dnam": f"{RESULTS}/{c}/dnam.parquet",
+        "wsi_qc": f"{RESULTS}/{c}/wsi_qc.tsv",
+    }
+
+
+rule finetune:
+    input:
+        unpack(cohort_stage_outputs),
+        checkpoint=finetune_checkpoint,
+    output:
+        predictions=f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/predictions.parquet",
+        metrics=f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/metrics.json",
+        model=f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/model.pt",
+    params:
+        results=RESULTS,
+        finetune=as_json(config["finetune"]),
+        cindex=config["evaluation"]["cindex"],
+        out_dir=lambda wildcards: f"{RESULTS}/finetune/{wildcards.cohort}/{wildcards.modset}/fold{wildcards.fold}",
+    wildcard_constraints:
+        modset="rna|dnam|wsi|all",
+    log:
+        "logs/finetune/{cohort}/{modset}/fold{fold}.log",
+    benchmark:
+        "benchmarks/finetune/{cohort}/{modset}/fold{fold}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1 if config.get("demo") else 8
+    resources:
+        gpu=0 if config.get("demo") else 1,
+        mem_mb=2000 if config.get("demo") else 64000,
+        runtime=10 if config.get("demo") else 600,
+    shell:
+        "python -m imputmae finetune --checkpoint {input.checkpoint:q} --results {params.results:q} --cohort {wildcards.cohort} "
+        "--modset {wildcards.modset} --fold {wildcards.fold} --params {params.finetune:q} "
+        "--cindex {params.cindex} --out {params.out_dir:q} --threads {threads} > {log} 2>&1"
+
+
+rule cox_baseline:
+    input:
+        unpack(cohort_stage_outputs),
+    output:
+        metrics=expand(f"{RESULTS}/baselines/cox/{{{{cohort}}}}/{{modset}}/fold{{fold}}/metrics.json",
+                       modset=FINETUNE_MODSETS, fold=FINETUNE_FOLDS),
+    params:
+        results=RESULTS,
+        cox=lambda wildcards: as_json({"n_components": config["evaluation"]["cox_components"],
+                                       "penalizer": config["evaluation"]["cox_penalizer"],
+                                       "n_bins": config["finetune"]["n_bins"],
+                                       "cut_scheme": config["finetune"]["cut_scheme"],
+                                       "seed": config["finetune"]["seed"]}),
+        modsets=" ".join(FINETUNE_MODSETS),
+        out_dir=lambda wildcards: f"{RESULTS}/baselines/cox/{wildcards.cohort}",
+    log:
+        "logs/cox_baseline/{cohort}.log",
+    benchmark:
+        "benchmarks/cox_baseline/{cohort}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    shell:
+        "python -m imputmae cox-baseline --results {params.results:q} --cohort {wildcards.cohort} --modsets {params.modsets} "
+        "--params {params.cox:q} --out {params.out_dir:q} > {log} 2>&1"
+
+
+rule table3:
+    input:
+        finetune=expand(f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/metrics.json", cohort=COHORTS,
+                        modset=FINETUNE_MODSETS, fold=FINETUNE_FOLDS),
+        cox=expand(f"{RESULTS}/baselines/cox/{{cohort}}/{{modset}}/fold{{fold}}/metrics.json", cohort=COHORTS,
+                   modset=FINETUNE_MODSETS, fold=FINETUNE_FOLDS),
+        oracle=[f"{config['demo']['out']}/oracle.parquet"] if config.get("demo") else [],
+    output:
+        csv=f"{RESULTS}/tables/table3.csv",
+        md=f"{RESULTS}/tables/table3.md",
+        tex=f"{RESULTS}/tables/table3.tex",
+        km=expand(f"{RESULTS}/figures/km_{{cohort}}.png", cohort=COHORTS),
+    params:
+        results=RESULTS,
+        cohorts=" ".join(COHORTS),
+        modsets=" ".join(FINETUNE_MODSETS),
+        folds=config["splits"]["n_folds"],
+        cindex=config["evaluation"]["cindex"],
+        km_modset="all" if "all" in FINETUNE_MODSETS else FINETUNE_MODSETS[0],
+        # the demo: the oracle row; the paper's rows (TCGA) are quoted only beside real TCGA results
+        extra=(f"--oracle {config['demo']['out']}/oracle.parquet --no-literature" if config.get("demo") else ""),
+    log:
+        "logs/table3/table3.log",
+    benchmark:
+        "benchmarks/table3/table3.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    shell:
+        "python -m imputmae table3 --results {params.results:q} --cohorts {params.cohorts} --modsets {params.modsets} "
+        "--folds {params.folds} --cindex {params.cindex} --km-modset {params.km_modset} {params.extra} > {log} 2>&1"
+
+
+TARGETS.append(rules.table3.output.csv)
+TARGETS.append(rules.table3.output.md)
+TARGETS.append(rules.table3.output.tex)
+TARGETS.extend(rules.table3.output.km)
