@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     calls = [[*snakemake, *data, "--forcerun", *data_rules, *smk]]
     if models:
         calls.append([*snakemake, "all", "--forcerun", *models, *smk])
+    # Ctrl-C (or CI's `timeout -s INT`) reaches Snakemake through the process group and it cancels its Slurm jobs;
+    # this script only waits for it (a KeyboardInterrupt here would kill Snakemake before it could cancel them).
+    signal.signal(signal.SIGINT, lambda *_: None)
     for i, cmd in enumerate(calls):
         keep = {"IMPUTMAE_KEEP_POOLED": "1"} if i else {}
         print("+ " + " ".join([*(f"{k}={v}" for k, v in keep.items()), *cmd]), file=sys.stderr, flush=True)
