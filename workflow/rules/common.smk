@@ -1,5 +1,6 @@
 # Shared by the workflow: validation, the cohort table, paths, and the list of final targets.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -107,3 +108,31 @@ def downloaded_files(cohort, modality):
     rows = rows[rows["file_id"].isin(ok.index)].copy()
     rows["local_path"] = rows["file_id"].map(ok)
     return rows.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- Cluster (training)
+def train_launcher(wildcards, resources):
+    """The launcher of training jobs, ``exec torchrun --standalone --nproc_per_node=N -m imputmae`` when
+    the job was granted N > 1 GPUs (``resources.gpu``: the rule's, or the profile's set-resources), else
+    ``exec python -m imputmae`` (one GPU, or none). ``exec``: the trainer replaces the job's shell, so the SIGTERM
+    Slurm sends before a time limit or a preemption (the profile's ``--signal=TERM@...``) reaches it directly; it
+    writes ``last.pt`` and exits 75, and the next attempt (profile-level ``retries``) resumes from it."""
+    try:
+        n = int(resources.get("gpu", 0) or 0)
+    except (TypeError, ValueError):   # a GPU model string such as "a100:2" is not a count
+        n = int(str(resources.get("gpu")).rsplit(":", 1)[-1] or 1)
+    if n > 1:
+        return f"exec torchrun --standalone --nproc_per_node={n} -m imputmae"
+    return "exec python -m imputmae"
+
+
+# ------------------------------------------------------------------------------------------- Cluster (one-cohort rerun)
+# workflow/scripts/rerun_cohort.py sets IMPUTMAE_KEEP_POOLED=1 while it rebuilds one cohort's models and the shared
+# tables: the jobs that pool every cohort (splits, pretraining, Table 4) then take their stage inputs as ancient(),
+# so the cohort's regenerated matrices do not make them rerun. Unset (every other run), mtimes count as usual.
+KEEP_POOLED = os.environ.get("IMPUTMAE_KEEP_POOLED") == "1"
+
+
+def pooled_input(files):
+    """``files`` as inputs of a pooled job: ancient() during a one-cohort rerun, unchanged otherwise."""
+    return ancient(files) if KEEP_POOLED else files

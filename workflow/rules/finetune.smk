@@ -50,10 +50,12 @@ rule finetune:
     threads: 1 if config.get("demo") else 8
     resources:
         gpu=0 if config.get("demo") else 1,
-        mem_mb=2000 if config.get("demo") else 64000,
+        # host memory grows by half per attempt (a retry after an out-of-memory kill)
+        mem_mb=lambda wildcards, attempt: (2000 if config.get("demo") else 64000) * (1 + attempt) // 2,
         runtime=10 if config.get("demo") else 600,
     shell:
-        "python -m imputmae finetune --checkpoint {input.checkpoint:q} --results {params.results:q} --cohort {wildcards.cohort} "
+        # exec: Slurm's SIGTERM reaches the trainer itself; one process (fine-tuning is not DDP: one GPU per job)
+        "exec python -m imputmae finetune --checkpoint {input.checkpoint:q} --results {params.results:q} --cohort {wildcards.cohort} "
         "--modset {wildcards.modset} --fold {wildcards.fold} --params {params.finetune:q} "
         "--cindex {params.cindex} --out {params.out_dir:q} --threads {threads} > {log} 2>&1"
 

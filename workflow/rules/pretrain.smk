@@ -10,11 +10,12 @@ PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"][
 
 
 # Every cohort's labels, omics matrices and WSI QC table (the QC table lists the tile files).
+# (pooled_input: ancient() while workflow/scripts/rerun_cohort.py rebuilds one cohort, so these jobs are kept)
 STAGE_TABLES = {
-    "clinical": expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
-    "rna": expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS),
-    "dnam": expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS),
-    "wsi_qc": expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS),
+    "clinical": pooled_input(expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS)),
+    "rna": pooled_input(expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS)),
+    "dnam": pooled_input(expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS)),
+    "wsi_qc": pooled_input(expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS)),
 }
 
 
@@ -46,6 +47,7 @@ rule pretrain:
     params:
         cfg=stage_config("results", "cohorts", "splits", "omics", "wsi", "model", "pretrain"),
         out_dir=subpath(output.checkpoint, parent=True),
+        launch=train_launcher,  # torchrun over the job's GPUs when it holds more than one
     wildcard_constraints:
         run="multimodal|rna|dnam|wsi",
     log:
@@ -57,10 +59,11 @@ rule pretrain:
     threads: 1 if config.get("demo") else 8  # tiny demo models: two 1-thread jobs beat one 2-thread job
     resources:
         gpu=0 if config.get("demo") else 1,
-        mem_mb=4000 if config.get("demo") else 64000,
+        # host memory grows by half per attempt (a retry after an out-of-memory kill; a preempted job resumes)
+        mem_mb=lambda wildcards, attempt: (4000 if config.get("demo") else 64000) * (1 + attempt) // 2,
         runtime=30 if config.get("demo") else 2880,
     shell:
-        "python -m imputmae pretrain --config-json {params.cfg:q} --run {wildcards.run} --fold {wildcards.fold} "
+        "{params.launch} pretrain --config-json {params.cfg:q} --run {wildcards.run} --fold {wildcards.fold} "
         "--out-dir {params.out_dir:q} --resume --threads {threads} --no-progress > {log} 2>&1"
 
 
