@@ -136,3 +136,21 @@ KEEP_POOLED = os.environ.get("IMPUTMAE_KEEP_POOLED") == "1"
 def pooled_input(files):
     """``files`` as inputs of a pooled job: ancient() during a one-cohort rerun, unchanged otherwise."""
     return ancient(files) if KEEP_POOLED else files
+
+
+# ------------------------------------------------------------------------------------------- fine-tuning stage
+def finetune_checkpoint(wildcards):
+    fold = wildcards.fold if config["pretrain"]["per_fold"] else 0
+    return f"{RESULTS}/pretrain/multimodal/fold{fold}/checkpoint.pt"
+
+
+def cohort_stage_outputs(wildcards):
+    """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort."""
+    c = wildcards.cohort
+    return {
+        "splits": f"{RESULTS}/splits.parquet",
+        "clinical": f"{RESULTS}/{c}/clinical.parquet",
+        "rna": f"{RESULTS}/{c}/rna.parquet",
+        "dnam": f"{RESULTS}/{c}/dnam.parquet",
+        "wsi_qc": f"{RESULTS}/{c}/wsi_qc.tsv",
+    }

@@ -9,23 +9,6 @@ FINETUNE_MODSETS = list(config["finetune"]["modality_sets"])
 FINETUNE_FOLDS = list(range(config["splits"]["n_folds"]))
 
 
-def finetune_checkpoint(wildcards):
-    fold = wildcards.fold if config["pretrain"]["per_fold"] else 0
-    return f"{RESULTS}/pretrain/multimodal/fold{fold}/checkpoint.pt"
-
-
-def cohort_stage_outputs(wildcards):
-    """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort."""
-    c = wildcards.cohort
-    return {
-        "splits": f"{RESULTS}/splits.parquet",
-        "clinical": f"{RESULTS}/{c}/clinical.parquet",
-        "rna": f"{RESULTS}/{c}/rna.parquet",
-        "dnam": f"{RESULTS}/{c}/dnam.parquet",
-        "wsi_qc": f"{RESULTS}/{c}/wsi_qc.tsv",
-    }
-
-
 rule finetune:
     input:
         unpack(cohort_stage_outputs),
@@ -35,10 +18,10 @@ rule finetune:
         metrics=f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/metrics.json",
         model=f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/model.pt",
     params:
-        results=RESULTS,
+        results=lambda wildcards, output: str(Path(output.metrics).parents[4]),
         finetune=as_json(config["finetune"]),
         cindex=config["evaluation"]["cindex"],
-        out_dir=lambda wildcards: f"{RESULTS}/finetune/{wildcards.cohort}/{wildcards.modset}/fold{wildcards.fold}",
+        out_dir=lambda wildcards, output: str(Path(output.metrics).parent),
     wildcard_constraints:
         modset="rna|dnam|wsi|all",
     log:
@@ -67,7 +50,7 @@ rule cox_baseline:
         metrics=expand(f"{RESULTS}/baselines/cox/{{{{cohort}}}}/{{modset}}/fold{{fold}}/metrics.json",
                        modset=FINETUNE_MODSETS, fold=FINETUNE_FOLDS),
     params:
-        results=RESULTS,
+        results=lambda wildcards, output: str(Path(output.metrics[0]).parents[5]),
         cox=lambda wildcards: as_json({"n_components": config["evaluation"]["cox_components"],
                                        "penalizer": config["evaluation"]["cox_penalizer"],
                                        "n_bins": config["finetune"]["n_bins"],
