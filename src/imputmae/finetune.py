@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
+from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE, save_atomic
 from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
 
@@ -496,15 +494,7 @@ def save_survival_model(path: str | Path, result: FinetuneResult, mae: Multimoda
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "survival": result.model.state_dict(), "mae": mae.state_dict(),
              "mae_config": mae.cfg.to_dict(), "normalizers": dict(normalizers), **result.state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_atomic(state, path)
 
 
 def load_survival_model(path: str | Path) -> tuple[SurvivalModel, MultimodalMAE, dict[str, Any]]:
