@@ -58,7 +58,7 @@ def main() -> None:
     opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), foreach=True)
 
     def step_ours() -> float:
-        loss, *_ = ours(batch, noise={"wsi": noise})
+        loss, *_ = ours(batch, noise={"wsi": noise}, predict="masked")
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()

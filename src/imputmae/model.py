@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +210,22 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
 
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """``block(x)`` at the rows ``rows`` only: x [B, T, C], rows [B, R] (indices into T) -> [B, R, C].
+
+        Exact: keys and values come from every row, queries, the projection and the MLP from the R rows (the
+        others' outputs are not computed). Used for the decoder's last block, whose unused rows are dropped."""
+        B, T, C = x.shape
+        heads = self.attn.heads
+        flat = (rows + T * torch.arange(B, device=rows.device)[:, None]).flatten()
+        xs = x.reshape(B * T, C).index_select(0, flat).view(B, -1, C)         # [B, R, C]
+        w, b = self.attn.qkv.weight, self.attn.qkv.bias
+        kv = F.linear(self.norm1(x), w[C:], b[C:]).view(B, T, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
+        q = F.linear(self.norm1(xs), w[:C], b[:C]).view(B, -1, heads, C // heads).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)
+        xs = xs + self.attn.proj(y.transpose(1, 2).reshape(B, -1, C))
+        return xs + self.mlp(self.norm2(xs))
+
 
 class Encoder(nn.Module):
     """One modality's encoder: patch embedding, positions, CLS, ``blocks``, final norm."""
@@ -228,6 +244,25 @@ class Encoder(nn.Module):
         """[B, L] or [B, 3, H, W] -> patch tokens with positions [B, N, D]."""
         x = self.proj(x if x.dim() == 4 else x[:, None])
         return x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+
+    def embed_visible(self, x: Tensor, ids_keep: Tensor) -> Tensor:
+        """Tokens of the kept patches only: ``embed(x)`` gathered at ``ids_keep`` [B, K] -> [B, K, D].
+
+        The patch convolution has kernel = stride, so it is one linear map on each patch's pixels (its kernel
+        flattened to [D, C*p*p], (channel, row, col) order); applying it to the K kept patches skips the masked
+        ones' forward and weight-gradient work. Same parameters, same numbers (tested against the convolution)."""
+        B, K = ids_keep.shape
+        p = self.proj.kernel_size[0]
+        b = torch.arange(B, device=ids_keep.device)[:, None]
+        if x.dim() == 4:
+            _, C, H, W = x.shape
+            g = W // p
+            grid = x.view(B, C, H // p, p, g, p).permute(0, 2, 4, 1, 3, 5)   # [B, H/p, W/p, C, p, p], a view
+            patches = grid[b, ids_keep // g, ids_keep % g].reshape(B, K, C * p * p)
+        else:
+            patches = x.view(B, -1, p)[b, ids_keep]                             # [B, K, p]
+        w = self.proj.weight
+        return F.linear(patches, w.reshape(w.shape[0], -1), self.proj.bias) + self.pos_embed[0, 1:][ids_keep]
 
     def forward(self, tokens: Tensor, valid: Tensor | None) -> Tensor:
         """tokens: [B, K, D] kept tokens; valid: [B] bool (False: padding only) or None -> latent [B, 1 + K, D]."""
@@ -414,16 +449,21 @@ class MultimodalMAE(nn.Module):
             mask = torch.where(valid[:, None], mask, torch.ones_like(mask))
             enc = self.encoders[m]
             if len_keep:
-                tokens = enc.embed(x)
-                tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+                tokens = enc.embed_visible(x, ids_keep)
             else:
                 tokens = enc.pos_embed.new_zeros(B, 0, self.cfg.hidden_size)
             out[m] = dict(latent=enc(tokens, valid), mask=mask, ids_restore=ids_restore, valid=valid, present=present,
                           x=x)
         return out
 
-    def forward_decoder(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        """Concatenate every modality's decoder tokens, run the shared blocks -> patches per modality [B, N_m, P_m]."""
+    def forward_decoder(self, enc: Mapping[str, Mapping[str, Tensor]],
+                        rows: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Concatenate every modality's decoder tokens, run the shared blocks -> patches per modality [B, N_m, P_m].
+
+        With ``rows`` ({m: [B, M_m] patch indices}, e.g. :meth:`loss_rows`) only those patches are predicted:
+        preds[m] is [B, M_m, P_m], row j being patch ``rows[m][:, j]``; the last block then computes its queries and
+        MLP for those rows only (:meth:`Block.forward_rows`) and the heads see only them. The same numbers for
+        those patches as the full pass (tested), less work: the training step's path."""
         seqs, keys = [], []
         for i, m in enumerate(self.modalities):
             e = enc[m]
@@ -440,45 +480,91 @@ class MultimodalMAE(nn.Module):
         x = torch.cat(seqs, dim=1)
         key_valid = torch.cat(keys, dim=1)
         attn_mask = None if bool(key_valid.all()) else key_valid[:, None, None, :]
-        for blk in self.decoder_blocks:
-            x = blk(x, attn_mask)
-        x = self.decoder_norm(x)
-        preds, start = {}, 0
+        if rows is None:
+            for blk in self.decoder_blocks:
+                x = blk(x, attn_mask)
+            x = self.decoder_norm(x)
+            preds, start = {}, 0
+            for m in self.modalities:
+                N = enc[m]["ids_restore"].shape[1]
+                preds[m] = self.heads[m](x[:, start + 1:start + 1 + N])
+                start += 1 + N
+            return preds
+        idx, start = [], 0                                                      # rows of the concatenated sequence
         for m in self.modalities:
-            N = enc[m]["ids_restore"].shape[1]
-            preds[m] = self.heads[m](x[:, start + 1:start + 1 + N])
-            start += 1 + N
+            idx.append(rows[m] + start + 1)
+            start += 1 + enc[m]["ids_restore"].shape[1]
+        sel = torch.cat(idx, dim=1)                                             # [B, R]
+        for blk in self.decoder_blocks[:-1]:
+            x = blk(x, attn_mask)
+        if len(self.decoder_blocks):
+            x = self.decoder_blocks[-1].forward_rows(x, sel, attn_mask)
+        else:
+            x = torch.gather(x, 1, sel[..., None].expand(-1, -1, x.shape[-1]))
+        x = self.decoder_norm(x)
+        preds = {}
+        for m, part in zip(self.modalities, x.split([rows[m].shape[1] for m in self.modalities], dim=1)):
+            preds[m] = self.heads[m](part)
         return preds
 
-    def reconstruction_error(self, m: str, x: Tensor, pred: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    def loss_rows(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """The patches the loss can count, per modality [B, M_m]: the masked ones (M_m = N_m - K_m, in masking
+        order), or all N_m patches when some sample has the modality but hid it from the encoder (modality
+        dropout: every patch of it is a target). Every patch with a nonzero loss weight is in the list."""
+        out = {}
+        for m in self.modalities:
+            e = enc[m]
+            B, N = e["ids_restore"].shape
+            if bool((e["present"] & ~e["valid"]).any()):
+                out[m] = torch.arange(N, device=e["ids_restore"].device).expand(B, -1)
+            else:
+                out[m] = torch.argsort(e["ids_restore"], dim=1)[:, e["latent"].shape[1] - 1:]   # ids_shuffle[:, K:]
+        return out
+
+    def reconstruction_error(self, m: str, x: Tensor, pred: Tensor, weight: Tensor,
+                             rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sum of squared errors and number of elements over the patches with ``weight`` [B, N] (1 = counted).
 
-        x: model input; pred: [B, N, P]. Omics padding is never counted.
+        x: model input; pred: [B, N, P], or [B, M, P] for the patches ``rows`` [B, M] (see :meth:`forward_decoder`;
+        ``rows`` must list every patch whose weight is nonzero). Omics padding is never counted.
         """
-        sq = (pred.float() - self.patchify(m, x)) ** 2                          # [B, N, P]
-        if m == "wsi":                                                          # every element is real
+        target = self.patchify(m, x)                                            # [B, N, P]
+        ew = None if m == "wsi" else self.element_weight(m)                     # [N, P]
+        if rows is not None:
+            target = torch.gather(target, 1, rows[..., None].expand(-1, -1, target.shape[-1]))
+            weight = weight.gather(1, rows)
+            ew = None if ew is None else ew[rows]                               # [B, M, P]
+        sq = (pred.float() - target) ** 2
+        if ew is None:                                                          # WSI: every element is real
             return (sq.sum(-1) * weight).sum(), weight.sum() * sq.shape[-1]
-        ew = self.element_weight(m)                                             # [N, P]
         return ((sq * ew).sum(-1) * weight).sum(), (weight * ew.sum(-1)).sum()
 
-    def forward_loss(self, enc: Mapping[str, Mapping[str, Tensor]], preds: Mapping[str, Tensor]
-                     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. 1-2: per modality the MSE over the masked patches of samples that have it; summed."""
+    def forward_loss(self, enc: Mapping[str, Mapping[str, Tensor]], preds: Mapping[str, Tensor],
+                     rows: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. 1-2: per modality the MSE over the masked patches of samples that have it; summed.
+
+        ``rows``: the patches ``preds`` hold when they are not all (see :meth:`forward_decoder`)."""
         losses = {}
         for m in self.modalities:
             e = enc[m]
-            sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None])
+            sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None],
+                                               None if rows is None else rows[m])
             losses[m] = sse / n.clamp_min(1)        # no present sample: 0 (still part of the graph)
         return torch.stack(list(losses.values())).sum(), losses
 
     def forward(self, batch: Mapping[str, Tensor], mask_ratio: float | None = None,
-                noise: Mapping[str, Tensor] | None = None
+                noise: Mapping[str, Tensor] | None = None, predict: Literal["all", "masked"] = "all"
                 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """-> (loss, preds {m: [B, N_m, P_m]}, masks {m: [B, N_m]} (1 = masked), losses {m: scalar})."""
+        """-> (loss, preds {m: [B, N_m, P_m]}, masks {m: [B, N_m]} (1 = masked), losses {m: scalar}).
+
+        ``predict="masked"`` (the training step): the decoder predicts only the patches the loss counts
+        (:meth:`loss_rows`), preds[m] is then [B, M_m, P_m]; the loss and its gradients are the same as with
+        ``"all"`` (tested), for less work."""
         ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         enc = self.forward_encoder(batch, ratio, noise)
-        preds = self.forward_decoder(enc)
-        loss, losses = self.forward_loss(enc, preds)
+        rows = self.loss_rows(enc) if predict == "masked" else None
+        preds = self.forward_decoder(enc, rows)
+        loss, losses = self.forward_loss(enc, preds, rows)
         return loss, preds, {m: enc[m]["mask"] for m in self.modalities}, losses
 
     @torch.no_grad()
