@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "MODALITIES", "IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "MultimodalMAE", "Block", "random_masking",
-    "sincos_1d", "sincos_2d", "vit_mae_state_dict_to_ours", "load_vit_mae_weights",
+    "sincos_1d", "sincos_2d", "take_rows", "vit_mae_state_dict_to_ours", "load_vit_mae_weights",
     "save_checkpoint", "save_atomic", "load_checkpoint", "load_pretrained",
 ]
 
@@ -170,6 +170,16 @@ def random_masking(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor
     return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
 
 
+def take_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """Per-sample rows: x [B, N, ...] and rows [B, M] (indices into N) -> [B, M, ...], ``out[b, j] = x[b, rows[b, j]]``.
+
+    ``torch.gather`` along dim 1 with the index expanded over the trailing dims, as one ``index_select`` of whole
+    rows of the flattened [B*N, ...] tensor: on CPU several times faster, forward and backward (``index_add``)."""
+    B, N = x.shape[:2]
+    flat = (rows + N * torch.arange(B, device=rows.device)[:, None]).flatten()
+    return x.reshape(B * N, *x.shape[2:]).index_select(0, flat).view(B, rows.shape[1], *x.shape[2:])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # building blocks
 
@@ -217,8 +227,7 @@ class Block(nn.Module):
         others' outputs are not computed). Used for the decoder's last block, whose unused rows are dropped."""
         B, T, C = x.shape
         heads = self.attn.heads
-        flat = (rows + T * torch.arange(B, device=rows.device)[:, None]).flatten()
-        xs = x.reshape(B * T, C).index_select(0, flat).view(B, -1, C)         # [B, R, C]
+        xs = take_rows(x, rows)                                                 # [B, R, C]
         w, b = self.attn.qkv.weight, self.attn.qkv.bias
         kv = F.linear(self.norm1(x), w[C:], b[C:]).view(B, T, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
         q = F.linear(self.norm1(xs), w[:C], b[:C]).view(B, -1, heads, C // heads).transpose(1, 2)
@@ -251,18 +260,11 @@ class Encoder(nn.Module):
         The patch convolution has kernel = stride, so it is one linear map on each patch's pixels (its kernel
         flattened to [D, C*p*p], (channel, row, col) order); applying it to the K kept patches skips the masked
         ones' forward and weight-gradient work. Same parameters, same numbers (tested against the convolution)."""
-        B, K = ids_keep.shape
         p = self.proj.kernel_size[0]
-        b = torch.arange(B, device=ids_keep.device)[:, None]
-        if x.dim() == 4:
-            _, C, H, W = x.shape
-            g = W // p
-            grid = x.view(B, C, H // p, p, g, p).permute(0, 2, 4, 1, 3, 5)   # [B, H/p, W/p, C, p, p], a view
-            patches = grid[b, ids_keep // g, ids_keep % g].reshape(B, K, C * p * p)
-        else:
-            patches = x.view(B, -1, p)[b, ids_keep]                             # [B, K, p]
+        patches = take_rows(_patches_cfirst(x, p) if x.dim() == 4 else x.view(x.shape[0], -1, p), ids_keep)
         w = self.proj.weight
-        return F.linear(patches, w.reshape(w.shape[0], -1), self.proj.bias) + self.pos_embed[0, 1:][ids_keep]
+        pos = self.pos_embed[0, 1:].index_select(0, ids_keep.flatten()).view(*ids_keep.shape, -1)
+        return F.linear(patches, w.reshape(w.shape[0], -1), self.proj.bias) + pos
 
     def forward(self, tokens: Tensor, valid: Tensor | None) -> Tensor:
         """tokens: [B, K, D] kept tokens; valid: [B] bool (False: padding only) or None -> latent [B, 1 + K, D]."""
@@ -311,6 +313,14 @@ def _patchify_image(img: Tensor, p: int) -> Tensor:
     B, C, H, W = img.shape
     x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
     return x.reshape(B, (H // p) * (W // p), p * p * C)
+
+
+def _patches_cfirst(img: Tensor, p: int) -> Tensor:
+    """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p], each patch in (channel, row, col) order: the patch convolution's
+    kernel layout, and a copy ~2x cheaper on CPU than :func:`_patchify_image`'s channel-last order."""
+    B, C, H, W = img.shape
+    x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)
 
 
 def _unpatchify_image(x: Tensor, p: int) -> Tensor:
@@ -473,7 +483,7 @@ class MultimodalMAE(nn.Module):
             mask_token = self.mask_tokens[m].to(h.dtype)
             kept = torch.where(e["valid"][:, None, None], h[:, 1:], mask_token)    # missing: only mask tokens
             tok = torch.cat([kept, mask_token.expand(B, N - (K1 - 1), Dd)], dim=1)
-            tok = torch.gather(tok, 1, e["ids_restore"][..., None].expand(-1, -1, Dd))
+            tok = take_rows(tok, e["ids_restore"])
             pos = getattr(self, f"decoder_pos_{m}")
             seqs.append(torch.cat([h[:, :1], tok], dim=1) + pos + self.modality_embed[i])
             keys.append(torch.cat([e["valid"][:, None], e["valid"].new_ones(B, N)], dim=1))  # a missing CLS is ignored
@@ -500,7 +510,7 @@ class MultimodalMAE(nn.Module):
         if len(self.decoder_blocks):
             x = self.decoder_blocks[-1].forward_rows(x, sel, attn_mask)
         else:
-            x = torch.gather(x, 1, sel[..., None].expand(-1, -1, x.shape[-1]))
+            x = take_rows(x, sel)
         x = self.decoder_norm(x)
         preds = {}
         for m, part in zip(self.modalities, x.split([rows[m].shape[1] for m in self.modalities], dim=1)):
@@ -528,15 +538,21 @@ class MultimodalMAE(nn.Module):
         x: model input; pred: [B, N, P], or [B, M, P] for the patches ``rows`` [B, M] (see :meth:`forward_decoder`;
         ``rows`` must list every patch whose weight is nonzero). Omics padding is never counted.
         """
-        target = self.patchify(m, x)                                            # [B, N, P]
-        ew = None if m == "wsi" else self.element_weight(m)                     # [N, P]
-        if rows is not None:
-            target = torch.gather(target, 1, rows[..., None].expand(-1, -1, target.shape[-1]))
-            weight = weight.gather(1, rows)
-            ew = None if ew is None else ew[rows]                               # [B, M, P]
-        sq = (pred.float() - target) ** 2
-        if ew is None:                                                          # WSI: every element is real
+        if m == "wsi":                                                          # every element is real
+            if rows is None:
+                sq = (pred.float() - self.patchify(m, x)) ** 2                  # [B, N, P]
+            else:   # the rows' patches in (channel, row, col) order, compared through a permuted view of pred
+                p = self.cfg.wsi_patch_size
+                target = take_rows(_patches_cfirst(x, p), rows)                 # [B, M, 3*p*p]
+                pred = pred.float().view(*rows.shape, p, p, 3).permute(0, 1, 4, 2, 3)
+                sq = ((pred - target.view(*rows.shape, 3, p, p)) ** 2).flatten(2)
+                weight = weight.gather(1, rows)
             return (sq.sum(-1) * weight).sum(), weight.sum() * sq.shape[-1]
+        target, ew = self.patchify(m, x), self.element_weight(m)               # [B, N, P], [N, P]
+        if rows is not None:
+            target, weight = take_rows(target, rows), weight.gather(1, rows)
+            ew = ew[rows]                                                       # [B, M, P]
+        sq = (pred.float() - target) ** 2
         return ((sq * ew).sum(-1) * weight).sum(), (weight * ew.sum(-1)).sum()
 
     def forward_loss(self, enc: Mapping[str, Mapping[str, Tensor]], preds: Mapping[str, Tensor],
