@@ -237,6 +237,9 @@ def test_wsi_head_matmul_equals_transposed_convolution():
     torch.nn.init.normal_(head.pixel_bias)
     x = torch.randn(3, 16, 24)
     torch.testing.assert_close(head(x), head.forward_conv(x), atol=1e-5, rtol=1e-5)
+    # channel-first: the same patches, each in (channel, row, col) order
+    cf = head.forward_conv(x).view(3, 16, 16, 16, 3).permute(0, 1, 4, 2, 3).reshape(3, 16, 768)
+    torch.testing.assert_close(head(x, channel_first=True), cf, atol=1e-5, rtol=1e-5)
 
 
 def test_output_bias_starts_at_the_training_mean(model):
@@ -310,11 +313,17 @@ def test_masked_only_training_path_equals_the_full_path(hidden):
     for m in MODALITIES:
         torch.testing.assert_close(ls_m[m], ls_a[m])
         torch.testing.assert_close(m_m[m], m_a[m])
-    rows = model.loss_rows(model.forward_encoder(batch, 0.5, noise))
+    enc = model.forward_encoder(batch, 0.5, noise)
+    rows = model.loss_rows(enc)
+    with torch.no_grad():
+        p_rows = model.forward_decoder(enc, rows)                                # the public layout
     for m in MODALITIES:
         n = model.cfg.n_patches(m)
         assert rows[m].shape == (5, n if hidden is not None and m in ("rna", "wsi") else n - int(n * 0.5)), m
         expected = torch.gather(p_a[m], 1, rows[m][..., None].expand(-1, -1, p_a[m].shape[-1]))
+        torch.testing.assert_close(p_rows[m], expected, atol=1e-5, rtol=1e-5)
+        if m == "wsi":   # the training path's WSI patches are channel-first: (row, col, channel) -> (channel, ...)
+            expected = expected.view(5, -1, 16, 16, 3).permute(0, 1, 4, 2, 3).reshape(5, -1, 768)
         torch.testing.assert_close(p_m[m], expected, atol=1e-5, rtol=1e-5)
         # every patch the loss counts is predicted
         counted = (m_a[m] * batch["available"][:, MODALITIES.index(m), None]).bool()

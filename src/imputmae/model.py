@@ -291,14 +291,19 @@ class WSIHead(nn.Module):
         self.deconv = nn.ConvTranspose2d(dim, 3, patch, stride=patch, bias=False)
         self.pixel_bias = nn.Parameter(torch.zeros(patch * patch * 3))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: [B, N, D] (N = g*g, row-major) -> patches [B, N, p*p*3] in (row, col, channel) order.
+    def forward(self, x: Tensor, channel_first: bool = False) -> Tensor:
+        """x: [B, N, D] (N = g*g, row-major) -> patches [B, N, p*p*3] in (row, col, channel) order, or in
+        (channel, row, col) order with ``channel_first`` (the same outputs, permuted: the order of the targets
+        the training loss cuts from the image, which is cheaper to produce).
 
         With stride == kernel the transposed convolution writes each token to its own patch only, so it is one
         linear layer with the kernel laid out as [p*p*3, D]; on CPU that is ~10x faster than
         ``F.conv_transpose2d`` (:meth:`forward_conv`, the same numbers: tested)."""
-        w = self.deconv.weight.permute(2, 3, 1, 0).reshape(-1, self.deconv.weight.shape[0])   # [p*p*3, D]
-        return F.linear(x, w, self.pixel_bias)
+        w, p = self.deconv.weight, self.patch
+        if channel_first:
+            return F.linear(x, w.permute(1, 2, 3, 0).reshape(-1, w.shape[0]),
+                            self.pixel_bias.view(p, p, 3).permute(2, 0, 1).reshape(-1))
+        return F.linear(x, w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]), self.pixel_bias)   # [p*p*3, D]
 
     def forward_conv(self, x: Tensor) -> Tensor:
         """Reference path through ``nn.ConvTranspose2d`` on the token grid (slower on CPU)."""
@@ -467,13 +472,14 @@ class MultimodalMAE(nn.Module):
         return out
 
     def forward_decoder(self, enc: Mapping[str, Mapping[str, Tensor]],
-                        rows: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+                        rows: Mapping[str, Tensor] | None = None, channel_first: bool = False) -> dict[str, Tensor]:
         """Concatenate every modality's decoder tokens, run the shared blocks -> patches per modality [B, N_m, P_m].
 
         With ``rows`` ({m: [B, M_m] patch indices}, e.g. :meth:`loss_rows`) only those patches are predicted:
         preds[m] is [B, M_m, P_m], row j being patch ``rows[m][:, j]``; the last block then computes its queries and
         MLP for those rows only (:meth:`Block.forward_rows`) and the heads see only them. The same numbers for
-        those patches as the full pass (tested), less work: the training step's path."""
+        those patches as the full pass (tested), less work: the training step's path. ``channel_first``: WSI
+        patches in (channel, row, col) order (see :class:`WSIHead`)."""
         seqs, keys = [], []
         for i, m in enumerate(self.modalities):
             e = enc[m]
@@ -497,7 +503,8 @@ class MultimodalMAE(nn.Module):
             preds, start = {}, 0
             for m in self.modalities:
                 N = enc[m]["ids_restore"].shape[1]
-                preds[m] = self.heads[m](x[:, start + 1:start + 1 + N])
+                part = x[:, start + 1:start + 1 + N]
+                preds[m] = self.heads[m](part, channel_first) if m == "wsi" else self.heads[m](part)
                 start += 1 + N
             return preds
         idx, start = [], 0                                                      # rows of the concatenated sequence
@@ -514,7 +521,7 @@ class MultimodalMAE(nn.Module):
         x = self.decoder_norm(x)
         preds = {}
         for m, part in zip(self.modalities, x.split([rows[m].shape[1] for m in self.modalities], dim=1)):
-            preds[m] = self.heads[m](part)
+            preds[m] = self.heads[m](part, channel_first) if m == "wsi" else self.heads[m](part)
         return preds
 
     def loss_rows(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
@@ -531,22 +538,19 @@ class MultimodalMAE(nn.Module):
                 out[m] = torch.argsort(e["ids_restore"], dim=1)[:, e["latent"].shape[1] - 1:]   # ids_shuffle[:, K:]
         return out
 
-    def reconstruction_error(self, m: str, x: Tensor, pred: Tensor, weight: Tensor,
-                             rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def reconstruction_error(self, m: str, x: Tensor, pred: Tensor, weight: Tensor, rows: Tensor | None = None,
+                             channel_first: bool = False) -> tuple[Tensor, Tensor]:
         """Sum of squared errors and number of elements over the patches with ``weight`` [B, N] (1 = counted).
 
         x: model input; pred: [B, N, P], or [B, M, P] for the patches ``rows`` [B, M] (see :meth:`forward_decoder`;
-        ``rows`` must list every patch whose weight is nonzero). Omics padding is never counted.
+        ``rows`` must list every patch whose weight is nonzero); ``channel_first``: WSI pred in (channel, row, col)
+        order. Omics padding is never counted.
         """
         if m == "wsi":                                                          # every element is real
-            if rows is None:
-                sq = (pred.float() - self.patchify(m, x)) ** 2                  # [B, N, P]
-            else:   # the rows' patches in (channel, row, col) order, compared through a permuted view of pred
-                p = self.cfg.wsi_patch_size
-                target = take_rows(_patches_cfirst(x, p), rows)                 # [B, M, 3*p*p]
-                pred = pred.float().view(*rows.shape, p, p, 3).permute(0, 1, 4, 2, 3)
-                sq = ((pred - target.view(*rows.shape, 3, p, p)) ** 2).flatten(2)
-                weight = weight.gather(1, rows)
+            target = _patches_cfirst(x, self.cfg.wsi_patch_size) if channel_first else self.patchify(m, x)
+            if rows is not None:
+                target, weight = take_rows(target, rows), weight.gather(1, rows)
+            sq = (pred.float() - target) ** 2                                   # [B, N or M, P]
             return (sq.sum(-1) * weight).sum(), weight.sum() * sq.shape[-1]
         target, ew = self.patchify(m, x), self.element_weight(m)               # [B, N, P], [N, P]
         if rows is not None:
@@ -556,15 +560,16 @@ class MultimodalMAE(nn.Module):
         return ((sq * ew).sum(-1) * weight).sum(), (weight * ew.sum(-1)).sum()
 
     def forward_loss(self, enc: Mapping[str, Mapping[str, Tensor]], preds: Mapping[str, Tensor],
-                     rows: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                     rows: Mapping[str, Tensor] | None = None, channel_first: bool = False
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 1-2: per modality the MSE over the masked patches of samples that have it; summed.
 
-        ``rows``: the patches ``preds`` hold when they are not all (see :meth:`forward_decoder`)."""
+        ``rows``, ``channel_first``: how ``preds`` were computed (see :meth:`forward_decoder`)."""
         losses = {}
         for m in self.modalities:
             e = enc[m]
             sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None],
-                                               None if rows is None else rows[m])
+                                               None if rows is None else rows[m], channel_first)
             losses[m] = sse / n.clamp_min(1)        # no present sample: 0 (still part of the graph)
         return torch.stack(list(losses.values())).sum(), losses
 
@@ -574,13 +579,15 @@ class MultimodalMAE(nn.Module):
         """-> (loss, preds {m: [B, N_m, P_m]}, masks {m: [B, N_m]} (1 = masked), losses {m: scalar}).
 
         ``predict="masked"`` (the training step): the decoder predicts only the patches the loss counts
-        (:meth:`loss_rows`), preds[m] is then [B, M_m, P_m]; the loss and its gradients are the same as with
-        ``"all"`` (tested), for less work."""
+        (:meth:`loss_rows`), preds[m] is then [B, M_m, P_m], WSI patches in (channel, row, col) order (the
+        cheaper layout, see :class:`WSIHead`); the loss and its gradients are the same as with ``"all"`` (tested),
+        for less work."""
         ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         enc = self.forward_encoder(batch, ratio, noise)
         rows = self.loss_rows(enc) if predict == "masked" else None
-        preds = self.forward_decoder(enc, rows)
-        loss, losses = self.forward_loss(enc, preds, rows)
+        cf = predict == "masked"
+        preds = self.forward_decoder(enc, rows, channel_first=cf)
+        loss, losses = self.forward_loss(enc, preds, rows, channel_first=cf)
         return loss, preds, {m: enc[m]["mask"] for m in self.modalities}, losses
 
     @torch.no_grad()
