@@ -288,7 +288,7 @@ def test_visible_patch_embedding_equals_the_convolution_at_kept_patches(model, m
     full = conv(x if m == "wsi" else x[:, None], enc.proj.weight, enc.proj.bias, stride=enc.proj.stride)
     full = full.flatten(2).transpose(1, 2) + enc.pos_embed[:, 1:]                 # [B, N, D]
     expected = torch.gather(full, 1, ids_keep[..., None].expand(-1, -1, full.shape[-1]))
-    torch.testing.assert_close(enc.embed_visible(x, ids_keep), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(enc.embed_visible(enc.patches(x), ids_keep), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("hidden", [None, [[0, 0, 1], [0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]]])

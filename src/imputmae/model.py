@@ -254,14 +254,20 @@ class Encoder(nn.Module):
         x = self.proj(x if x.dim() == 4 else x[:, None])
         return x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
 
-    def embed_visible(self, x: Tensor, ids_keep: Tensor) -> Tensor:
-        """Tokens of the kept patches only: ``embed(x)`` gathered at ``ids_keep`` [B, K] -> [B, K, D].
+    def patches(self, x: Tensor) -> Tensor:
+        """Model input -> its patches [B, N, P_in] in the patch kernel's layout: WSI [B, 3, H, W] -> channel-first
+        [B, N, 3*p*p] (a copy), omics [B, L] -> [B, N, p] (a view)."""
+        p = self.proj.kernel_size[0]
+        return _patches_cfirst(x, p) if x.dim() == 4 else x.view(x.shape[0], -1, p)
+
+    def embed_visible(self, patches: Tensor, ids_keep: Tensor) -> Tensor:
+        """Tokens of the kept patches only: patches [B, N, P_in] (:meth:`patches` of x), ids_keep [B, K] ->
+        ``embed(x)`` at the kept patches [B, K, D].
 
         The patch convolution has kernel = stride, so it is one linear map on each patch's pixels (its kernel
-        flattened to [D, C*p*p], (channel, row, col) order); applying it to the K kept patches skips the masked
-        ones' forward and weight-gradient work. Same parameters, same numbers (tested against the convolution)."""
-        p = self.proj.kernel_size[0]
-        patches = take_rows(_patches_cfirst(x, p) if x.dim() == 4 else x.view(x.shape[0], -1, p), ids_keep)
+        flattened to [D, P_in]); applying it to the K kept patches skips the masked ones' forward and
+        weight-gradient work. Same parameters, same numbers (tested against the convolution)."""
+        patches = take_rows(patches, ids_keep)
         w = self.proj.weight
         pos = self.pos_embed[0, 1:].index_select(0, ids_keep.flatten()).view(*ids_keep.shape, -1)
         return F.linear(patches, w.reshape(w.shape[0], -1), self.proj.bias) + pos
@@ -396,7 +402,7 @@ class MultimodalMAE(nn.Module):
         """The modality's model input: omics padded to whole patches [B, L_pad]; WSI normalised [B, 3, H, W]."""
         x = batch[m].float()
         if m == "wsi":
-            return (x - self.pixel_mean) / self.pixel_std
+            return (x - self.pixel_mean).div_(self.pixel_std)   # in place on the new tensor: one image less
         pad = self.cfg.input_len(m) - x.shape[1]
         if pad < 0:
             raise ValueError(f"{m}: got {x.shape[1]} features, the model expects at most {self.cfg.input_len(m)}")
@@ -440,7 +446,8 @@ class MultimodalMAE(nn.Module):
                         noise: Mapping[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
         """Per modality: ``latent`` [B, 1 + K, D], ``mask`` [B, N] (1 = masked; all 1 where missing or hidden),
         ``ids_restore`` [B, N], ``valid`` [B] bool (seen by the encoder), ``present`` [B] bool (has a target),
-        ``x`` the model input (zeros where absent).
+        ``x`` the model input (zeros where absent), ``patches`` x cut into patches [B, N, P] (WSI channel-first, see
+        :meth:`Encoder.patches`; the training loss's targets, so that the image is cut once).
 
         An optional ``batch["hidden"]`` [B, 3] bool hides present modalities from the encoder (fully masked, like a
         missing one) while keeping them as targets: modality dropout, which trains the imputation path."""
@@ -463,12 +470,13 @@ class MultimodalMAE(nn.Module):
             ids_keep, mask, ids_restore = random_masking(nz.to(device), len_keep)
             mask = torch.where(valid[:, None], mask, torch.ones_like(mask))
             enc = self.encoders[m]
+            patches = enc.patches(x)
             if len_keep:
-                tokens = enc.embed_visible(x, ids_keep)
+                tokens = enc.embed_visible(patches, ids_keep)
             else:
                 tokens = enc.pos_embed.new_zeros(B, 0, self.cfg.hidden_size)
             out[m] = dict(latent=enc(tokens, valid), mask=mask, ids_restore=ids_restore, valid=valid, present=present,
-                          x=x)
+                          x=x, patches=patches)
         return out
 
     def forward_decoder(self, enc: Mapping[str, Mapping[str, Tensor]],
@@ -539,15 +547,18 @@ class MultimodalMAE(nn.Module):
         return out
 
     def reconstruction_error(self, m: str, x: Tensor, pred: Tensor, weight: Tensor, rows: Tensor | None = None,
-                             channel_first: bool = False) -> tuple[Tensor, Tensor]:
+                             channel_first: bool = False, patches: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sum of squared errors and number of elements over the patches with ``weight`` [B, N] (1 = counted).
 
         x: model input; pred: [B, N, P], or [B, M, P] for the patches ``rows`` [B, M] (see :meth:`forward_decoder`;
         ``rows`` must list every patch whose weight is nonzero); ``channel_first``: WSI pred in (channel, row, col)
-        order. Omics padding is never counted.
+        order, ``patches`` x already cut that way (optional: saves a copy). Omics padding is never counted.
         """
         if m == "wsi":                                                          # every element is real
-            target = _patches_cfirst(x, self.cfg.wsi_patch_size) if channel_first else self.patchify(m, x)
+            if channel_first:
+                target = patches if patches is not None else _patches_cfirst(x, self.cfg.wsi_patch_size)
+            else:
+                target = self.patchify(m, x)
             if rows is not None:
                 target, weight = take_rows(target, rows), weight.gather(1, rows)
             sq = (pred.float() - target) ** 2                                   # [B, N or M, P]
@@ -569,7 +580,8 @@ class MultimodalMAE(nn.Module):
         for m in self.modalities:
             e = enc[m]
             sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None],
-                                               None if rows is None else rows[m], channel_first)
+                                               None if rows is None else rows[m], channel_first,
+                                               e.get("patches") if channel_first else None)
             losses[m] = sse / n.clamp_min(1)        # no present sample: 0 (still part of the graph)
         return torch.stack(list(losses.values())).sum(), losses
 
