@@ -561,13 +561,13 @@ class MultimodalMAE(nn.Module):
                 target = self.patchify(m, x)
             if rows is not None:
                 target, weight = take_rows(target, rows), weight.gather(1, rows)
-            sq = (pred.float() - target) ** 2                                   # [B, N or M, P]
+            sq = F.mse_loss(pred.float(), target, reduction="none")   # [B, N or M, P]; one fused pass
             return (sq.sum(-1) * weight).sum(), weight.sum() * sq.shape[-1]
         target, ew = self.patchify(m, x), self.element_weight(m)               # [B, N, P], [N, P]
         if rows is not None:
             target, weight = take_rows(target, rows), weight.gather(1, rows)
             ew = ew[rows]                                                       # [B, M, P]
-        sq = (pred.float() - target) ** 2
+        sq = F.mse_loss(pred.float(), target, reduction="none")
         return ((sq * ew).sum(-1) * weight).sum(), (weight * ew.sum(-1)).sum()
 
     def forward_loss(self, enc: Mapping[str, Mapping[str, Tensor]], preds: Mapping[str, Tensor],
