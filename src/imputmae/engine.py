@@ -335,6 +335,8 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
             model, device_ids=[dev.index] if dev.type == "cuda" else None,
             find_unused_parameters=len(modalities) > 1)   # a batch without some modality leaves its patch embed unused
     raw_model = net.module if ddp else net
+    if pc["compile"]:   # compiles on the first step; checkpoints keep saving raw_model (plain parameter names)
+        net = torch.compile(net)
 
     stop_event = threading.Event()
     main_thread = threading.current_thread() is threading.main_thread()
