@@ -256,9 +256,9 @@ class Encoder(nn.Module):
 
     def patches(self, x: Tensor) -> Tensor:
         """Model input -> its patches [B, N, P_in] in the patch kernel's layout: WSI [B, 3, H, W] -> channel-first
-        [B, N, 3*p*p] (a copy), omics [B, L] -> [B, N, p] (a view)."""
+        [B, N, 3*p*p] (a copy), omics [B, L] -> [B, N, p] (a view when x is contiguous)."""
         p = self.proj.kernel_size[0]
-        return _patches_cfirst(x, p) if x.dim() == 4 else x.view(x.shape[0], -1, p)
+        return _patches_cfirst(x, p) if x.dim() == 4 else x.reshape(x.shape[0], -1, p)
 
     def embed_visible(self, patches: Tensor, ids_keep: Tensor) -> Tensor:
         """Tokens of the kept patches only: patches [B, N, P_in] (:meth:`patches` of x), ids_keep [B, K] ->
