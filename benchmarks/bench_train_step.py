@@ -5,6 +5,12 @@ alternate step by step so that load from other processes hits all alike. Ours ru
 (``predict="masked"``: the loss's patches only, the same loss and gradients). Prints the median step time of each
 and the ratio (goal >= 1.5x), eager against eager.
 
+Large tensors: glibc hands allocations above its (adaptive) mmap threshold back to the kernel when freed, so
+a step that allocates them again page-faults, and how often depends on what the other model did to the heap
+just before (transformers' step measured 172-180 ms after ours with a fixed threshold, 224-227 ms without:
+tiny, batch 32). The benchmark therefore fixes glibc's thresholds (``mallopt``: mmap above 32 MiB, no trimming
+below 1 GiB), the same for every model; ``--default-malloc`` leaves them adaptive.
+
 ``--compile`` adds ``torch.compile`` of both models (ours compiled against transformers eager and compiled);
 ``--bf16`` runs every model under the same ``torch.autocast("cpu", torch.bfloat16)``.
 
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import statistics
 import time
 
@@ -40,6 +48,16 @@ def build(size: str, tile: int):
     return ours, hf
 
 
+def steady_allocator() -> bool:
+    """Fix glibc's mmap and trim thresholds (see the module docstring); False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="small", choices=["tiny", "small", "big"])
@@ -51,7 +69,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print where our step spends its time")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of both models")
     ap.add_argument("--bf16", action="store_true", help="every model under the same bfloat16 autocast")
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc's adaptive thresholds alone")
     args = ap.parse_args()
+    fixed = False if args.default_malloc else steady_allocator()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ours, hf = build(args.size, args.tile)
@@ -103,7 +123,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in ours.parameters())
     print(f"WSI branch, size {args.size} ({n_params / 1e6:.1f} M parameters), batch {args.batch}, "
           f"{args.tile}px tiles, mask 0.5, {args.threads} thread(s), {'bf16 autocast' if args.bf16 else 'fp32'}, "
-          f"median of {args.steps} steps")
+          f"{'fixed' if fixed else 'default'} malloc thresholds, median of {args.steps} steps")
     for name, m in med.items():
         extra = f"  (compile + first step {compile_s[name.split()[0]]:.0f} s)" if name.endswith("compiled") else ""
         print(f"  {name + ':':24s}{m * 1e3:8.1f} ms/step  {1 / m:6.2f} steps/s{extra}")
