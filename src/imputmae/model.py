@@ -8,6 +8,11 @@ modalities and runs shared transformer blocks; a head per modality (linear for o
 WSI) predicts patches. The loss is, per modality, the MSE on the masked patches of the samples that have that
 modality, summed over modalities (Eq. 1-2).
 
+The training step (``forward(..., predict="masked")``) computes only what that loss reads, exactly: the patch
+convolutions (kernel = stride) run as the same linear maps on the kept patches only, and the decoder's last block
+and the heads run on the masked patches only (keys and values still from every token). Evaluation and
+:meth:`MultimodalMAE.impute` use the full predictions.
+
 A missing modality is fully masked: its encoder gets no tokens (in a batch that mixes modality sets the kept
 tokens are padded and ignored through a key-padding attention mask), its decoder slots are all mask tokens and it
 has no target. :meth:`MultimodalMAE.impute` reconstructs missing modalities from the present ones.
