@@ -7,8 +7,8 @@ and the ratio (goal >= 1.5x), eager against eager.
 
 Large tensors: glibc hands allocations above its (adaptive) mmap threshold back to the kernel when freed, so
 a step that allocates them again page-faults, and how often depends on what the other model did to the heap
-just before (transformers' step measured 172-180 ms after ours with a fixed threshold, 224-227 ms without:
-tiny, batch 32). The benchmark therefore fixes glibc's thresholds (``mallopt``: mmap above 32 MiB, no trimming
+just before (transformers' step measured 172-186 ms after ours with fixed thresholds, 193-227 ms without:
+tiny, batch 32, 2026-11-29). The benchmark therefore fixes glibc's thresholds (``mallopt``: mmap above 32 MiB, no trimming
 below 1 GiB), the same for every model; ``--default-malloc`` leaves them adaptive.
 
 ``--compile`` adds ``torch.compile`` of both models (ours compiled against transformers eager and compiled);
