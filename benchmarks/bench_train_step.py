@@ -1,15 +1,28 @@
 """Training steps per second: our WSI branch vs transformers' ViTMAEForPreTraining at the same dimensions.
 
-Same batch, same masking noise, same optimizer (AdamW, foreach), forward + backward + step, on CPU; the two models
-alternate step by step so that load from other processes hits both alike. Prints the median step time of each
-and the ratio (goal >= 1.5x).
+Same batch, same masking noise, same optimizer (AdamW, foreach), forward + backward + step, on CPU; the models
+alternate step by step so that load from other processes hits all alike. Ours runs its training step
+(``predict="masked"``: the loss's patches only, the same loss and gradients). Prints the median step time of each
+and the ratio (goal >= 1.5x), eager against eager.
 
-    PYTHONPATH=src python benchmarks/bench_train_step.py --size small --batch 8 --steps 10 --threads 2
+Large tensors: glibc hands allocations above its (adaptive) mmap threshold back to the kernel when freed, so
+a step that allocates them again page-faults, and how often depends on what the other model did to the heap
+just before (transformers' step measured 172-186 ms after ours with fixed thresholds, 193-227 ms without:
+tiny, batch 32, 2026-11-29). The benchmark therefore fixes glibc's thresholds (``mallopt``: mmap above 32 MiB, no trimming
+below 1 GiB), the same for every model; ``--default-malloc`` leaves them adaptive.
+
+``--compile`` adds ``torch.compile`` of both models (ours compiled against transformers eager and compiled);
+``--bf16`` runs every model under the same ``torch.autocast("cpu", torch.bfloat16)``.
+
+    PYTHONPATH=src python benchmarks/bench_train_step.py --size small --batch 8 --steps 10 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import statistics
 import time
 
@@ -35,6 +48,16 @@ def build(size: str, tile: int):
     return ours, hf
 
 
+def steady_allocator() -> bool:
+    """Fix glibc's mmap and trim thresholds (see the module docstring); False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="small", choices=["tiny", "small", "big"])
@@ -44,7 +67,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="print where our step spends its time")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of both models")
+    ap.add_argument("--bf16", action="store_true", help="every model under the same bfloat16 autocast")
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc's adaptive thresholds alone")
     args = ap.parse_args()
+    fixed = False if args.default_malloc else steady_allocator()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ours, hf = build(args.size, args.tile)
@@ -54,47 +81,61 @@ def main() -> None:
     x = torch.rand(args.batch, 3, args.tile, args.tile)
     noise = torch.rand(args.batch, n)
     batch = {"wsi": x, "available": torch.ones(args.batch, 3, dtype=torch.bool)}
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, betas=(0.9, 0.95), foreach=True)
-    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), foreach=True)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
 
-    def step_ours() -> float:
-        loss, *_ = ours(batch, noise={"wsi": noise})
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
-        return loss.item()
+    def stepper(model, ours_api: bool):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), foreach=True)
 
-    def step_hf() -> float:
-        pixel_values = (x - ours.pixel_mean) / ours.pixel_std      # ours normalises inside its step too
-        loss = hf(pixel_values=pixel_values, noise=noise).loss
-        opt_hf.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_hf.step()
-        return loss.item()
+        def step() -> float:
+            with autocast():
+                if ours_api:
+                    loss, *_ = model(batch, noise={"wsi": noise}, predict="masked")
+                else:
+                    pixel_values = (x - ours.pixel_mean) / ours.pixel_std      # ours normalises inside its step too
+                    loss = model(pixel_values=pixel_values, noise=noise).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.item()
+        return step
 
+    steps = {"ours": stepper(ours, True), "transformers": stepper(hf, False)}
+    compile_s = {}
+    if args.compile:   # separate copies, so that each variant trains its own weights from the same start
+        import copy
+
+        for name, model, ours_api in (("ours", ours, True), ("transformers", hf, False)):
+            step = stepper(torch.compile(copy.deepcopy(model)), ours_api)
+            t0 = time.perf_counter()
+            step()                                                     # compiles forward and backward
+            compile_s[name] = time.perf_counter() - t0
+            steps[f"{name} compiled"] = step
     for _ in range(args.warmup):
-        step_ours()
-        step_hf()
-    t_ours, t_hf = [], []
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step_ours()
-        t1 = time.perf_counter()
-        step_hf()
-        t2 = time.perf_counter()
-        t_ours.append(t1 - t0)
-        t_hf.append(t2 - t1)
-    mo, mh = statistics.median(t_ours), statistics.median(t_hf)
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
     n_params = sum(p.numel() for p in ours.parameters())
     print(f"WSI branch, size {args.size} ({n_params / 1e6:.1f} M parameters), batch {args.batch}, "
-          f"{args.tile}px tiles, mask 0.5, {args.threads} thread(s), median of {args.steps} steps")
-    print(f"  ours:         {mo * 1e3:8.1f} ms/step  {1 / mo:6.2f} steps/s")
-    print(f"  transformers: {mh * 1e3:8.1f} ms/step  {1 / mh:6.2f} steps/s")
-    print(f"  ratio (ours / transformers steps/s): {mh / mo:.2f}x")
+          f"{args.tile}px tiles, mask 0.5, {args.threads} thread(s), {'bf16 autocast' if args.bf16 else 'fp32'}, "
+          f"{'fixed' if fixed else 'default'} malloc thresholds, median of {args.steps} steps")
+    for name, m in med.items():
+        extra = f"  (compile + first step {compile_s[name.split()[0]]:.0f} s)" if name.endswith("compiled") else ""
+        print(f"  {name + ':':24s}{m * 1e3:8.1f} ms/step  {1 / m:6.2f} steps/s{extra}")
+    print(f"  ratio, eager vs eager (ours / transformers steps/s): {med['transformers'] / med['ours']:.2f}x")
+    if args.compile:
+        print(f"  ratio, ours compiled vs transformers eager: {med['transformers'] / med['ours compiled']:.2f}x")
+        print(f"  ratio, ours compiled vs transformers compiled: "
+              f"{med['transformers compiled'] / med['ours compiled']:.2f}x")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        for name, fn in (("ours", step_ours), ("transformers", step_hf)):
+        for name, fn in (("ours", steps["ours"]), ("transformers", steps["transformers"])):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 fn()
             print(f"--- {name}")

@@ -71,7 +71,7 @@ def main() -> None:
 
     def step() -> torch.Tensor:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, *_ = step_model(batch)
+            loss, *_ = step_model(batch, predict="masked")   # the training step, as train_one_epoch runs it
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -79,7 +79,7 @@ def main() -> None:
 
     with FlopCounterMode(display=False) as counter:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, *_ = model(batch)
+            loss, *_ = model(batch, predict="masked")        # the FLOPs that step performs
         loss.backward()
     flops = counter.get_total_flops()
     opt.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from imputmae.model import (MODALITIES, MAEConfig, MultimodalMAE, load_checkpoint, load_pretrained, random_masking,
                             save_checkpoint)
@@ -136,10 +137,11 @@ def test_absent_modality_values_are_ignored(model):
         torch.testing.assert_close(a[1][m], b[1][m])
 
 
-def test_gradients_reach_every_parameter():
+@pytest.mark.parametrize("predict", ["all", "masked"])
+def test_gradients_reach_every_parameter(predict):
     torch.manual_seed(0)
     model = MultimodalMAE(_cfg()).train()
-    loss, *_ = model(_batch(available=MIXED))
+    loss, *_ = model(_batch(available=MIXED), predict=predict)
     loss.backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
             or p.grad.abs().sum() == 0]
@@ -260,6 +262,9 @@ def test_wsi_head_matmul_equals_transposed_convolution():
     torch.nn.init.normal_(head.pixel_bias)
     x = torch.randn(3, 16, 24)
     torch.testing.assert_close(head(x), head.forward_conv(x), atol=1e-5, rtol=1e-5)
+    # channel-first: the same patches, each in (channel, row, col) order
+    cf = head.forward_conv(x).view(3, 16, 16, 16, 3).permute(0, 1, 4, 2, 3).reshape(3, 16, 768)
+    torch.testing.assert_close(head(x, channel_first=True), cf, atol=1e-5, rtol=1e-5)
 
 
 def test_output_bias_starts_at_the_training_mean(model):
@@ -294,3 +299,61 @@ def test_hidden_modality_is_fully_masked_but_still_a_target(model):
     real = (torch.arange(512) < 500).view(4, 128)
     by_hand = ((preds_h["dnam"] - target) ** 2 * w[..., None] * real).sum() / (w[..., None] * real).expand(5, 4, 128).sum()
     torch.testing.assert_close(losses_h["dnam"], by_hand)
+
+
+@pytest.mark.parametrize("m", MODALITIES)
+def test_visible_patch_embedding_equals_the_convolution_at_kept_patches(model, m):
+    """embed_visible (a linear map on the kept patches' pixels) = the patch convolution on the whole input, then
+    the kept rows: the same parameters, the same numbers."""
+    enc = model.encoders[m]
+    x = model._input(_batch(seed=3), m)
+    ids_keep = torch.argsort(torch.rand(5, model.cfg.n_patches(m), generator=torch.Generator().manual_seed(1)), 1)
+    ids_keep = ids_keep[:, :model.cfg.n_patches(m) // 2 + 1]
+    conv = F.conv2d if m == "wsi" else F.conv1d
+    full = conv(x if m == "wsi" else x[:, None], enc.proj.weight, enc.proj.bias, stride=enc.proj.stride)
+    full = full.flatten(2).transpose(1, 2) + enc.pos_embed[:, 1:]                 # [B, N, D]
+    expected = torch.gather(full, 1, ids_keep[..., None].expand(-1, -1, full.shape[-1]))
+    torch.testing.assert_close(enc.embed_visible(enc.patches(x), ids_keep), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [None, [[0, 0, 1], [0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]]])
+def test_masked_only_training_path_equals_the_full_path(hidden):
+    """predict="masked" (the training step: the decoder's last block and the heads only on the patches the loss
+    counts) gives the full path's loss, per-modality losses, predictions for those patches and gradients; with
+    mixed modality sets and with a hidden modality (all its patches are targets)."""
+    torch.manual_seed(0)
+    model = MultimodalMAE(_cfg()).train()
+    batch = _batch(available=MIXED)
+    if hidden is not None:
+        batch["hidden"] = torch.tensor(hidden, dtype=torch.bool)
+    noise = {m: torch.rand(5, model.cfg.n_patches(m), generator=torch.Generator().manual_seed(3)) for m in MODALITIES}
+    out = {}
+    for predict in ("all", "masked"):
+        model.zero_grad(set_to_none=True)
+        loss, preds, masks, losses = model(batch, noise=noise, predict=predict)
+        loss.backward()
+        out[predict] = loss, preds, masks, losses, {n: p.grad for n, p in model.named_parameters()}
+    (l_a, p_a, m_a, ls_a, g_a), (l_m, p_m, m_m, ls_m, g_m) = out["all"], out["masked"]
+    torch.testing.assert_close(l_m, l_a)
+    for m in MODALITIES:
+        torch.testing.assert_close(ls_m[m], ls_a[m])
+        torch.testing.assert_close(m_m[m], m_a[m])
+    enc = model.forward_encoder(batch, 0.5, noise)
+    rows = model.loss_rows(enc)
+    with torch.no_grad():
+        p_rows = model.forward_decoder(enc, rows)                                # the public layout
+    for m in MODALITIES:
+        n = model.cfg.n_patches(m)
+        assert rows[m].shape == (5, n if hidden is not None and m in ("rna", "wsi") else n - int(n * 0.5)), m
+        expected = torch.gather(p_a[m], 1, rows[m][..., None].expand(-1, -1, p_a[m].shape[-1]))
+        torch.testing.assert_close(p_rows[m], expected, atol=1e-5, rtol=1e-5)
+        if m == "wsi":   # the training path's WSI patches are channel-first: (row, col, channel) -> (channel, ...)
+            expected = expected.view(5, -1, 16, 16, 3).permute(0, 1, 4, 2, 3).reshape(5, -1, 768)
+        torch.testing.assert_close(p_m[m], expected, atol=1e-5, rtol=1e-5)
+        # every patch the loss counts is predicted
+        counted = (m_a[m] * batch["available"][:, MODALITIES.index(m), None]).bool()
+        listed = torch.zeros_like(counted).scatter_(1, rows[m], True)
+        assert not (counted & ~listed).any(), m
+    assert g_a.keys() == g_m.keys()
+    for name in g_a:
+        torch.testing.assert_close(g_m[name], g_a[name], atol=1e-6, rtol=1e-4, msg=name)

@@ -59,6 +59,9 @@ def test_vit_mae_weights_reproduce_transformers(tmp_path):
     torch.testing.assert_close(enc["wsi"]["latent"], latent_hf, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(preds["wsi"], out.logits, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(loss, out.loss, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():   # the training step's path (last decoder block and head on masked patches only)
+        loss_masked, *_ = ours(batch, noise={"wsi": noise}, predict="masked")
+    torch.testing.assert_close(loss_masked, out.loss, atol=1e-6, rtol=1e-5)
 
 
 def test_sincos_positions_match_transformers():

@@ -117,7 +117,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.
         noise = {m: batch.pop(f"noise_{m}").to(device, non_blocking=True) for m in modalities}
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _, masks, losses = model(batch, noise=noise)
+            loss, _, masks, losses = model(batch, noise=noise, predict="masked")   # same loss, less work
         if _is_ddp():
             loss, losses, present = _global_mean_losses(model.module, batch, masks, losses)
         else:
@@ -335,6 +335,8 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
             model, device_ids=[dev.index] if dev.type == "cuda" else None,
             find_unused_parameters=len(modalities) > 1)   # a batch without some modality leaves its patch embed unused
     raw_model = net.module if ddp else net
+    if pc["compile"]:   # compiles on the first step; checkpoints keep saving raw_model (plain parameter names)
+        net = torch.compile(net)
 
     stop_event = threading.Event()
     main_thread = threading.current_thread() is threading.main_thread()

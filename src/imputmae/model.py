@@ -8,6 +8,11 @@ modalities and runs shared transformer blocks; a head per modality (linear for o
 WSI) predicts patches. The loss is, per modality, the MSE on the masked patches of the samples that have that
 modality, summed over modalities (Eq. 1-2).
 
+The training step (``forward(..., predict="masked")``) computes only what that loss reads, exactly: the patch
+convolutions (kernel = stride) run as the same linear maps on the kept patches only, and the decoder's last block
+and the heads run on the masked patches only (keys and values still from every token). Evaluation and
+:meth:`MultimodalMAE.impute` use the full predictions.
+
 A missing modality is fully masked: its encoder gets no tokens (in a batch that mixes modality sets the kept
 tokens are padded and ignored through a key-padding attention mask), its decoder slots are all mask tokens and it
 has no target. :meth:`MultimodalMAE.impute` reconstructs missing modalities from the present ones.
@@ -34,7 +39,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +47,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "MODALITIES", "IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "MultimodalMAE", "Block", "random_masking",
-    "sincos_1d", "sincos_2d", "vit_mae_state_dict_to_ours", "load_vit_mae_weights",
+    "sincos_1d", "sincos_2d", "take_rows", "vit_mae_state_dict_to_ours", "load_vit_mae_weights",
     "save_checkpoint", "save_atomic", "load_checkpoint", "load_pretrained",
 ]
 
@@ -170,6 +175,16 @@ def random_masking(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor
     return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
 
 
+def take_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """Per-sample rows: x [B, N, ...] and rows [B, M] (indices into N) -> [B, M, ...], ``out[b, j] = x[b, rows[b, j]]``.
+
+    ``torch.gather`` along dim 1 with the index expanded over the trailing dims, as one ``index_select`` of whole
+    rows of the flattened [B*N, ...] tensor: on CPU several times faster, forward and backward (``index_add``)."""
+    B, N = x.shape[:2]
+    flat = (rows + N * torch.arange(B, device=rows.device)[:, None]).flatten()
+    return x.reshape(B * N, *x.shape[2:]).index_select(0, flat).view(B, rows.shape[1], *x.shape[2:])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # building blocks
 
@@ -210,6 +225,21 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
 
+    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """``block(x)`` at the rows ``rows`` only: x [B, T, C], rows [B, R] (indices into T) -> [B, R, C].
+
+        Exact: keys and values come from every row, queries, the projection and the MLP from the R rows (the
+        others' outputs are not computed). Used for the decoder's last block, whose unused rows are dropped."""
+        B, T, C = x.shape
+        heads = self.attn.heads
+        xs = take_rows(x, rows)                                                 # [B, R, C]
+        w, b = self.attn.qkv.weight, self.attn.qkv.bias
+        kv = F.linear(self.norm1(x), w[C:], b[C:]).view(B, T, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
+        q = F.linear(self.norm1(xs), w[:C], b[:C]).view(B, -1, heads, C // heads).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)
+        xs = xs + self.attn.proj(y.transpose(1, 2).reshape(B, -1, C))
+        return xs + self.mlp(self.norm2(xs))
+
 
 class Encoder(nn.Module):
     """One modality's encoder: patch embedding, positions, CLS, ``blocks``, final norm."""
@@ -228,6 +258,24 @@ class Encoder(nn.Module):
         """[B, L] or [B, 3, H, W] -> patch tokens with positions [B, N, D]."""
         x = self.proj(x if x.dim() == 4 else x[:, None])
         return x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+
+    def patches(self, x: Tensor) -> Tensor:
+        """Model input -> its patches [B, N, P_in] in the patch kernel's layout: WSI [B, 3, H, W] -> channel-first
+        [B, N, 3*p*p] (a copy), omics [B, L] -> [B, N, p] (a view when x is contiguous)."""
+        p = self.proj.kernel_size[0]
+        return _patches_cfirst(x, p) if x.dim() == 4 else x.reshape(x.shape[0], -1, p)
+
+    def embed_visible(self, patches: Tensor, ids_keep: Tensor) -> Tensor:
+        """Tokens of the kept patches only: patches [B, N, P_in] (:meth:`patches` of x), ids_keep [B, K] ->
+        ``embed(x)`` at the kept patches [B, K, D].
+
+        The patch convolution has kernel = stride, so it is one linear map on each patch's pixels (its kernel
+        flattened to [D, P_in]); applying it to the K kept patches skips the masked ones' forward and
+        weight-gradient work. Same parameters, same numbers (tested against the convolution)."""
+        patches = take_rows(patches, ids_keep)
+        w = self.proj.weight
+        pos = self.pos_embed[0, 1:].index_select(0, ids_keep.flatten()).view(*ids_keep.shape, -1)
+        return F.linear(patches, w.reshape(w.shape[0], -1), self.proj.bias) + pos
 
     def forward(self, tokens: Tensor, valid: Tensor | None) -> Tensor:
         """tokens: [B, K, D] kept tokens; valid: [B] bool (False: padding only) or None -> latent [B, 1 + K, D]."""
@@ -254,14 +302,19 @@ class WSIHead(nn.Module):
         self.deconv = nn.ConvTranspose2d(dim, 3, patch, stride=patch, bias=False)
         self.pixel_bias = nn.Parameter(torch.zeros(patch * patch * 3))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: [B, N, D] (N = g*g, row-major) -> patches [B, N, p*p*3] in (row, col, channel) order.
+    def forward(self, x: Tensor, channel_first: bool = False) -> Tensor:
+        """x: [B, N, D] (N = g*g, row-major) -> patches [B, N, p*p*3] in (row, col, channel) order, or in
+        (channel, row, col) order with ``channel_first`` (the same outputs, permuted: the order of the targets
+        the training loss cuts from the image, which is cheaper to produce).
 
         With stride == kernel the transposed convolution writes each token to its own patch only, so it is one
         linear layer with the kernel laid out as [p*p*3, D]; on CPU that is ~10x faster than
         ``F.conv_transpose2d`` (:meth:`forward_conv`, the same numbers: tested)."""
-        w = self.deconv.weight.permute(2, 3, 1, 0).reshape(-1, self.deconv.weight.shape[0])   # [p*p*3, D]
-        return F.linear(x, w, self.pixel_bias)
+        w, p = self.deconv.weight, self.patch
+        if channel_first:
+            return F.linear(x, w.permute(1, 2, 3, 0).reshape(-1, w.shape[0]),
+                            self.pixel_bias.view(p, p, 3).permute(2, 0, 1).reshape(-1))
+        return F.linear(x, w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]), self.pixel_bias)   # [p*p*3, D]
 
     def forward_conv(self, x: Tensor) -> Tensor:
         """Reference path through ``nn.ConvTranspose2d`` on the token grid (slower on CPU)."""
@@ -276,6 +329,14 @@ def _patchify_image(img: Tensor, p: int) -> Tensor:
     B, C, H, W = img.shape
     x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
     return x.reshape(B, (H // p) * (W // p), p * p * C)
+
+
+def _patches_cfirst(img: Tensor, p: int) -> Tensor:
+    """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p], each patch in (channel, row, col) order: the patch convolution's
+    kernel layout, and a copy ~2x cheaper on CPU than :func:`_patchify_image`'s channel-last order."""
+    B, C, H, W = img.shape
+    x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)
 
 
 def _unpatchify_image(x: Tensor, p: int) -> Tensor:
@@ -346,7 +407,7 @@ class MultimodalMAE(nn.Module):
         """The modality's model input: omics padded to whole patches [B, L_pad]; WSI normalised [B, 3, H, W]."""
         x = batch[m].float()
         if m == "wsi":
-            return (x - self.pixel_mean) / self.pixel_std
+            return (x - self.pixel_mean).div_(self.pixel_std)   # in place on the new tensor: one image less
         pad = self.cfg.input_len(m) - x.shape[1]
         if pad < 0:
             raise ValueError(f"{m}: got {x.shape[1]} features, the model expects at most {self.cfg.input_len(m)}")
@@ -390,7 +451,8 @@ class MultimodalMAE(nn.Module):
                         noise: Mapping[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
         """Per modality: ``latent`` [B, 1 + K, D], ``mask`` [B, N] (1 = masked; all 1 where missing or hidden),
         ``ids_restore`` [B, N], ``valid`` [B] bool (seen by the encoder), ``present`` [B] bool (has a target),
-        ``x`` the model input (zeros where absent).
+        ``x`` the model input (zeros where absent), ``patches`` x cut into patches [B, N, P] (WSI channel-first, see
+        :meth:`Encoder.patches`; the training loss's targets, so that the image is cut once).
 
         An optional ``batch["hidden"]`` [B, 3] bool hides present modalities from the encoder (fully masked, like a
         missing one) while keeping them as targets: modality dropout, which trains the imputation path."""
@@ -413,17 +475,24 @@ class MultimodalMAE(nn.Module):
             ids_keep, mask, ids_restore = random_masking(nz.to(device), len_keep)
             mask = torch.where(valid[:, None], mask, torch.ones_like(mask))
             enc = self.encoders[m]
+            patches = enc.patches(x)
             if len_keep:
-                tokens = enc.embed(x)
-                tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+                tokens = enc.embed_visible(patches, ids_keep)
             else:
                 tokens = enc.pos_embed.new_zeros(B, 0, self.cfg.hidden_size)
             out[m] = dict(latent=enc(tokens, valid), mask=mask, ids_restore=ids_restore, valid=valid, present=present,
-                          x=x)
+                          x=x, patches=patches)
         return out
 
-    def forward_decoder(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        """Concatenate every modality's decoder tokens, run the shared blocks -> patches per modality [B, N_m, P_m]."""
+    def forward_decoder(self, enc: Mapping[str, Mapping[str, Tensor]],
+                        rows: Mapping[str, Tensor] | None = None, channel_first: bool = False) -> dict[str, Tensor]:
+        """Concatenate every modality's decoder tokens, run the shared blocks -> patches per modality [B, N_m, P_m].
+
+        With ``rows`` ({m: [B, M_m] patch indices}, e.g. :meth:`loss_rows`) only those patches are predicted:
+        preds[m] is [B, M_m, P_m], row j being patch ``rows[m][:, j]``; the last block then computes its queries and
+        MLP for those rows only (:meth:`Block.forward_rows`) and the heads see only them. The same numbers for
+        those patches as the full pass (tested), less work: the training step's path. ``channel_first``: WSI
+        patches in (channel, row, col) order (see :class:`WSIHead`)."""
         seqs, keys = [], []
         for i, m in enumerate(self.modalities):
             e = enc[m]
@@ -433,52 +502,109 @@ class MultimodalMAE(nn.Module):
             mask_token = self.mask_tokens[m].to(h.dtype)
             kept = torch.where(e["valid"][:, None, None], h[:, 1:], mask_token)    # missing: only mask tokens
             tok = torch.cat([kept, mask_token.expand(B, N - (K1 - 1), Dd)], dim=1)
-            tok = torch.gather(tok, 1, e["ids_restore"][..., None].expand(-1, -1, Dd))
+            tok = take_rows(tok, e["ids_restore"])
             pos = getattr(self, f"decoder_pos_{m}")
             seqs.append(torch.cat([h[:, :1], tok], dim=1) + pos + self.modality_embed[i])
             keys.append(torch.cat([e["valid"][:, None], e["valid"].new_ones(B, N)], dim=1))  # a missing CLS is ignored
         x = torch.cat(seqs, dim=1)
         key_valid = torch.cat(keys, dim=1)
         attn_mask = None if bool(key_valid.all()) else key_valid[:, None, None, :]
-        for blk in self.decoder_blocks:
-            x = blk(x, attn_mask)
-        x = self.decoder_norm(x)
-        preds, start = {}, 0
+        if rows is None:
+            for blk in self.decoder_blocks:
+                x = blk(x, attn_mask)
+            x = self.decoder_norm(x)
+            preds, start = {}, 0
+            for m in self.modalities:
+                N = enc[m]["ids_restore"].shape[1]
+                part = x[:, start + 1:start + 1 + N]
+                preds[m] = self.heads[m](part, channel_first) if m == "wsi" else self.heads[m](part)
+                start += 1 + N
+            return preds
+        idx, start = [], 0                                                      # rows of the concatenated sequence
         for m in self.modalities:
-            N = enc[m]["ids_restore"].shape[1]
-            preds[m] = self.heads[m](x[:, start + 1:start + 1 + N])
-            start += 1 + N
+            idx.append(rows[m] + start + 1)
+            start += 1 + enc[m]["ids_restore"].shape[1]
+        sel = torch.cat(idx, dim=1)                                             # [B, R]
+        for blk in self.decoder_blocks[:-1]:
+            x = blk(x, attn_mask)
+        if len(self.decoder_blocks):
+            x = self.decoder_blocks[-1].forward_rows(x, sel, attn_mask)
+        else:
+            x = take_rows(x, sel)
+        x = self.decoder_norm(x)
+        preds = {}
+        for m, part in zip(self.modalities, x.split([rows[m].shape[1] for m in self.modalities], dim=1)):
+            preds[m] = self.heads[m](part, channel_first) if m == "wsi" else self.heads[m](part)
         return preds
 
-    def reconstruction_error(self, m: str, x: Tensor, pred: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    def loss_rows(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """The patches the loss can count, per modality [B, M_m]: the masked ones (M_m = N_m - K_m, in masking
+        order), or all N_m patches when some sample has the modality but hid it from the encoder (modality
+        dropout: every patch of it is a target). Every patch with a nonzero loss weight is in the list."""
+        out = {}
+        for m in self.modalities:
+            e = enc[m]
+            B, N = e["ids_restore"].shape
+            if bool((e["present"] & ~e["valid"]).any()):
+                out[m] = torch.arange(N, device=e["ids_restore"].device).expand(B, -1)
+            else:
+                out[m] = torch.argsort(e["ids_restore"], dim=1)[:, e["latent"].shape[1] - 1:]   # ids_shuffle[:, K:]
+        return out
+
+    def reconstruction_error(self, m: str, x: Tensor, pred: Tensor, weight: Tensor, rows: Tensor | None = None,
+                             channel_first: bool = False, patches: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sum of squared errors and number of elements over the patches with ``weight`` [B, N] (1 = counted).
 
-        x: model input; pred: [B, N, P]. Omics padding is never counted.
+        x: model input; pred: [B, N, P], or [B, M, P] for the patches ``rows`` [B, M] (see :meth:`forward_decoder`;
+        ``rows`` must list every patch whose weight is nonzero); ``channel_first``: WSI pred in (channel, row, col)
+        order, ``patches`` x already cut that way (optional: saves a copy). Omics padding is never counted.
         """
-        sq = (pred.float() - self.patchify(m, x)) ** 2                          # [B, N, P]
         if m == "wsi":                                                          # every element is real
+            if channel_first:
+                target = patches if patches is not None else _patches_cfirst(x, self.cfg.wsi_patch_size)
+            else:
+                target = self.patchify(m, x)
+            if rows is not None:
+                target, weight = take_rows(target, rows), weight.gather(1, rows)
+            sq = F.mse_loss(pred.float(), target, reduction="none")   # [B, N or M, P]; one fused pass
             return (sq.sum(-1) * weight).sum(), weight.sum() * sq.shape[-1]
-        ew = self.element_weight(m)                                             # [N, P]
+        target, ew = self.patchify(m, x), self.element_weight(m)               # [B, N, P], [N, P]
+        if rows is not None:
+            target, weight = take_rows(target, rows), weight.gather(1, rows)
+            ew = ew[rows]                                                       # [B, M, P]
+        sq = F.mse_loss(pred.float(), target, reduction="none")
         return ((sq * ew).sum(-1) * weight).sum(), (weight * ew.sum(-1)).sum()
 
-    def forward_loss(self, enc: Mapping[str, Mapping[str, Tensor]], preds: Mapping[str, Tensor]
+    def forward_loss(self, enc: Mapping[str, Mapping[str, Tensor]], preds: Mapping[str, Tensor],
+                     rows: Mapping[str, Tensor] | None = None, channel_first: bool = False
                      ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. 1-2: per modality the MSE over the masked patches of samples that have it; summed."""
+        """Eq. 1-2: per modality the MSE over the masked patches of samples that have it; summed.
+
+        ``rows``, ``channel_first``: how ``preds`` were computed (see :meth:`forward_decoder`)."""
         losses = {}
         for m in self.modalities:
             e = enc[m]
-            sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None])
+            sse, n = self.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None],
+                                               None if rows is None else rows[m], channel_first,
+                                               e.get("patches") if channel_first else None)
             losses[m] = sse / n.clamp_min(1)        # no present sample: 0 (still part of the graph)
         return torch.stack(list(losses.values())).sum(), losses
 
     def forward(self, batch: Mapping[str, Tensor], mask_ratio: float | None = None,
-                noise: Mapping[str, Tensor] | None = None
+                noise: Mapping[str, Tensor] | None = None, predict: Literal["all", "masked"] = "all"
                 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """-> (loss, preds {m: [B, N_m, P_m]}, masks {m: [B, N_m]} (1 = masked), losses {m: scalar})."""
+        """-> (loss, preds {m: [B, N_m, P_m]}, masks {m: [B, N_m]} (1 = masked), losses {m: scalar}).
+
+        ``predict="masked"`` (the training step): the decoder predicts only the patches the loss counts
+        (:meth:`loss_rows`), preds[m] is then [B, M_m, P_m], WSI patches in (channel, row, col) order (the
+        cheaper layout, see :class:`WSIHead`); the loss and its gradients are the same as with ``"all"`` (tested),
+        for less work."""
         ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         enc = self.forward_encoder(batch, ratio, noise)
-        preds = self.forward_decoder(enc)
-        loss, losses = self.forward_loss(enc, preds)
+        rows = self.loss_rows(enc) if predict == "masked" else None
+        cf = predict == "masked"
+        preds = self.forward_decoder(enc, rows, channel_first=cf)
+        loss, losses = self.forward_loss(enc, preds, rows, channel_first=cf)
         return loss, preds, {m: enc[m]["mask"] for m in self.modalities}, losses
 
     @torch.no_grad()
