@@ -190,6 +190,31 @@ def test_impute_fills_only_missing_modalities(model):
     assert not torch.allclose(model.impute(other)["dnam"][1], out["dnam"][1])
 
 
+def test_impute_shows_present_modalities_masked_as_in_pretraining(model):
+    batch = _batch(available=MIXED)
+    # one view is exactly the decoder's reconstruction from the encoder's masked view with that draw
+    noise = model.view_noise(1, 3, 5, torch.device("cpu"))[0]
+    enc = model.forward_encoder(batch, model.cfg.mask_ratio, noise)
+    assert [int((~enc[m]["mask"].bool()).sum(1).max()) for m in MODALITIES] == [2, 2, 2]   # half the patches seen
+    ref = model.unpatchify("dnam", model.forward_decoder(enc)["dnam"])
+    out = model.impute(batch, views=1, seed=3)
+    torch.testing.assert_close(out["dnam"][1], ref[1])
+    # several views average such reconstructions; views=0 shows every patch once
+    two = [model.impute(batch, views=1, seed=s)["dnam"] for s in (10, 11)]
+    assert not torch.allclose(two[0][1], two[1][1])
+    many = model.impute(batch, views=8, seed=0)["dnam"][1]
+    assert not torch.allclose(many, model.impute(batch, views=0)["dnam"][1])
+
+
+def test_impute_of_a_patient_does_not_depend_on_its_batch(model):
+    batch = _batch(available=MIXED)
+    whole = model.impute(batch)
+    for i in range(5):
+        alone = model.impute({k: v[i:i + 1] for k, v in batch.items()})
+        for m in MODALITIES:
+            torch.testing.assert_close(alone[m][0], whole[m][i])
+
+
 def test_checkpoint_round_trip_weights_only(tmp_path, model):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()

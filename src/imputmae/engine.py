@@ -441,9 +441,10 @@ def evaluate_reconstruction(model: MultimodalMAE, dataset: PatientDataset, devic
 
 @torch.no_grad()
 def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_means: Mapping[str, torch.Tensor],
-                        device: torch.device, batch_size: int = 64) -> dict[str, dict[str, float]]:
-    """Remove each modality in turn from patients that have it and at least one other, impute it from the others,
-    and compare (MSE over real input elements, [0, 1] space) with imputing the training mean.
+                        device: torch.device, batch_size: int = 64, views: int = 8) -> dict[str, dict[str, float]]:
+    """Remove each modality in turn from patients that have it and at least one other, impute it from the others
+    (:meth:`MultimodalMAE.impute` with ``views``), and compare (MSE over real input elements, [0, 1] space) with
+    imputing the training mean.
 
     Returns {m: {"model": mse, "mean": mse, "ratio": model/mean, "n_patients": k}}.
     """
@@ -467,7 +468,7 @@ def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_mea
             cut["available"] = cut["available"].clone()
             cut["available"][:, j] = False
             cut[m] = torch.zeros_like(cut[m])
-            recon = model.impute(cut)[m]
+            recon = model.impute(cut, views=views)[m]
             if m == "wsi":
                 w = torch.ones_like(truth)
             else:

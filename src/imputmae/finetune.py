@@ -41,7 +41,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE, save_atomic
@@ -216,18 +215,10 @@ def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
 
 
 def cls_through_block(block: nn.Module, h: Tensor) -> Tensor:
-    """The CLS row of ``block(h)`` computed alone: h [B, 1 + N, D] -> [B, D]. Exact (the same arithmetic as
-    :class:`imputmae.model.Block` for that row: only the CLS query attends, only the CLS row goes through the MLP),
-    and O(N) instead of O(N^2) attention and N times less MLP work: only the CLS token is used downstream."""
-    B, T, D = h.shape
-    heads = block.attn.heads
-    qkv = block.attn.qkv(block.norm1(h)).view(B, T, 3, heads, D // heads)
-    q = qkv[:, :1, 0].transpose(1, 2)                                     # [B, H, 1, hd]
-    k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)    # [B, H, T, hd]
-    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, D)
-    x = h[:, :1] + block.attn.proj(y)
-    x = x + block.mlp(block.norm2(x))
-    return x[:, 0]
+    """The CLS row of ``block(h)`` computed alone: h [B, 1 + N, D] -> [B, D]. Exact (:meth:`Block.forward_rows`: only
+    the CLS query attends, only the CLS row goes through the MLP), and O(N) instead of O(N^2) attention and N times
+    less MLP work: only the CLS token is used downstream."""
+    return block.forward_rows(h, torch.zeros(h.shape[0], 1, dtype=torch.long, device=h.device))[:, 0]
 
 
 class SurvivalModel(nn.Module):

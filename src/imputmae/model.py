@@ -633,23 +633,47 @@ class MultimodalMAE(nn.Module):
         enc = self.forward_encoder(batch, 0.0, self._unmasked_noise(batch))
         return {m: enc[m]["latent"][:, 0] * enc[m]["valid"][:, None] for m in self.modalities}
 
+    def view_noise(self, views: int, seed: int, B: int, device: torch.device) -> list[dict[str, Tensor]]:
+        """``views`` seeded masking draws, each {m: [B, N_m]} with one row repeated for every sample, so a
+        patient's draw does not depend on the batch it is in."""
+        gen = torch.Generator().manual_seed(seed)
+        draws = [{m: torch.rand(1, self.cfg.n_patches(m), generator=gen) for m in self.modalities} for _ in range(views)]
+        return [{m: v.to(device).expand(B, -1) for m, v in d.items()} for d in draws]
+
     @torch.no_grad()
-    def impute(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Reconstruct every missing modality from the present ones (present ones unmasked).
+    def impute(self, batch: Mapping[str, Tensor], views: int = 8, seed: int = 0) -> dict[str, Tensor]:
+        """Reconstruct every missing modality from the present ones.
+
+        The present modalities are shown to the encoder as in pretraining: ``mask_ratio`` of their patches masked,
+        over ``views`` seeded draws whose reconstructions are averaged (``views=0``: every patch shown once). A
+        model pretrained with 50% masking has never seen a whole modality: shown one, its decoder's imputation
+        falls back towards the training mean (BENCHMARKS.md, "Demo pretraining": views=0 against views=8). The
+        result depends only on the patient's own inputs and ``seed``, not on the rest of the batch.
 
         Returns {m: tensor shaped like the model input of m} (omics padded to whole patches, WSI [B, 3, H, W], in
         [0, 1]): the batch's own values where m is available, the decoder's reconstruction where it is missing.
         """
-        enc = self.forward_encoder(batch, 0.0, self._unmasked_noise(batch))
-        preds = self.forward_decoder(enc)
+        B, device = self._batch_size(batch)
+        if views <= 0 or self.cfg.mask_ratio <= 0:
+            draws, ratio = [self._unmasked_noise(batch)], 0.0
+        else:
+            draws, ratio = self.view_noise(views, seed, B, device), self.cfg.mask_ratio
+        total: dict[str, Tensor] = {}
+        for noise in draws:
+            enc = self.forward_encoder(batch, ratio, noise)
+            preds = self.forward_decoder(enc)
+            for m in self.modalities:
+                recon = self.unpatchify(m, preds[m].float())
+                total[m] = total[m] + recon if m in total else recon
+        valid = {m: self._available(batch, m, B, device) for m in self.modalities}
         out = {}
         for m in self.modalities:
-            recon = self.unpatchify(m, preds[m].float())
+            recon = total[m] / len(draws)
             x = batch[m].float() if m in batch else torch.zeros_like(recon)
             if m != "wsi":
                 x = F.pad(x, (0, recon.shape[1] - x.shape[1]))
             shape = (-1,) + (1,) * (recon.dim() - 1)
-            out[m] = torch.where(enc[m]["valid"].view(shape), x, recon)
+            out[m] = torch.where(valid[m].view(shape), x, recon)
         return out
 
 

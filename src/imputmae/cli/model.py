@@ -155,8 +155,9 @@ def write_table4(out: Path, table, per_fold, imputation, *, n_folds: int) -> Non
     if len(imputation):
         lines += ["## Whole-modality imputation (multimodal model)", "",
                   "Each modality removed from test patients that have it and at least one other; reconstructed by",
-                  "the decoder from the others, against imputing the training patients' mean ([0, 1] space), and",
-                  "an independent reference: scikit-learn RidgeCV from the other omics modality fitted on the",
+                  "the decoder from the others (shown masked as in pretraining, 8 seeded draws averaged), against",
+                  "imputing the training patients' mean ([0, 1] space), and an independent reference:",
+                  "scikit-learn RidgeCV from the other omics modality fitted on the",
                   "training patients (training mean where that modality is absent; omics targets only).", "",
                   "| Modality | decoder MSE | training-mean MSE | decoder / mean | ridge MSE | ridge / mean | patients |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
