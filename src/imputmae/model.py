@@ -517,7 +517,7 @@ class MultimodalMAE(nn.Module):
             for m in self.modalities:
                 N = enc[m]["ids_restore"].shape[1]
                 part = x[:, start + 1:start + 1 + N]
-                preds[m] = self.heads[m](part, channel_first) if m == "wsi" else self.heads[m](part)
+                preds[m] = self._head(m, part, channel_first)
                 start += 1 + N
             return preds
         idx, start = [], 0                                                      # rows of the concatenated sequence
@@ -534,8 +534,12 @@ class MultimodalMAE(nn.Module):
         x = self.decoder_norm(x)
         preds = {}
         for m, part in zip(self.modalities, x.split([rows[m].shape[1] for m in self.modalities], dim=1)):
-            preds[m] = self.heads[m](part, channel_first) if m == "wsi" else self.heads[m](part)
+            preds[m] = self._head(m, part, channel_first)
         return preds
+
+    def _head(self, m: str, h: Tensor, channel_first: bool) -> Tensor:
+        """Decoder states [B, M, Dd] -> modality m's patches [B, M, P_m] (WSI optionally channel-first)."""
+        return self.heads[m](h, channel_first) if m == "wsi" else self.heads[m](h)
 
     def loss_rows(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """The patches the loss can count, per modality [B, M_m]: the masked ones (M_m = N_m - K_m, in masking

@@ -214,24 +214,24 @@ def _table3(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: str):
-    from imputmae.finetune import load_survival_model, normalizers_from_states
+def _load_model_and_inputs(args: argparse.Namespace):
+    """The fine-tuned model at ``args.model`` -> (model, mae, state, normalizers) and ``args.inputs`` read with
+    those normalisers; a missing or unreadable file is a UserError."""
+    from imputmae.finetune import load_survival_model, normalizers_from_states, read_user_inputs
 
     try:
-        model, mae, state = load_survival_model(path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    return model, mae, state, normalizers_from_states(state["normalizers"])
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from imputmae.finetune import predict_patients, read_user_inputs
-
-    model, mae, state, normalizers = _load_model(args.model)
-    try:
+        model, mae, state = load_survival_model(args.model)
+        normalizers = normalizers_from_states(state["normalizers"])
         inputs = read_user_inputs(args.inputs, normalizers)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    return model, mae, state, normalizers, inputs
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from imputmae.finetune import predict_patients
+
+    model, mae, state, _, inputs = _load_model_and_inputs(args)
     if not inputs.patients():
         raise UserError("no patient in the inputs")
     out = predict_patients(model, mae, inputs, state)
@@ -252,13 +252,9 @@ def _save_npy(path: Path, array) -> None:
 
 
 def _impute(args: argparse.Namespace) -> int:
-    from imputmae.finetune import impute_patients, imputed_tables, read_user_inputs
+    from imputmae.finetune import impute_patients, imputed_tables
 
-    _, mae, _, normalizers = _load_model(args.model)
-    try:
-        inputs = read_user_inputs(args.inputs, normalizers)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+    _, mae, _, normalizers, inputs = _load_model_and_inputs(args)
     tables = imputed_tables(impute_patients(mae, inputs), normalizers)
     out = Path(args.out)
     for m, t in tables.items():
