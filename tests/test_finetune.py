@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from imputmae.finetune import (FinetuneConfig, baseline_hazard_logits, cls_through_block, PatientInputs, SurvivalModel, complete_inputs, frozen_features,
-                               impute_patients, load_survival_model, predict_patients, run_finetune,
-                               save_survival_model, split_validation)
+from imputmae.finetune import (FinetuneConfig, PatientInputs, SurvivalModel, baseline_hazard_logits,
+                               cls_through_block, complete_inputs, frozen_features, impute_patients, inner_splits,
+                               load_survival_model, predict_patients, run_finetune, save_survival_model,
+                               split_validation)
+from imputmae.survival import concordance_td, hazard_to_survival, interpolate_survival
 from imputmae.model import MAEConfig, MultimodalMAE
 
 
@@ -112,14 +114,16 @@ def test_end_to_end_fold(modset):
     train, test = _fold(patients)
     res = run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset=modset, **CFG), fold=2)
     m = res.metrics
-    assert {"antolini", "adj_antolini", "harrell", "ibs", "best_epoch"} <= set(m)
+    assert {"antolini", "adj_antolini", "harrell", "ibs", "best_epochs", "validation_antolini"} <= set(m)
     assert all(np.isfinite(m[k]) for k in ("antolini", "adj_antolini", "harrell", "ibs"))
     pred = res.predictions
-    assert (pred["fold"] == 2).all() and set(pred["split"]) == {"fit", "val", "test"}
+    assert (pred["fold"] == 2).all() and set(pred["split"]) == {"train", "test"}
     s = pred.filter(like="s_").to_numpy()
     assert s.shape[1] == 8 and (np.diff(s, axis=1) <= 1e-9).all() and ((s >= 0) & (s <= 1)).all()
     te = set(pred.loc[pred["split"] == "test", "patient"])
-    assert te <= set(test) and not te & (set(res.state["fit_patients"]) | set(res.state["val_patients"]))
+    (member,) = res.state["members"]
+    assert te <= set(test) and not te & (set(member["fit_patients"]) | set(member["val_patients"]))
+    assert set(pred.loc[pred["val_member"] == 0, "patient"]) == set(member["val_patients"])
     if modset != "all":  # only patients with the modality
         assert all(inp.has(p, modset) for p in pred["patient"])
     else:
@@ -148,7 +152,7 @@ def test_test_patients_do_not_change_the_fitted_state():
             inp2.tiles[p] = 255 - inp2.tiles[p]
     b = run_finetune(mae, inp2, clinical2, train, test, cfg)
     torch.testing.assert_close(a.state["cuts"], b.state["cuts"], rtol=0, atol=0)
-    for k in ("fit_patients", "val_patients", "best_epoch", "train_median_risk"):
+    for k in ("members", "train_median_risk"):
         assert a.state[k] == b.state[k], k
     for k, v in a.model.state_dict().items():
         torch.testing.assert_close(v, b.model.state_dict()[k], rtol=0, atol=0)
@@ -198,3 +202,47 @@ def test_zero_filling_with_a_batch_lacking_a_modality():
         inp.tiles.pop(p, None)
     res = run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset="all", missing="zero", **CFG))
     assert np.isfinite(res.metrics["antolini"]) and not res.predictions.filter(like="imputed_").to_numpy().any()
+
+
+def test_inner_folds_partition_the_training_patients():
+    patients, _, clinical = synthetic_cohort()
+    train, _ = _fold(patients)
+    ev = clinical.loc[train, "event"].to_numpy()
+    splits = inner_splits(train, ev, FinetuneConfig(members=4, seed=3))
+    assert len(splits) == 4
+    vals = [p for _, val in splits for p in val]
+    assert sorted(vals) == sorted(train)                       # each training patient validates exactly one member
+    for fit, val in splits:
+        assert sorted(fit + val) == sorted(train) and not set(fit) & set(val)
+        assert abs(clinical.loc[val, "event"].sum() - ev.sum() / 4) <= 1   # stratified by event
+    assert inner_splits(train, ev, FinetuneConfig(members=1, val_fraction=0.25)) == \
+        [split_validation(train, ev, 0.25, 0)]
+    with pytest.raises(ValueError, match="too few"):
+        inner_splits(train[:5], ev[:5], FinetuneConfig(members=3))
+
+
+def test_ensemble_averages_its_members_and_scores_out_of_fold():
+    """members=3: the prediction is the mean of the members' survival curves; the validation C-index is that of
+    each training patient's curve from the member that did not fit on it; the test patients are in no member."""
+    mae = tiny_mae()
+    patients, inp, clinical = synthetic_cohort()
+    train, test = _fold(patients)
+    cfg = FinetuneConfig(modset="all", **{**CFG, "members": 3})
+    res = run_finetune(mae, inp, clinical, train, test, cfg)
+    pred = res.predictions.set_index("patient")
+    assert len(res.model.members) == 3 and len(res.metrics["best_epochs"]) == 3
+    assert sorted(pred.index[pred["val_member"] >= 0]) == sorted(train)
+    ff = frozen_features(mae, inp, train + test, ("rna", "dnam", "wsi"))
+    from imputmae.finetune import _collate
+    idx = ff.index(train + test)
+    feats = _collate(ff, idx, ("rna", "dnam", "wsi"))
+    with torch.no_grad():
+        curves = torch.stack([hazard_to_survival(m.eval()(feats)) for m in res.model.members])
+    surv = pred.loc[train + test].filter(like="s_").to_numpy()
+    np.testing.assert_allclose(surv, curves.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    own = curves[torch.as_tensor(pred.loc[train, "val_member"].to_numpy()), torch.arange(len(train))].numpy()
+    grid, times = interpolate_survival(own, res.state["cuts"].numpy(), cfg.n_sub)
+    t, e = clinical.loc[train, "time"].to_numpy(float), clinical.loc[train, "event"].to_numpy(float)
+    assert res.metrics["validation_antolini"] == pytest.approx(concordance_td(t, e, grid, times, "antolini"))
+    for member in res.state["members"]:
+        assert not set(member["fit_patients"] + member["val_patients"]) & set(test)

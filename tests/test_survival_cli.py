@@ -91,7 +91,9 @@ def test_finetune_outputs(results):
     test = pred.loc[pred["split"] == "test", "patient"]
     assert set(test) == set(patients[1::2]) - {"SYN-0017"}
     st = torch.load(d / "model.pt", weights_only=True)
-    assert not set(st["fit_patients"] + st["val_patients"]) & set(test)
+    assert st["members"] and not set(st["train_patients"]) & set(test)
+    for member in st["members"]:
+        assert not set(member["fit_patients"] + member["val_patients"]) & set(test)
     rna_only = pd.read_parquet(R / "finetune/SYN/rna/fold1/predictions.parquet")
     assert set(rna_only["patient"]) <= set(rna.index)
 

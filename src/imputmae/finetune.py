@@ -26,6 +26,12 @@ the validation split used for model selection is carved from the fold's training
 ``val_fraction``) and never touches the fold's test patients. The patient lists are saved in ``model.pt``.
 Training: AdamW (lr, weight decay), linear warmup over ``warmup_epochs`` then constant lr (the paper fixes lr),
 ``epochs`` epochs, batch ``batch_size``; the epoch with the best validation C-index (``select_on``) is kept.
+
+Members (ours; ``members: 1`` is the paper): with K > 1 the training patients are split into K stratified inner
+folds; member k fits on the other K - 1 and keeps its best epoch on fold k, and the prediction is the mean of the K
+members' survival curves (:class:`SurvivalEnsemble`). Every training patient then validates exactly one member, so
+``validation_<select_on>`` in the metrics is an out-of-fold C-index over all the training patients, not over a
+fifth of them: a figure to compare settings by without touching the test patients.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,9 +54,9 @@ from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_t
                                risk_from_survival)
 
 __all__ = [
-    "FinetuneConfig", "PatientInputs", "FrozenFeatures", "SurvivalModel", "cls_through_block",
+    "FinetuneConfig", "PatientInputs", "FrozenFeatures", "SurvivalModel", "SurvivalEnsemble", "cls_through_block",
     "baseline_hazard_logits", "complete_inputs", "frozen_features",
-    "select_patients", "split_validation", "train_survival", "predict_features", "run_finetune", "FinetuneResult",
+    "select_patients", "split_validation", "inner_splits", "train_survival", "predict_features", "run_finetune", "FinetuneResult",
     "save_survival_model", "load_survival_model", "predict_patients", "impute_patients",
     "normalizers_from_states", "normalize_omics", "load_cohort_inputs", "read_user_inputs", "imputed_tables",
 ]
@@ -58,7 +64,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ModSet = Literal["rna", "dnam", "wsi", "all"]
-FORMAT = "imputmae-survival-1"
+FORMAT = "imputmae-survival-2"
+CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
+               "val_fraction", "members", "seed")   # the config's finetune keys FinetuneConfig takes
 
 
 @dataclass
@@ -76,6 +84,7 @@ class FinetuneConfig:
     n_bins: int = 20
     cut_scheme: Literal["equidistant", "quantiles"] = "equidistant"
     val_fraction: float = 0.2
+    members: int = 1                         # 1: one validation split (paper); K > 1: K inner folds, K models averaged
     seed: int = 0
     n_sub: int = 10
     fusion_heads: int | None = None          # None: the encoders' number of heads
@@ -84,9 +93,8 @@ class FinetuneConfig:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
         f = cfg["finetune"]
-        keys = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
-                "val_fraction", "seed")
-        return cls(modset=modset, select_on=cfg["evaluation"]["cindex"], **{k: f[k] for k in keys}, **over)
+        return cls(modset=modset, select_on=cfg["evaluation"]["cindex"], **{k: f[k] for k in CONFIG_KEYS if k in f},
+                   **over)
 
     def modalities(self, available: Sequence[str] = MODALITIES) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if m in available) if self.modset == "all" else (self.modset,)
@@ -270,6 +278,22 @@ class SurvivalModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
+class SurvivalEnsemble(nn.Module):
+    """K :class:`SurvivalModel` members (one per inner fold; K = 1: the paper's single model); the prediction is
+    the mean of the members' survival curves."""
+
+    def __init__(self, members: Sequence[SurvivalModel]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.modalities = members[0].modalities
+
+    def forward(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """feats as :meth:`SurvivalModel.forward` -> survival at the cuts [B, T], averaged over the members."""
+        return torch.stack([hazard_to_survival(m(feats)) for m in self.members]).mean(0)
+
+
 def baseline_hazard_logits(idx_durations: np.ndarray, events: np.ndarray, n_bins: int,
                            clip: tuple[float, float] = (1e-3, 0.5)) -> Tensor:
     """logit of the life-table hazard per bin, d_k / n_k (events at bin k over patients with index >= k), of the
@@ -303,12 +327,14 @@ def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
 
 
 @torch.no_grad()
-def predict_features(model: SurvivalModel, ff: FrozenFeatures, idx: np.ndarray, batch_size: int = 64) -> Tensor:
-    """Hazard logits [len(idx), T] in eval mode."""
+def predict_features(model: SurvivalModel | SurvivalEnsemble, ff: FrozenFeatures, idx: np.ndarray,
+                     batch_size: int = 64) -> Tensor:
+    """In eval mode: a model's hazard logits, an ensemble's survival curves; [len(idx), T]."""
     model.eval()
     outs = [model(_collate(ff, idx[i:i + batch_size], model.modalities)).float().cpu()
             for i in range(0, len(idx), batch_size)]
-    return torch.cat(outs) if outs else torch.zeros(0, model.head.out_features)
+    head = model.head if isinstance(model, SurvivalModel) else model.members[0].head
+    return torch.cat(outs) if outs else torch.zeros(0, head.out_features)
 
 
 def select_patients(inputs: PatientInputs, patients: Sequence[str], modset: str) -> list[str]:
@@ -331,6 +357,24 @@ def split_validation(patients: Sequence[str], events: np.ndarray, fraction: floa
     strat = events if np.bincount(events.astype(int), minlength=2).min() >= 2 else None
     fit, val = train_test_split(patients, test_size=n_val, random_state=seed, stratify=strat)
     return list(fit), list(val)
+
+
+def inner_splits(patients: Sequence[str], events: np.ndarray, cfg: FinetuneConfig
+                 ) -> list[tuple[list[str], list[str]]]:
+    """The (fit, validation) patient lists of each member, all from TRAINING patients: ``members == 1``, one split
+    of ``val_fraction`` (:func:`split_validation`); K > 1, K stratified inner folds (each training patient validates
+    exactly one member; unstratified when a class has fewer than K patients)."""
+    if cfg.members == 1:
+        return [split_validation(patients, events, cfg.val_fraction, cfg.seed)]
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    patients = list(patients)
+    if len(patients) < 2 * cfg.members:
+        raise ValueError(f"{len(patients)} training patients: too few for {cfg.members} inner folds")
+    strat = np.bincount(events.astype(int), minlength=2).min() >= cfg.members
+    kf = (StratifiedKFold if strat else KFold)(n_splits=cfg.members, shuffle=True, random_state=cfg.seed)
+    return [([patients[i] for i in a], [patients[i] for i in b])
+            for a, b in kf.split(np.zeros(len(patients)), events.astype(int) if strat else None)]
 
 
 def _cindex(name: str, surv: np.ndarray, cuts: np.ndarray, t: np.ndarray, e: np.ndarray, n_sub: int) -> float:
@@ -388,8 +432,8 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
 
 @dataclass
 class FinetuneResult:
-    model: SurvivalModel
-    predictions: pd.DataFrame   # patient, fold, split (fit/val/test), imputed_*, risk, s_0..s_{T-1}, time, event
+    model: SurvivalEnsemble
+    predictions: pd.DataFrame   # patient, fold, split (train/test), val_member, imputed_*, risk, s_0..s_{T-1}, ...
     metrics: dict[str, Any]
     state: dict[str, Any]       # what model.pt holds besides the weights
 
@@ -418,7 +462,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     t_tr = clinical.loc[train, "time"].to_numpy(float)
     e_tr = clinical.loc[train, "event"].to_numpy(float)
     cuts = fit_cuts(t_tr, e_tr, cfg.n_bins, cfg.cut_scheme)                      # training patients only
-    fit, val = split_validation(train, e_tr, cfg.val_fraction, cfg.seed)          # from training patients only
+    members_split = inner_splits(train, e_tr, cfg)                                # from training patients only
     everyone = train + test
     ff = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)
     t_cache = time.perf_counter() - t0
@@ -433,30 +477,47 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     ev_lab = np.zeros(n, np.float32)
     ev_lab[pos] = ev
     where = dict(zip(everyone, pos))
-    fit_idx = np.array([where[p] for p in fit])
-    val_idx = np.array([where[p] for p in val])
+    train_idx = np.array([where[p] for p in train])
     test_idx = np.array([where[p] for p in test])
-    model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
-    with torch.no_grad():  # start from the training patients' discrete hazards, not from hazard 0.5 in every bin
-        model.head.bias.copy_(baseline_hazard_logits(idx_full[fit_idx], ev_lab[fit_idx], len(cuts)))
-    model = model.to(device)
-    # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
-    train_info = train_survival(model, ff, fit_idx, val_idx, idx_full, ev_lab, t_full, ev_full, cuts, cfg)
+    members, member_state = [], []
+    val_member = {}                                     # training patient -> the member that validated on it
+    val_surv = np.zeros((n, len(cuts)))                 # each validation patient's curve from its member
+    for k, (fit, val) in enumerate(members_split):
+        fit_idx = np.array([where[p] for p in fit])
+        val_idx = np.array([where[p] for p in val])
+        model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
+        with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
+            model.head.bias.copy_(baseline_hazard_logits(idx_full[fit_idx], ev_lab[fit_idx], len(cuts)))
+        model = model.to(device)
+        # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
+        info = train_survival(model, ff, fit_idx, val_idx, idx_full, ev_lab, t_full, ev_full, cuts,
+                              replace(cfg, seed=cfg.seed + k))
+        val_surv[val_idx] = hazard_to_survival(predict_features(model, ff, val_idx)).numpy()
+        val_member.update({p: k for p in val})
+        members.append(model)
+        member_state.append({"fit_patients": list(fit), "val_patients": list(val),
+                             "best_epoch": info["best_epoch"], "best_val": info["best_val"],
+                             "history": info["history"]})
+    ensemble = SurvivalEnsemble(members)
     t_train = time.perf_counter() - t0 - t_cache
-    all_idx = np.concatenate([fit_idx, val_idx, test_idx])
-    surv = hazard_to_survival(predict_features(model, ff, all_idx)).numpy()
-    n_fit, n_val = len(fit_idx), len(val_idx)
-    s_te = surv[n_fit + n_val:]
+    vidx = np.array([where[p] for p in train if p in val_member])
+    validation = _cindex(cfg.select_on, val_surv[vidx], cuts, t_full[vidx], ev_full[vidx], cfg.n_sub)
+    all_idx = np.concatenate([train_idx, test_idx])
+    surv = predict_features(ensemble, ff, all_idx).numpy()
+    s_te = surv[len(train_idx):]
     metrics: dict[str, Any] = evaluate_survival(s_te, cuts, t_full[test_idx], ev_full[test_idx], cfg.n_sub,
                                                 t_tr, e_tr)
     risk = risk_from_survival(surv)
     metrics.update(
-        fold=int(fold), modset=cfg.modset, missing=cfg.missing, n_fit=n_fit, n_val=n_val, n_test=len(test_idx),
-        n_test_events=int(ev_full[test_idx].sum()), best_epoch=train_info["best_epoch"],
-        best_val=train_info["best_val"], select_on=cfg.select_on, device=str(device),
-        train_median_risk=float(np.median(risk[: n_fit + n_val])),
+        fold=int(fold), modset=cfg.modset, missing=cfg.missing, members=len(members), n_train=len(train_idx),
+        n_fit=[len(m["fit_patients"]) for m in member_state], n_val=[len(m["val_patients"]) for m in member_state],
+        n_test=len(test_idx), n_test_events=int(ev_full[test_idx].sum()),
+        best_epochs=[m["best_epoch"] for m in member_state], best_vals=[m["best_val"] for m in member_state],
+        select_on=cfg.select_on, n_validation=len(vidx), **{f"validation_{cfg.select_on}": validation},
+        device=str(device), train_median_risk=float(np.median(risk[: len(train_idx)])),
         n_test_imputed={m: int(ff.imputed[m][test_idx].sum()) for m in mods},
-        seconds_cache=round(t_cache, 3), seconds_train=round(t_train, 3), history=train_info["history"])
+        seconds_cache=round(t_cache, 3), seconds_train=round(t_train, 3),
+        history=[m.pop("history") for m in member_state])
     pts = [ff.patients[i] for i in all_idx]
     pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(cuts))])
     pred.insert(0, "event", ev_full[all_idx].astype(int))
@@ -464,13 +525,14 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     pred.insert(0, "risk", risk)
     for m in mods:
         pred.insert(0, f"imputed_{m}", ff.imputed[m][all_idx])
-    pred.insert(0, "split", ["fit"] * n_fit + ["val"] * n_val + ["test"] * len(test_idx))
+    pred.insert(0, "val_member", [val_member.get(p, -1) for p in pts])
+    pred.insert(0, "split", ["train"] * len(train_idx) + ["test"] * len(test_idx))
     pred.insert(0, "fold", int(fold))
     pred.insert(0, "patient", pts)
-    state = {"cuts": torch.from_numpy(cuts), "fit_patients": list(fit), "val_patients": list(val),
-             "test_patients": list(test), "best_epoch": train_info["best_epoch"], "config": asdict(cfg),
-             "modalities": list(mods), "train_median_risk": metrics["train_median_risk"], "fold": int(fold)}
-    return FinetuneResult(model, pred, metrics, state)
+    state = {"cuts": torch.from_numpy(cuts), "train_patients": list(train), "test_patients": list(test),
+             "members": member_state, "config": asdict(cfg), "modalities": list(mods),
+             "train_median_risk": metrics["train_median_risk"], "fold": int(fold)}
+    return FinetuneResult(ensemble, pred, metrics, state)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -488,8 +550,8 @@ def save_survival_model(path: str | Path, result: FinetuneResult, mae: Multimoda
     return save_atomic(state, path)
 
 
-def load_survival_model(path: str | Path) -> tuple[SurvivalModel, MultimodalMAE, dict[str, Any]]:
-    """-> (survival model, MAE, state: cuts, normalizers, patient lists, config, ...); ``weights_only=True``."""
+def load_survival_model(path: str | Path) -> tuple[SurvivalEnsemble, MultimodalMAE, dict[str, Any]]:
+    """-> (survival ensemble, MAE, state: cuts, normalizers, patient lists, config, ...); ``weights_only=True``."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
@@ -497,20 +559,22 @@ def load_survival_model(path: str | Path) -> tuple[SurvivalModel, MultimodalMAE,
         raise FileNotFoundError(f"{path}: no fine-tuned model (expected model.pt written by `imputmae finetune`)")
     st = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(st, dict) or st.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an imputmae survival model")
+        found = st.get("format") if isinstance(st, dict) else None
+        raise ValueError(f"{path}: not an imputmae survival model of format {FORMAT}"
+                         + (f" (found {found}: fine-tune it again with this version)" if found else ""))
     mae = MultimodalMAE(MAEConfig.from_dict(st["mae_config"]))
     mae.load_state_dict(st["mae"])
     mae.eval()
     cfg = st["config"]
-    model = SurvivalModel(mae.cfg, st["modalities"], int(st["cuts"].numel()), cfg["dropout"], cfg["fusion_heads"],
-                          mae.encoders)
+    model = SurvivalEnsemble([SurvivalModel(mae.cfg, st["modalities"], int(st["cuts"].numel()), cfg["dropout"],
+                                            cfg["fusion_heads"], mae.encoders) for _ in st["members"]])
     model.load_state_dict(st["survival"])
     model.eval()
     return model, mae, st
 
 
 @torch.no_grad()
-def predict_patients(model: SurvivalModel, mae: MultimodalMAE, inputs: PatientInputs, state: Mapping[str, Any],
+def predict_patients(model: SurvivalEnsemble, mae: MultimodalMAE, inputs: PatientInputs, state: Mapping[str, Any],
                      patients: Sequence[str] | None = None) -> pd.DataFrame:
     """Risk and survival curve at the cuts for new patients, from whatever modalities they have.
 
@@ -519,8 +583,7 @@ def predict_patients(model: SurvivalModel, mae: MultimodalMAE, inputs: PatientIn
     """
     patients = list(patients) if patients is not None else inputs.patients()
     ff = frozen_features(mae, inputs, patients, model.modalities, state["config"]["missing"])
-    phi = predict_features(model, ff, np.arange(len(patients)))
-    surv = hazard_to_survival(phi).numpy()
+    surv = predict_features(model, ff, np.arange(len(patients))).numpy()
     risk = risk_from_survival(surv)
     out = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(surv.shape[1])])
     for m in reversed(model.modalities):

@@ -98,8 +98,8 @@ def _fold_patients(results: str, cohort: str, fold: int):
 def _finetune(args: argparse.Namespace) -> int:
     import torch
 
-    from imputmae.finetune import (FinetuneConfig, load_cohort_inputs, normalizers_from_states, run_finetune,
-                                   save_survival_model)
+    from imputmae.finetune import (CONFIG_KEYS, FinetuneConfig, load_cohort_inputs, normalizers_from_states,
+                                   run_finetune, save_survival_model)
     from imputmae.model import load_pretrained
 
     if args.threads:
@@ -115,10 +115,8 @@ def _finetune(args: argparse.Namespace) -> int:
         log.warning("%s: the pretraining saw %d of this fold's test patients (pretrain.per_fold: false?)",
                     args.checkpoint, len(pre_train & set(test)))
     params = json.loads(args.params)
-    keys = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
-            "val_fraction", "seed")
     cfg = FinetuneConfig(modset=args.modset, missing=args.missing, select_on=args.cindex,
-                         **{k: params[k] for k in keys if k in params})
+                         **{k: params[k] for k in CONFIG_KEYS if k in params})
     normalizers = normalizers_from_states(norm_states)
     inputs = load_cohort_inputs(args.results, args.cohort, normalizers, train + test)
     try:
@@ -130,9 +128,9 @@ def _finetune(args: argparse.Namespace) -> int:
     save_survival_model(out / "model.pt", res, mae, norm_states)
     _atomic(out / "predictions.parquet", lambda t: res.predictions.to_parquet(t, index=False))
     _write_json(out / "metrics.json", res.metrics)
-    log.info("%s %s fold %d: antolini %.3f, harrell %.3f, ibs %.3f (best epoch %d; %.1fs cache, %.1fs train)",
+    log.info("%s %s fold %d: antolini %.3f, harrell %.3f, ibs %.3f (best epochs %s; %.1fs cache, %.1fs train)",
              args.cohort, args.modset, args.fold, res.metrics["antolini"], res.metrics["harrell"],
-             res.metrics["ibs"], res.metrics["best_epoch"], res.metrics["seconds_cache"],
+             res.metrics["ibs"], res.metrics["best_epochs"], res.metrics["seconds_cache"],
              res.metrics["seconds_train"])
     return 0
 
@@ -180,15 +178,19 @@ def _table3(args: argparse.Namespace) -> int:
                         continue
                     m = json.loads(f.read_text())
                     rows.append({"model": model, "modset": modset, "cohort": cohort, "fold": fold,
+                                 "members": m.get("members", 1),
                                  **{k: m[k] for k in ("antolini", "adj_antolini", "harrell", "ibs", "n_test")}})
                     if model == "impuTMAE" and modset == args.km_modset:
                         pred = pd.read_parquet(d / "predictions.parquet")
                         pred = pred[pred["split"] == "test"].assign(median=m["train_median_risk"])
                         km_frames.setdefault(cohort, []).append(pred)
     metrics = pd.DataFrame(rows)
+    members = sorted(set(metrics.loc[metrics["model"] == "impuTMAE", "members"]))
+    selection = ("Model selection on a validation split of each fold's training patients" if members == [1] else
+                 f"impuTMAE: {'/'.join(map(str, members))} models per fold, each selected on its own inner fold of "
+                 f"the fold's training patients, their survival curves averaged")
     notes = [f"Modality sets: a single modality uses the patients who have it; 'all' uses every patient, missing "
-             f"modalities imputed by the pretrained decoder. Model selection on a validation split of each fold's "
-             f"training patients; label cuts fitted on training patients."]
+             f"modalities imputed by the pretrained decoder. {selection}; label cuts fitted on training patients."]
     oracle = None
     if args.oracle:
         splits = _read_table(R / "splits.parquet", "the outer-fold splits")
