@@ -53,7 +53,9 @@ th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:flex;flex-wrap:wrap;gap:.6em}.grid figure{margin:0;width:var(--w)}
 .grid img{width:100%;height:auto;border:1px solid #ddd}
 figure{margin:.5em 0}figcaption{font-size:.8em;color:#333;word-break:break-all}
-.run{display:flex;align-items:flex-start;gap:.6em;margin:.4em 0}.run>h4{width:7em;margin:.3em 0;flex:none}
+.run{display:flex;align-items:flex-start;gap:.6em;margin:.4em 0}.run>h4{width:6em;margin:.3em 0;flex:none}
+.row{display:flex;gap:.4em;flex:1 1 0;min-width:0}.row figure{flex:1 1 0;min-width:0;margin:0}
+.row img{width:100%;height:auto;border:1px solid #ddd}
 nav a{margin-right:1em}
 """
 
@@ -233,12 +235,12 @@ def _table_section(results: Path, anchor: str, title: str, csvs: Sequence[str], 
 
 
 # ------------------------------------------------------------------------------------------- figures
-def _km_section(results: Path, cohorts: Sequence[str], figure_px: int) -> str:
+def _km_section(results: Path, cohorts: Sequence[str], figure_px: int, shown_px: int = 380) -> str:
     out = ['<h2 id="km">Kaplan-Meier curves</h2>\n']
     paths = [results / "figures" / f"km_{c}.png" for c in cohorts]
     if not any(p.is_file() for p in paths):
         return out[0] + _missing("Kaplan-Meier figures", [_rel(p, results) for p in paths] or ["figures/km_*.png"])
-    out.append(f'<div class="grid" style="--w:{figure_px}px">\n')
+    out.append(f'<div class="grid" style="--w:{shown_px}px">\n')
     for cohort, path in zip(cohorts, paths):
         if path.is_file():
             out.append(_figure(path, results, f"{cohort} ({_rel(path, results)})", figure_px))
@@ -264,8 +266,7 @@ def _pretrain_section(results: Path, loss_px: int) -> str:
         if not folds:
             continue
         cells = "".join(_figure(d / "loss.png", results, f"{run}, {d.name}", loss_px) for d in folds)
-        rows.append(f'<div class="run"><h4>{_e(run)}</h4><div class="grid" style="--w:{loss_px}px">{cells}'
-                    f"</div></div>\n")
+        rows.append(f'<div class="run"><h4>{_e(run)}</h4><div class="row">{cells}</div></div>\n')
     if not rows:
         return out[0] + _missing("Pretraining loss curves", ["pretrain/{run}/fold{k}/loss.png"])
     return out[0] + "".join(rows)
