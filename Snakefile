@@ -1,5 +1,5 @@
 # impuTMAE pipeline: GDC (or a mirror, or your own matrices) -> verified files -> tiles and omics matrices
-# -> multimodal MAE pretraining -> survival fine-tuning -> Tables 2-4 and figures.
+# -> multimodal MAE pretraining -> survival fine-tuning -> Tables 2-4, figures and an HTML report.
 #
 #   snakemake --cores 2                                   # the real job (config.yaml)
 #   snakemake --cores 2 --configfile config.demo.yaml     # the embedded demo cohort (merged over config.yaml)
@@ -34,3 +34,4 @@ include: "workflow/rules/pretrain.smk"
 
 
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/report.smk"

@@ -7,7 +7,8 @@
 
 Every option after the cohort goes to Snakemake unchanged. What "one cohort" means: its acquisition (GDC manifest,
 selection, downloads and labels; or its own tables), its tiles and omics matrices, its fine-tuning runs and its Cox
-baseline; the shared tables that hold a row per cohort (Table 2, Table 3 and its Kaplan-Meier figures) are rebuilt.
+baseline; the shared tables that hold a row per cohort (Table 2, Table 3 and its Kaplan-Meier figures) and the
+HTML report are rebuilt.
 Pretraining pools all cohorts (docs/layout.md), so the existing ``splits.parquet``, pretrained checkpoints and
 Table 4 are reused as they are, like every other cohort's files: they keep their bytes and mtimes. If the cohort's
 patient set changed (more downloads verified, a new GDC release), run the whole pipeline instead (plain
@@ -21,7 +22,7 @@ It runs (and prints) two Snakemake calls with your options:
 2. the cohort's models and the shared tables: ``IMPUTMAE_KEEP_POOLED=1 snakemake all --forcerun <its fine-tuning
    and baseline outputs, Table 2>``: with that variable the pooled jobs (splits, pretrain, table4) take their stage
    inputs as ancient() (workflow/rules/common.smk), so the cohort's newer matrices do not make them rerun; the
-   forced jobs and those downstream of them (Table 3) rerun.
+   forced jobs and those downstream of them (Table 3, the report) rerun.
 A later plain ``snakemake`` sees the cohort's newer matrices and reruns splits and pretraining (correct: their
 inputs changed); run with IMPUTMAE_KEEP_POOLED=1 to keep the pooled outputs.
 """
