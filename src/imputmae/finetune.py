@@ -93,8 +93,8 @@ class FinetuneConfig:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
         f = cfg["finetune"]
-        return cls(modset=modset, select_on=cfg["evaluation"]["cindex"], **{k: f[k] for k in CONFIG_KEYS if k in f},
-                   **over)
+        return cls(**{"modset": modset, "select_on": cfg["evaluation"]["cindex"],
+                      **{k: f[k] for k in CONFIG_KEYS if k in f}, **over})   # ``over`` wins
 
     def modalities(self, available: Sequence[str] = MODALITIES) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if m in available) if self.modset == "all" else (self.modset,)
