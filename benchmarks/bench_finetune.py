@@ -4,8 +4,9 @@ Prints, per cohort:
   1. C-index of impuTMAE "all" / the oracle's C-index on the same test folds (goal >= 0.95);
   2. "all" against each single modality ON THE SAME test patients (those who have that modality);
   3. imputed-all against zero-filled-all (missing="zero" rerun here, same folds, same seeds);
-  4. time per fold: fine-tuning with the frozen-feature cache against the reference, the same epochs recomputing
-     the frozen layers (and imputation) for every batch, measured in this run on one fold.
+  4. time per fold: the run's fine-tuning jobs (their metrics.json); one model's fine-tuning with the frozen-feature
+     cache against the reference, the same epochs recomputing the frozen layers (and imputation) for every batch,
+     measured in this run on one fold.
 
     PYTHONPATH=src python benchmarks/bench_finetune.py --results results/demo --oracle results/demo/mirror/oracle.parquet
 """
@@ -109,6 +110,12 @@ def main() -> None:
     if zero_rows:
         print("\nimputed vs zero-filled missing modalities ('all', Antolini, mean over folds)")
         print(pd.DataFrame(zero_rows).set_index("cohort").round(3).to_string())
+    runs = [json.loads(f.read_text()) for f in sorted((R / "finetune").glob("*/*/fold*/metrics.json"))]
+    if runs:
+        print("\nthe run's fine-tuning jobs ({} of them, {} member(s) each): mean {:.2f}s cache + {:.2f}s training "
+              "per job (metrics.json)".format(len(runs), sorted({r.get("members", 1) for r in runs}),
+                                              np.mean([r["seconds_cache"] for r in runs]),
+                                              np.mean([r["seconds_train"] for r in runs])))
     print("\nfine-tuning time per fold ({}; 1 thread): cached {:.2f}s (cache {:.2f}s + {} epochs {:.2f}s); reference "
           "recomputing the frozen layers every batch {:.2f}s; ratio reference/cached = {:.1f}x".format(
               cohorts[0], timings["cached_total"], timings["cache"], timings["epochs"], timings["cached_train"],

@@ -246,3 +246,16 @@ def test_ensemble_averages_its_members_and_scores_out_of_fold():
     assert res.metrics["validation_antolini"] == pytest.approx(concordance_td(t, e, grid, times, "antolini"))
     for member in res.state["members"]:
         assert not set(member["fit_patients"] + member["val_patients"]) & set(test)
+
+
+@pytest.mark.parametrize("select_on", ["cindex", "nll"])
+def test_each_member_keeps_its_best_validation_epoch(select_on):
+    mae = tiny_mae()
+    patients, inp, clinical = synthetic_cohort()
+    train, test = _fold(patients)
+    cfg = FinetuneConfig(modset="rna", select_on=select_on, **{**CFG, "epochs": 6, "members": 2})
+    res = run_finetune(mae, inp, clinical, train, test, cfg)
+    for best, history in zip(res.metrics["best_epochs"], res.metrics["history"]):
+        score = [h["val_antolini"] if select_on == "cindex" else -h["val_nll"] for h in history]
+        assert best == int(np.argmax(score))          # the first epoch with the best score
+    assert res.metrics["select_on"] == select_on

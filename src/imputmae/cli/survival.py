@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", required=True, type=int)
     p.add_argument("--params", default="{}", help="the config's finetune section as JSON (defaults: the paper's)")
     p.add_argument("--cindex", default="antolini", choices=("antolini", "adj_antolini", "harrell"),
-                   help="validation C-index for model selection (config evaluation.cindex)")
+                   help="the validation C-index (config evaluation.cindex)")
     p.add_argument("--missing", default="impute", choices=("impute", "zero"),
                    help="missing modalities: imputed by the pretrained decoder (paper) or zero embeddings")
     p.add_argument("--out", required=True, help="output folder: predictions.parquet, metrics.json, model.pt")
@@ -115,7 +115,7 @@ def _finetune(args: argparse.Namespace) -> int:
         log.warning("%s: the pretraining saw %d of this fold's test patients (pretrain.per_fold: false?)",
                     args.checkpoint, len(pre_train & set(test)))
     params = json.loads(args.params)
-    cfg = FinetuneConfig(modset=args.modset, missing=args.missing, select_on=args.cindex,
+    cfg = FinetuneConfig(modset=args.modset, missing=args.missing, cindex=args.cindex,
                          **{k: params[k] for k in CONFIG_KEYS if k in params})
     normalizers = normalizers_from_states(norm_states)
     inputs = load_cohort_inputs(args.results, args.cohort, normalizers, train + test)
