@@ -159,13 +159,15 @@ def test_test_patients_do_not_change_the_fitted_state():
     assert a.metrics["antolini"] != b.metrics["antolini"]  # the test data did change
 
 
-def test_save_load_predict_round_trip(tmp_path):
+@pytest.mark.parametrize("members", [1, 3])
+def test_save_load_predict_round_trip(tmp_path, members):
     mae = tiny_mae()
     patients, inp, clinical = synthetic_cohort()
     train, test = _fold(patients)
-    res = run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset="all", **CFG))
+    res = run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset="all", **{**CFG, "members": members}))
     path = save_survival_model(tmp_path / "model.pt", res, mae, {"rna": {"x": torch.ones(2)}})
     model, mae2, state = load_survival_model(tmp_path)
+    assert len(model.members) == members
     assert state["test_patients"] == res.state["test_patients"] and "normalizers" in state
     new = PatientInputs(omics={m: {p: d[p] for p in test if p in d} for m, d in inp.omics.items()},
                         tiles={p: inp.tiles[p] for p in test if p in inp.tiles})
