@@ -37,6 +37,13 @@ def check_tables(results: Path) -> list[str]:
             errors.append(f"{csv}: no rows")
         if not errors:
             print(f"{t}: {len(pd.read_csv(csv))} rows")
+    report = results / "report.html"
+    if (ROOT / "workflow/rules/report.smk").is_file():
+        text = report.read_text() if report.is_file() else ""
+        if "<h2" not in text or "data:image/png;base64," not in text:
+            errors.append(f"{report}: missing, or without its sections and figures")
+        else:
+            print(f"report.html: {report.stat().st_size:,} bytes, {text.count('data:image/png;base64,')} figures")
     return errors
 
 
@@ -45,6 +52,8 @@ def check_slurm_logs(logs: Path, local: set[str]) -> list[str]:
     expected = {"demo_data", "gdc_select", "wsi_tiles", "wsi_qc", "omics_rna", "splits", "pretrain", "table4"}
     if (ROOT / "workflow/rules/finetune.smk").is_file():
         expected |= {"finetune", "table3"}
+    if (ROOT / "workflow/rules/report.smk").is_file():
+        expected.add("report")
     print(f"rules run as Slurm jobs: {', '.join(sorted(ran))}")
     return [f"rule {r}: no Slurm job log under {logs}" for r in sorted(expected - ran - local)]
 
@@ -65,7 +74,8 @@ def main() -> int:
         c = a.unchanged_except
         before, after = json.loads(a.since.read_text()), state(a.results)
         mine = (f"{c}/", f"finetune/{c}/", f"baselines/cox/{c}/")
-        shared = ("tables/table2", "tables/table3", "figures/km_")   # one row per cohort: rebuilt (table3_folds.csv too)
+        # one row or section per cohort: rebuilt (table3_folds.csv too)
+        shared = ("tables/table2", "tables/table3", "figures/km_", "report.html")
         others = [p for p in before if not p.startswith(mine + shared)]
         errors += [f"{p}: changed by the {c} rerun" for p in others if after.get(p) != before[p]]
         stale = [p for p in before if p.startswith(mine) and after[p][0] == before[p][0]]

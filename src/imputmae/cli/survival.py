@@ -178,17 +178,20 @@ def _table3(args: argparse.Namespace) -> int:
                         continue
                     m = json.loads(f.read_text())
                     rows.append({"model": model, "modset": modset, "cohort": cohort, "fold": fold,
-                                 "members": m.get("members", 1),
+                                 "members": m.get("members", 1), "select_on": m.get("select_on", "cindex"),
                                  **{k: m[k] for k in ("antolini", "adj_antolini", "harrell", "ibs", "n_test")}})
                     if model == "impuTMAE" and modset == args.km_modset:
                         pred = pd.read_parquet(d / "predictions.parquet")
                         pred = pred[pred["split"] == "test"].assign(median=m["train_median_risk"])
                         km_frames.setdefault(cohort, []).append(pred)
     metrics = pd.DataFrame(rows)
-    members = sorted(set(metrics.loc[metrics["model"] == "impuTMAE", "members"]))
-    selection = ("Model selection on a validation split of each fold's training patients" if members == [1] else
-                 f"impuTMAE: {'/'.join(map(str, members))} models per fold, each selected on its own inner fold of "
-                 f"the fold's training patients, their survival curves averaged")
+    ours = metrics[metrics["model"] == "impuTMAE"]
+    members = sorted(set(ours["members"]))
+    by = " or ".join("validation NLL" if s == "nll" else f"validation {args.cindex} C-index"
+                     for s in sorted(set(ours["select_on"])))
+    selection = (f"Model selection ({by}) on a validation split of each fold's training patients" if members == [1]
+                 else f"impuTMAE: {'/'.join(map(str, members))} models per fold, each selected ({by}) on its own "
+                 f"inner fold of the fold's training patients, their survival curves averaged")
     notes = [f"Modality sets: a single modality uses the patients who have it; 'all' uses every patient, missing "
              f"modalities imputed by the pretrained decoder. {selection}; label cuts fitted on training patients."]
     oracle = None
