@@ -396,7 +396,7 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
 
     Arrays over ``ff.patients``: idx_durations/label_events (from :func:`discretize`, for the loss) and the
     observed durations/events (for the validation C-index). Returns {best_epoch, best_val (the selection score: the
-    C-index, or minus the NLL), history}.
+    C-index, or minus the NLL), val_surv (the best epoch's validation curves [len(val_idx), T]), history}.
     """
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -406,7 +406,7 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
     dev = next(model.parameters()).device
     y_idx = torch.from_numpy(idx_durations).to(dev)
     y_ev = torch.from_numpy(label_events.astype(np.float32)).to(dev)
-    best = {"epoch": -1, "val": -np.inf, "state": copy.deepcopy(model.state_dict())}
+    best = {"epoch": -1, "val": -np.inf, "state": copy.deepcopy(model.state_dict()), "surv": None}
     history = []
     for epoch in range(cfg.epochs):
         model.train()
@@ -425,8 +425,8 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
             sched.step()
             total, n = total + loss.item() * len(b), n + len(b)
         phi = predict_features(model, ff, val_idx)
-        val = _cindex(cfg.cindex, hazard_to_survival(phi).numpy(), cuts, durations[val_idx], events[val_idx],
-                      cfg.n_sub)
+        surv = hazard_to_survival(phi).numpy()
+        val = _cindex(cfg.cindex, surv, cuts, durations[val_idx], events[val_idx], cfg.n_sub)
         vt = torch.from_numpy(val_idx)
         val_nll = float(nll_logistic_hazard(phi, y_idx[vt].cpu(), y_ev[vt].cpu()))
         score = val if cfg.select_on == "cindex" else -val_nll
@@ -434,9 +434,12 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), f"val_{cfg.cindex}": val,
                         "val_nll": val_nll})
         if val_score > best["val"]:
-            best = {"epoch": epoch, "val": val_score, "state": copy.deepcopy(model.state_dict())}
+            best = {"epoch": epoch, "val": val_score, "state": copy.deepcopy(model.state_dict()), "surv": surv}
     model.load_state_dict(best["state"])
-    return {"best_epoch": int(best["epoch"]), "best_val": float(best["val"]), "history": history}
+    if best["surv"] is None:  # no epoch scored (every score NaN): the curves of the weights kept
+        best["surv"] = hazard_to_survival(predict_features(model, ff, val_idx)).numpy()
+    return {"best_epoch": int(best["epoch"]), "best_val": float(best["val"]), "val_surv": best["surv"],
+            "history": history}
 
 
 @dataclass
@@ -501,7 +504,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
         # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
         info = train_survival(model, ff, fit_idx, val_idx, idx_full, ev_lab, t_full, ev_full, cuts,
                               replace(cfg, seed=cfg.seed + k))
-        val_surv[val_idx] = hazard_to_survival(predict_features(model, ff, val_idx)).numpy()
+        val_surv[val_idx] = info["val_surv"]
         val_member.update({p: k for p in val})
         members.append(model)
         member_state.append({"fit_patients": list(fit), "val_patients": list(val),

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from imputmae.cli import UserError
+from imputmae.cli import UserError, atomic_write
 
 log = logging.getLogger("imputmae.report")
 
@@ -43,9 +42,6 @@ def _report(args: argparse.Namespace) -> int:
             raise UserError(f"{c}: configuration file not found")
     text = build_report(results, cohorts=args.cohorts, config_files=args.config, n_thumbnails=args.thumbnails)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
     log.info("report: %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return 0

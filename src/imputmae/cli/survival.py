@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
-from imputmae.cli import UserError
+from imputmae.cli import UserError, atomic_write
 
 log = logging.getLogger("imputmae.survival")
 
@@ -64,15 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_predict if name == "predict" else _impute)
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj) -> None:
-    _atomic(path, lambda t: t.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n"))
+    atomic_write(path, lambda t: t.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n"))
 
 
 def _read_table(path: Path, what: str):
@@ -126,7 +118,7 @@ def _finetune(args: argparse.Namespace) -> int:
     out = Path(args.out)
     res.metrics.update(cohort=args.cohort, model="impuTMAE", checkpoint=str(args.checkpoint))
     save_survival_model(out / "model.pt", res, mae, norm_states)
-    _atomic(out / "predictions.parquet", lambda t: res.predictions.to_parquet(t, index=False))
+    atomic_write(out / "predictions.parquet", lambda t: res.predictions.to_parquet(t, index=False))
     _write_json(out / "metrics.json", res.metrics)
     log.info("%s %s fold %d: antolini %.3f, harrell %.3f, ibs %.3f (best epochs %s; %.1fs cache, %.1fs train)",
              args.cohort, args.modset, args.fold, res.metrics["antolini"], res.metrics["harrell"],
@@ -152,7 +144,7 @@ def _cox(args: argparse.Namespace) -> int:
         for r in results:
             d = Path(args.out) / modset / f"fold{r.metrics['fold']}"
             r.metrics.update(cohort=args.cohort, modset=modset, model="cox_pca")
-            _atomic(d / "predictions.parquet", lambda t, r=r: r.predictions.to_parquet(t, index=False))
+            atomic_write(d / "predictions.parquet", lambda t, r=r: r.predictions.to_parquet(t, index=False))
             _write_json(d / "metrics.json", r.metrics)
             log.info("%s cox-pca %s fold %d: antolini %.3f", args.cohort, modset, r.metrics["fold"],
                      r.metrics["antolini"])
@@ -203,10 +195,10 @@ def _table3(args: argparse.Namespace) -> int:
                      "reference; equal to plain Antolini for non-crossing curves).")
     table = table3(metrics, args.cindex, args.cohorts, literature=not args.no_literature, oracle=oracle)
     out = R / "tables"
-    _atomic(out / "table3.csv", lambda t: table.to_csv(t, index=False))
-    _atomic(out / "table3.md", lambda t: t.write_text(table3_markdown(table, args.cindex, notes)))
-    _atomic(out / "table3.tex", lambda t: t.write_text(table3_latex(table, args.cindex)))
-    _atomic(out / "table3_folds.csv", lambda t: metrics.to_csv(t, index=False))
+    atomic_write(out / "table3.csv", lambda t: table.to_csv(t, index=False))
+    atomic_write(out / "table3.md", lambda t: t.write_text(table3_markdown(table, args.cindex, notes)))
+    atomic_write(out / "table3.tex", lambda t: t.write_text(table3_latex(table, args.cindex)))
+    atomic_write(out / "table3_folds.csv", lambda t: metrics.to_csv(t, index=False))
     for cohort in args.cohorts:
         preds = pd.concat(km_frames.get(cohort, [])) if km_frames.get(cohort) else None
         if preds is None:
@@ -243,7 +235,7 @@ def _predict(args: argparse.Namespace) -> int:
     path = Path(args.out)
     cuts = out.attrs["cuts_days"]
     out = out.rename(columns={f"s_{k}": f"S({c:.0f}d)" for k, c in enumerate(cuts)})
-    _atomic(path, (lambda t: out.to_csv(t, index=False)) if path.suffix in (".csv", ".tsv")
+    atomic_write(path, (lambda t: out.to_csv(t, index=False)) if path.suffix in (".csv", ".tsv")
             else (lambda t: out.to_parquet(t, index=False)))
     log.info("%d patients -> %s", len(out), path)
     return 0
@@ -265,9 +257,9 @@ def _impute(args: argparse.Namespace) -> int:
     for m, t in tables.items():
         if m == "wsi":
             for p, tiles in t.items():
-                _atomic(out / "wsi" / f"{p}.npy", lambda f, tiles=tiles: _save_npy(f, tiles))
+                atomic_write(out / "wsi" / f"{p}.npy", lambda f, tiles=tiles: _save_npy(f, tiles))
         else:
-            _atomic(out / f"{m}.parquet", lambda f, t=t: t.to_parquet(f))
+            atomic_write(out / f"{m}.parquet", lambda f, t=t: t.to_parquet(f))
         log.info("imputed %s for %d patients", m, len(t))
     if not tables:
         log.info("nothing to impute: every patient has every modality")
