@@ -169,7 +169,8 @@ def convert_cohort(wheel: Path, cohort: str, out_dir: Path) -> dict[str, object]
 
 # ------------------------------------------------------------------------------------------------ the workflow
 
-def write_config(work: Path, tables: Mapping[str, Path], overlays: Sequence[Path], n_folds: int) -> Path:
+def write_config(work: Path, tables: Mapping[str, Path], overlays: Sequence[Path], n_folds: int,
+                 modsets: Sequence[str] = ("rna", "all")) -> Path:
     """config.yaml in ``work``: the repository's config.yaml, then ``overlays`` in order, then the benchmark's keys.
 
     ``cohorts`` is replaced, not merged (a merge would keep config.yaml's GDC cohorts).
@@ -181,7 +182,7 @@ def write_config(work: Path, tables: Mapping[str, Path], overlays: Sequence[Path
                                      "clinical": str(d / "clinical.csv")}} for c, d in tables.items()}
     cfg["pretrain"]["modalities"] = ["rna", "dnam"]
     cfg["pretrain"]["unimodal"] = []
-    cfg["finetune"]["modality_sets"] = ["rna", "all"]
+    cfg["finetune"]["modality_sets"] = list(modsets)
     cfg["splits"]["n_folds"] = n_folds
     validate_config(cfg)
     work.mkdir(parents=True, exist_ok=True)
@@ -245,40 +246,42 @@ def _cindex(test: pd.DataFrame, cuts: np.ndarray, idx: np.ndarray) -> float:
     return concordance_td(test["time"].to_numpy(float)[idx], test["event"].to_numpy(float)[idx], g, t, "antolini")
 
 
-def score_cohort(results: Path, cohort: str, n_folds: int, n_boot: int = 1000, seed: int = 0) -> dict[str, object]:
+def score_cohort(results: Path, cohort: str, n_folds: int, n_boot: int = 1000, seed: int = 0,
+                 rows: Sequence[tuple[str, str]] = ROWS) -> dict[str, object]:
     """Per row (model, modset): mean Antolini C over folds with a 95% bootstrap CI; paired differences; validation.
 
     The bootstrap resamples each fold's test patients (the same draw for every row, so differences are paired).
     """
     clinical = pd.read_parquet(results / cohort / "clinical.parquet").set_index("patient")
     clinical.index = clinical.index.astype(str)
-    curves = {r: [_test_curves(results, *r[:1], cohort, r[1], k, clinical) for k in range(n_folds)] for r in ROWS}
-    for r in ROWS[1:]:  # every row scored on the same patients
+    curves = {r: [_test_curves(results, *r[:1], cohort, r[1], k, clinical) for k in range(n_folds)] for r in rows}
+    for r in rows[1:]:  # every row scored on the same patients
         for k in range(n_folds):
-            if not curves[r][k][0]["patient"].equals(curves[ROWS[0]][k][0]["patient"]):
-                raise ValueError(f"{cohort} fold {k}: {r} has other test patients than {ROWS[0]}")
+            if not curves[r][k][0]["patient"].equals(curves[rows[0]][k][0]["patient"]):
+                raise ValueError(f"{cohort} fold {k}: {r} has other test patients than {rows[0]}")
     rng = np.random.default_rng(seed)
-    sizes = [len(curves[ROWS[0]][k][0]) for k in range(n_folds)]
+    sizes = [len(curves[rows[0]][k][0]) for k in range(n_folds)]
     full = [np.arange(n) for n in sizes]
-    point = {r: [_cindex(*curves[r][k], full[k]) for k in range(n_folds)] for r in ROWS}
-    boots = {r: np.empty(n_boot) for r in ROWS}
+    point = {r: [_cindex(*curves[r][k], full[k]) for k in range(n_folds)] for r in rows}
+    boots = {r: np.empty(n_boot) for r in rows}
     for b in range(n_boot):
         draw = [rng.integers(0, n, n) for n in sizes]
-        for r in ROWS:
+        for r in rows:
             boots[r][b] = np.nanmean([_cindex(*curves[r][k], draw[k]) for k in range(n_folds)])
     out: dict[str, object] = {"n_test": int(sum(sizes)),
-                              "n_events": int(sum(c[0]["event"].sum() for c in curves[ROWS[0]]))}
-    for r in ROWS:
+                              "n_events": int(sum(c[0]["event"].sum() for c in curves[rows[0]]))}
+    for r in rows:
         lo, hi = np.nanquantile(boots[r], [0.025, 0.975])
         out[f"{r[0]} {r[1]}"] = {"mean": float(np.mean(point[r])), "ci": [float(lo), float(hi)],
                                  "folds": [round(v, 4) for v in point[r]]}
-    for a, b in ((ROWS[0], ROWS[2]), (ROWS[0], ROWS[3]), (ROWS[1], ROWS[3])):
+    pairs = [(("impuTMAE", a), ("cox_pca", b)) for a, b in (("all", "all"), ("all", "rna"), ("rna", "rna"))]
+    for a, b in [(a, b) for a, b in pairs if a in rows and b in rows]:
         diff = boots[a] - boots[b]
         lo, hi = np.nanquantile(diff, [0.025, 0.975])
         out[f"{a[0]} {a[1]} - {b[0]} {b[1]}"] = {"mean": float(np.mean(point[a]) - np.mean(point[b])),
                                                  "ci": [float(lo), float(hi)],
                                                  "p_below_0": float(np.mean(diff <= 0))}
-    for modset in ("all", "rna"):
+    for modset in sorted({m for model, m in rows if model == "impuTMAE"}):
         vals = [json.loads((results / "finetune" / cohort / modset / f"fold{k}" / "metrics.json").read_text())
                 for k in range(n_folds)]
         out[f"validation {modset}"] = float(np.mean([v.get("validation_antolini", np.nan) for v in vals]))
@@ -288,15 +291,15 @@ def score_cohort(results: Path, cohort: str, n_folds: int, n_boot: int = 1000, s
 def print_scores(cohort: str, s: Mapping[str, object]) -> None:
     print(f"\n{cohort}: {s['n_test']} test patients ({s['n_events']} events) over the outer folds; Antolini C, mean "
           f"over folds [95% bootstrap CI]")
-    for r in ROWS:
+    for r in [r for r in ROWS if f"{r[0]} {r[1]}" in s]:
         v = s[f"{r[0]} {r[1]}"]
         print(f"  {r[0]:9s} {r[1]:4s} {v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]  folds {v['folds']}")
     for k, v in s.items():
         if " - " in k:
             print(f"  {k}: {v['mean']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] (bootstrap P(<= 0) "
                   f"{v['p_below_0']:.3f})")
-    print(f"  out-of-fold validation C (training patients; what chooses a recipe): all {s['validation all']:.3f}, "
-          f"rna {s['validation rna']:.3f}")
+    val = ", ".join(f"{k.split()[1]} {v:.3f}" for k, v in s.items() if k.startswith("validation "))
+    print(f"  out-of-fold validation C (training patients; what chooses a recipe): {val}")
 
 
 def main() -> None:
@@ -310,6 +313,8 @@ def main() -> None:
                     help="candidate overlays merged after config.real-omics.yaml")
     ap.add_argument("--cohorts", nargs="+", default=["LGG", "BRCA"], choices=sorted(COHORT_DIRS))
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--modsets", nargs="+", default=["rna", "all"], choices=["rna", "dnam", "all"],
+                    help="impuTMAE rows to fine-tune (a recipe search may use all alone; Cox-PCA: rna and all)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--score-only", action="store_true", help="score a finished run without running snakemake")
@@ -332,12 +337,13 @@ def main() -> None:
         raise SystemExit("no cohort with survival labels")
     run_dir = work / args.tag
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, tables, [PRESET, *args.overlay], args.folds)
+    write_config(run_dir, tables, [PRESET, *args.overlay], args.folds, args.modsets)
+    rows = [r for r in ROWS if r[0] == "cox_pca" or r[1] in args.modsets]
     timing = {} if args.score_only else run_workflow(run_dir, args.cores)
     label = args.label or args.tag
     summary = {"tag": args.tag, "label": label, "overlays": [str(p) for p in [PRESET, *args.overlay]], **timing}
     for cohort in tables:
-        summary[cohort] = score_cohort(run_dir / "results", cohort, args.folds, args.n_boot)
+        summary[cohort] = score_cohort(run_dir / "results", cohort, args.folds, args.n_boot, rows=rows)
         print_scores(cohort, summary[cohort])
     if timing:
         print(f"\nworkflow: wall {timing['wall_s']:.0f} s, CPU {timing['cpu_s']:.0f} s (--cores {args.cores})")
