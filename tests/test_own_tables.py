@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,7 +17,7 @@ from imputmae.cli import main
 from imputmae.config import (available_modalities, cohort_modalities, cohort_modality_sets, load_config,
                              merge_config)
 from imputmae.data import select_split_patients
-from own_tables import ROOT, snakemake_command, tiny_overlay, write_own_tables
+from own_tables import ROOT, snakemake_command, tiny_overlay, write_own_tables, write_slide_table
 
 
 def _jobs(stdout: str) -> dict[str, int]:
@@ -141,3 +142,80 @@ def test_snakemake_runs_an_own_cohort_end_to_end(tmp_path):
     assert (res / "figures" / "km_MINE.png").is_file() and (res / "report.html").is_file()
     assert not (res / "MINE" / "wsi_qc.tsv").exists() and not list(res.rglob("wsi_qc.tsv"))
     assert "MINE" in (res / "report.html").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- tables.slides
+
+
+def test_read_slide_table_resolves_paths_beside_the_table_and_flags_missing_slides(tmp_path):
+    from imputmae.omics import read_slide_table
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "a.svs").write_bytes(b"x")
+    pd.DataFrame({"patient": ["P1", "P1", "P2"], "path": ["s/a.svs", str(tmp_path / "s" / "b.svs"), "s/c.tiff"]}
+                 ).to_csv(tmp_path / "slides.csv", index=False)
+    t = read_slide_table(tmp_path / "slides.csv")
+    assert t["path"].tolist() == [str(tmp_path / "s" / n) for n in ("a.svs", "b.svs", "c.tiff")]
+    assert t["exists"].tolist() == [True, False, False] and t["row"].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("rows,needle", [
+    ({"patient": ["P1", "P1"], "path": ["a.svs", "a.svs"]}, "rows 1, 2 (patient P1): slide 'a.svs' listed more"),
+    ({"patient": ["P 1"], "path": ["a.svs"]}, "row 1 (patient 'P 1'): a patient id may hold only"),
+    ({"patient": ["P1", None], "path": ["a.svs", "b.svs"]}, "row 2: empty patient"),
+    ({"case": ["P1"], "path": ["a.svs"]}, "expected columns patient and path"),
+])
+def test_read_slide_table_errors_name_the_file_row_patient_and_fix(tmp_path, rows, needle):
+    from imputmae.omics import read_slide_table
+
+    pd.DataFrame(rows).to_csv(tmp_path / "slides.csv", index=False)
+    with pytest.raises(ValueError) as err:
+        read_slide_table(tmp_path / "slides.csv")
+    assert str(err.value).startswith(f"{tmp_path / 'slides.csv'}: ") and needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _slides_cohort(tmp_path, n_slides=4, missing=("P002",)):
+    tables = write_own_tables(tmp_path / "my", n=12)
+    tables["slides"] = write_slide_table(tmp_path / "my", [f"P{i:03d}" for i in range(n_slides)], missing=missing)
+    return {"MINE": {"tables": {k: str(v) for k, v in tables.items()}}}
+
+
+def test_own_slides_go_through_the_wsi_stage_and_a_missing_one_through_qc(tmp_path):
+    """tables.slides: the same wsi_tiles/wsi_qc rules as GDC slides (run for real on small synthetic slides); a
+    path that does not exist gives its patient a QC row naming the table row and the fix, and the run goes on."""
+    cohorts = _slides_cohort(tmp_path)
+    cmd = snakemake_command(tmp_path, tiny_overlay(tmp_path / "res", cohorts), str(tmp_path / "res/MINE/wsi_qc.tsv"))
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "slides.csv: row 3 (patient P002): slide" in run.stderr and "not found" in run.stderr
+    qc = pd.read_csv(tmp_path / "res/MINE/wsi_qc.tsv", sep="\t").set_index("patient")
+    assert qc.index.tolist() == ["P000", "P001", "P002", "P003"]
+    assert (qc.drop(index="P002")["status"] == "ok").all() and (qc.drop(index="P002")["n_tiles"] == 4).all()
+    assert qc.loc["P002", "status"] == (f"slide not found: {tmp_path / 'my/slides/P002-DX1.svs'} "
+                                        f"({tmp_path / 'my/slides.csv'} row 3; fix the path or remove the row)")
+    assert qc.loc["P002", "n_tiles"] == 0
+    assert np.load(tmp_path / "res/MINE/wsi/P000.npy").shape == (4, 64, 64, 3)
+
+
+def test_dry_run_plans_own_slides_for_table2_splits_and_fine_tuning(tmp_path):
+    out = _dry_run(tmp_path, _slides_cohort(tmp_path), modality_sets=("wsi", "all"))
+    jobs = _jobs(out)
+    assert jobs["wsi_tiles"] == 4 and jobs["wsi_qc"] == 1 and jobs["finetune"] == 4     # wsi and all, 2 folds
+    assert "pretrain.modalities: no cohort has" not in out
+    table3 = next(line for line in out.splitlines() if "imputmae table3" in line)
+    assert "--not-applicable" not in table3
+
+
+@pytest.mark.slow
+def test_snakemake_runs_an_own_cohort_with_slides_end_to_end(tmp_path):
+    """As the fast end-to-end test, with slides for 4 of 12 patients (one path missing): Table 2 counts the
+    patients with a slide row, Table 3 has a WSI row."""
+    overlay = tiny_overlay(tmp_path / "res", _slides_cohort(tmp_path), modality_sets=("wsi", "all"), unimodal=())
+    run = subprocess.run(snakemake_command(tmp_path, overlay), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    t2 = pd.read_csv(tmp_path / "res/tables/table2.csv").iloc[0]
+    assert t2["Cohort"] == "MINE" and t2["WSI"] == round(100 * 4 / 12, 2)
+    t3 = pd.read_csv(tmp_path / "res/tables/table3.csv")
+    ours = t3[t3["model"] == "impuTMAE (ours)"].set_index("modality")["MINE"]
+    assert ours.index.tolist() == ["WSI", "all"] and ours.str.endswith("(2)").all()

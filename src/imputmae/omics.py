@@ -52,6 +52,8 @@ __all__ = [
     "platform_group",
     "read_feature_table",
     "read_clinical_table",
+    "read_slide_table",
+    "SLIDE_PATIENT_PATTERN",
     "QC_COLUMNS",
     "NORMALIZED_KEY",
     "write_matrix",
@@ -636,6 +638,47 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
         "time": time.astype(np.float64).to_numpy(),
         "event": event.to_numpy(),
     })
+
+
+# A patient id names files ({R}/{cohort}/wsi/{patient}.npy) and a Snakemake wildcard: these characters only.
+SLIDE_PATIENT_PATTERN = r"[A-Za-z0-9_-]+"
+
+
+def read_slide_table(path: str | Path) -> pd.DataFrame:
+    """A user's slide table (``patient``, ``path``: any file OpenSlide reads; several rows for a patient with several
+    slides) -> patient, path (absolute: a relative path is relative to the table's folder), file_name, row (1-based
+    data row), exists (bool). A slide that does not exist is not an error here: its patient gets a WSI QC row.
+
+    Raises:
+        ValueError: one line naming the file, the row, the patient and the fix (missing columns, an empty
+            patient or path, a patient id unfit for a file name, a slide listed twice).
+    """
+    df = _read_any_table(path)
+    if "path" not in df.columns and "slide" in df.columns:
+        df = df.rename(columns={"slide": "path"})
+    if not {"patient", "path"} <= set(df.columns):
+        raise ValueError(f"{path}: expected columns patient and path (the slide file); got {list(df.columns)[:8]}")
+    base = Path(path).resolve().parent
+    rows = []
+    for r, (patient, slide) in enumerate(zip(df["patient"], df["path"]), start=1):
+        if pd.isna(patient) or not str(patient).strip() or pd.isna(slide) or not str(slide).strip():
+            raise ValueError(f"{path}: row {r}: empty {'patient' if pd.isna(patient) or not str(patient).strip() else 'path'}"
+                             f"; give every row a patient and a slide path, or remove the row")
+        patient = str(patient).strip()
+        if not re.fullmatch(SLIDE_PATIENT_PATTERN, patient):
+            raise ValueError(f"{path}: row {r} (patient {patient!r}): a patient id may hold only letters, digits, "
+                             f"'-' and '_' (it names the tile files); rename it here and in the other tables")
+        full = Path(str(slide).strip()).expanduser()
+        full = full if full.is_absolute() else base / full
+        rows.append((patient, str(full), full.name, r, full.is_file()))
+    out = pd.DataFrame(rows, columns=["patient", "path", "file_name", "row", "exists"])
+    dup = out[out.duplicated(["patient", "file_name"], keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        raise ValueError(f"{path}: rows {', '.join(map(str, dup.loc[dup['file_name'] == first['file_name'], 'row']))}"
+                         f" (patient {first['patient']}): slide {first['file_name']!r} listed more than once; "
+                         f"keep one row per slide")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------- I/O
