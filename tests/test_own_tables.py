@@ -122,8 +122,9 @@ def test_table2_counts_an_own_cohort_from_its_matrices(tmp_path):
 
 def test_snakemake_runs_an_own_cohort_end_to_end(tmp_path):
     """The README's own-matrices recipe, as a user runs it: `snakemake --configfile my.yaml` on a cohort of
-    RNA, DNAm and clinical tables, no slides; Tables 2-4 and the report hold its row."""
-    tables = {k: str(v) for k, v in write_own_tables(tmp_path / "my").items()}
+    RNA, DNAm and clinical tables, no slides, two matrix patients without a clinical row (pretraining only);
+    Tables 2-4 and the report hold its row."""
+    tables = {k: str(v) for k, v in write_own_tables(tmp_path / "my", unlabelled=2).items()}
     overlay = tiny_overlay(tmp_path / "res", {"MINE": {"tables": tables}}, modality_sets=("wsi", "all"),
                            unimodal=())
     run = subprocess.run(snakemake_command(tmp_path, overlay), capture_output=True, text=True)
@@ -131,6 +132,9 @@ def test_snakemake_runs_an_own_cohort_end_to_end(tmp_path):
     res = tmp_path / "res"
     t2 = pd.read_csv(res / "tables" / "table2.csv")
     assert t2["Cohort"].tolist() == ["MINE"] and t2["WSI"].tolist() == [0.0] and t2["RNA count"].tolist() == [24]
+    assert t2["Clinical"].tolist() == [round(100 * 22 / 24, 2)]
+    assert pd.read_csv(res / "MINE" / "clinical_qc.tsv", sep="\t")["patient"].tolist() == ["P022", "P023"]
+    assert len(pd.read_parquet(res / "splits.parquet")) == 22
     t3 = pd.read_csv(res / "tables" / "table3.csv")
     ours = t3[t3["model"] == "impuTMAE (ours)"].set_index("modality")["MINE"]
     assert ours.index.tolist() == ["all"] and ours.str.endswith("(2)").all()   # no WSI row: no slides
@@ -219,3 +223,62 @@ def test_snakemake_runs_an_own_cohort_with_slides_end_to_end(tmp_path):
     t3 = pd.read_csv(tmp_path / "res/tables/table3.csv")
     ours = t3[t3["model"] == "impuTMAE (ours)"].set_index("modality")["MINE"]
     assert ours.index.tolist() == ["WSI", "all"] and ours.str.endswith("(2)").all()
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _omics_tables(tables, out, *extra):
+    argv = ["omics", "tables", "--cohort", "MINE", "--clinical", str(tables["clinical"]), "--out-dir", str(out)]
+    for m in ("rna", "dnam"):
+        if m in tables:
+            argv += [f"--{m}", str(tables[m])]
+    return main(argv + list(extra))
+
+
+def test_matrix_patients_without_a_clinical_row_serve_pretraining_and_are_listed(tmp_path, caplog):
+    t = write_own_tables(tmp_path / "my", n=12, unlabelled=3)
+    out = tmp_path / "res" / "MINE"
+    assert _omics_tables(t, out) == 0
+    qc = pd.read_csv(out / "clinical_qc.tsv", sep="\t")
+    assert qc["patient"].tolist() == ["P009", "P010", "P011"] and (qc["project_id"] == "MINE").all()
+    assert qc["reason"].iloc[0] == (f"in {t['rna']}, {t['dnam']} but not in the clinical table {t['clinical']}: "
+                                    f"no survival label, pretraining only")
+    assert "3 patient(s) of the matrices have no row in" in caplog.text
+    from imputmae.data import load_patients
+
+    patients = load_patients(tmp_path / "res", ["MINE"]).set_index("patient")
+    assert patients.loc["P010", "has_rna"] and pd.isna(patients.loc["P010", "time"])     # pretraining, no label
+    assert "P010" not in set(select_split_patients(patients.reset_index())["patient"])
+
+
+def test_times_that_look_like_months_warn_naming_the_row_and_the_fix(tmp_path, caplog):
+    t = write_own_tables(tmp_path / "my", n=8)
+    clin = pd.read_csv(t["clinical"])
+    clin["time"] = (clin["time"] / 30.44).round(1)
+    clin.to_csv(t["clinical"], index=False)
+    assert _omics_tables(t, tmp_path / "out") == 0
+    r = int(clin["time"].idxmax())
+    assert (f"{t['clinical']}: every time is below 200 (longest: row {r + 1}, patient {clin['patient'][r]}, "
+            f"{clin['time'][r]}): if these are months, multiply them by 30.44 (times are days)") in caplog.text
+
+
+@pytest.mark.parametrize("table,mutate,needle", [
+    ("clinical", lambda c: c.assign(patient=c["patient"].replace("P003", "P001")),
+     "rows 2, 4 (patient 'P001'): the same patient more than once; keep one row per patient"),
+    ("clinical", lambda c: c.assign(event=c["event"].where(c.index != 2, 2)),
+     "row 3 (patient P002): event 2, expected 0 (censored) or 1 (death)"),
+    ("clinical", lambda c: c.assign(event=c["event"].astype(object).where(c.index != 1, "Dead")),
+     "row 2 (patient P001): event 'Dead', expected 0 (censored) or 1 (death)"),
+    ("rna", lambda m: m.assign(sample=m["sample"].replace("P005", "P000")),
+     "rows 1, 6 (patient 'P000'): the same patient more than once"),
+])
+def test_bad_own_tables_stop_with_one_line_and_write_nothing(tmp_path, capsys, table, mutate, needle):
+    t = write_own_tables(tmp_path / "my", n=8)
+    sep = "\t" if t[table].suffix == ".tsv" else ","
+    mutate(pd.read_csv(t[table], sep=sep)).to_csv(t[table], sep=sep, index=False)
+    out = tmp_path / "out"
+    assert _omics_tables(t, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"imputmae omics: error: {t[table]}: ") and needle in err[-1], err[-1]
+    assert not out.exists() or not any(out.iterdir())                  # nothing half-written

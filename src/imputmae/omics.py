@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,7 @@ __all__ = [
     "platform_group",
     "read_feature_table",
     "read_clinical_table",
+    "unlabelled_patients",
     "read_slide_table",
     "SLIDE_PATIENT_PATTERN",
     "QC_COLUMNS",
@@ -560,6 +561,35 @@ def _read_any_table(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: cannot be read as a table ({exc})") from None
 
 
+# Every survival time of a clinical table below this many days (under 7 months of follow-up) hints at months.
+MONTHS_HINT_DAYS = 200
+
+
+def _check_unique_patients(path: str | Path, patients: pd.Series) -> None:
+    dup = patients[patients.duplicated(keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        rows = [str(i + 1) for i in np.flatnonzero((patients == first).to_numpy())]
+        raise ValueError(f"{path}: rows {', '.join(rows)} (patient {first!r}): the same patient more than once; "
+                         f"keep one row per patient")
+
+
+def unlabelled_patients(matrices: Mapping[str, tuple[str | Path, pd.Index]], clinical: pd.DataFrame,
+                        clinical_path: str | Path, cohort: str) -> pd.DataFrame:
+    """Patients of a user's matrices without a row in the clinical table: no survival label, so pretraining only
+    (as in Xena and cBioPortal downloads). matrices: modality -> (its table's path, its patient ids). Returns the
+    rows of ``clinical_qc.tsv``: patient, project_id, reason (naming the tables the patient is in)."""
+    known = set(clinical["patient"])
+    where: dict[str, list[str]] = {}
+    for m, (path, ids) in matrices.items():
+        for p in ids:
+            if p not in known:
+                where.setdefault(str(p), []).append(str(path))
+    rows = [(p, cohort, f"in {', '.join(t)} but not in the clinical table {clinical_path}: no survival label, "
+                        f"pretraining only") for p, t in sorted(where.items())]
+    return pd.DataFrame(rows, columns=["patient", "project_id", "reason"])
+
+
 def read_feature_table(path: str | Path, modality: str) -> pd.DataFrame:
     """A user's matrix: first column patient id, every other column a numeric feature -> float32 frame.
 
@@ -575,9 +605,7 @@ def read_feature_table(path: str | Path, modality: str) -> pd.DataFrame:
     if df[first].isna().any():
         row = int(np.flatnonzero(df[first].isna().to_numpy())[0])
         raise ValueError(f"{path}: row {row + 1}: empty patient id in the first column ({first!r})")
-    if patients.duplicated().any():
-        raise ValueError(f"{path}: patient {patients[patients.duplicated()].iloc[0]!r} appears in more than one row;"
-                         f" keep one row per patient")
+    _check_unique_patients(path, patients)
     feats = df.columns[1:].astype(str)
     if feats.duplicated().any():
         raise ValueError(f"{path}: feature column {feats[feats.duplicated()][0]!r} appears more than once")
@@ -618,8 +646,7 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
     if df["patient"].isna().any():
         raise ValueError(f"{path}: row {int(np.flatnonzero(df['patient'].isna().to_numpy())[0]) + 1}: empty patient")
     patients = df["patient"].astype(str).str.strip()
-    if patients.duplicated().any():
-        raise ValueError(f"{path}: patient {patients[patients.duplicated()].iloc[0]!r} appears more than once")
+    _check_unique_patients(path, patients)
     time = pd.to_numeric(df["time"], errors="coerce")
     event = pd.to_numeric(df["event"], errors="coerce")
     for name, col, ok in (("time", time, time.notna() & np.isfinite(time) & (time >= 0)),
@@ -630,6 +657,10 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
             value = df[name].iloc[r]
             value = value.item() if hasattr(value, "item") else value
             raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}): {name} {value!r}, expected {want}")
+    if len(time) and time.max() < MONTHS_HINT_DAYS:
+        r = int(np.argmax(time.to_numpy()))
+        log.warning("%s: every time is below %d (longest: row %d, patient %s, %s): if these are months, multiply "
+                    "them by 30.44 (times are days)", path, MONTHS_HINT_DAYS, r + 1, patients.iloc[r], time.iloc[r])
     event = event.astype(np.int8)
     return pd.DataFrame({
         "patient": patients.to_numpy(),

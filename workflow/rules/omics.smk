@@ -93,6 +93,7 @@ if TABLE_COHORTS:
             dnam=f"{RESULTS}/{{cohort}}/dnam.parquet",
             probes=f"{RESULTS}/{{cohort}}/dnam_probes.txt",
             clinical=f"{RESULTS}/{{cohort}}/clinical.parquet",
+            clinical_qc=f"{RESULTS}/{{cohort}}/clinical_qc.tsv",  # matrix patients without a label: pretraining only
             qc=f"{RESULTS}/{{cohort}}/omics_qc.tsv",
         params:
             args=lambda w: " ".join(

@@ -168,8 +168,8 @@ def _run_tables(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from imputmae.cli import UserError
-    from imputmae.omics import (QC_COLUMNS, read_clinical_table, read_feature_table, write_atomic_text,
-                                write_matrix)
+    from imputmae.omics import (QC_COLUMNS, read_clinical_table, read_feature_table, unlabelled_patients,
+                                write_atomic_text, write_matrix)
 
     if not (args.rna or args.dnam):
         raise UserError("give --rna and/or --dnam with --clinical")
@@ -179,12 +179,12 @@ def _run_tables(args: argparse.Namespace) -> int:
         mats = {m: read_feature_table(p, m) for m, p in (("rna", args.rna), ("dnam", args.dnam)) if p}
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    known = set(clinical["patient"])
-    for m, mat in mats.items():
-        unknown = [p for p in mat.index if p not in known]
-        if unknown:
-            raise UserError(f"{getattr(args, m)}: {len(unknown)} patient(s) not in the clinical table "
-                            f"{args.clinical}, e.g. {unknown[:3]}; add them there or remove their rows")
+    clinical_qc = unlabelled_patients({m: (getattr(args, m), mat.index) for m, mat in mats.items()}, clinical,
+                                      args.clinical, args.cohort)
+    if len(clinical_qc):
+        log.warning("%d patient(s) of the matrices have no row in %s (e.g. %s): no survival label, pretraining "
+                    "only (listed in %s)", len(clinical_qc), args.clinical, ", ".join(clinical_qc["patient"][:3]),
+                    out / "clinical_qc.tsv")
     if "dnam" in mats:
         mats["dnam"] = mats["dnam"].reindex(columns=sorted(mats["dnam"].columns))  # the fixed sorted probe order
     for m in ("rna", "dnam"):
@@ -196,6 +196,7 @@ def _run_tables(args: argparse.Namespace) -> int:
         log.info("%s: %d patients x %d features (normalize: %s)", m, *mat.shape, args.normalize)
     write_atomic_text(out / "dnam_probes.txt", "".join(p + "\n" for p in mats.get("dnam", pd.DataFrame()).columns))
     write_atomic_text(out / "omics_qc.tsv", "\t".join(QC_COLUMNS) + "\n")
+    write_atomic_text(out / "clinical_qc.tsv", clinical_qc.to_csv(sep="\t", index=False))
     tmp = out / ".clinical.parquet.tmp"
     clinical.to_parquet(tmp, index=False)
     tmp.replace(out / "clinical.parquet")
