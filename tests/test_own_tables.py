@@ -146,6 +146,42 @@ def test_snakemake_runs_an_own_cohort_end_to_end(tmp_path):
     assert (res / "figures" / "km_MINE.png").is_file() and (res / "report.html").is_file()
     assert not (res / "MINE" / "wsi_qc.tsv").exists() and not list(res.rglob("wsi_qc.tsv"))
     assert "MINE" in (res / "report.html").read_text()
+    # predictions.parquet stands alone: its time grid recomputes the fold's C-index with pycox
+    _check_cindex_from_predictions(res / "finetune" / "MINE" / "all" / "fold0")
+
+
+def _check_cindex_from_predictions(folder):
+    """Antolini's C-index of the test rows of ``folder/predictions.parquet`` by pycox, on the curves interpolated
+    linearly between the cuts the file carries (10 points per interval, as fine-tuning scores them) by pandas,
+    equals metrics.json's."""
+    from pycox.evaluation import EvalSurv
+
+    pred = pd.read_parquet(folder / "predictions.parquet")
+    cuts = np.asarray(pred.attrs["cuts_days"])
+    test = pred[pred["split"] == "test"]
+    surv = pd.DataFrame(test[[f"s_{k}" for k in range(cuts.size)]].to_numpy().T, index=cuts)
+    grid = np.unique(np.concatenate([np.linspace(a, b, 11)[:-1] for a, b in zip(cuts[:-1], cuts[1:])] + [cuts[-1:]]))
+    surv = surv.reindex(np.union1d(cuts, grid)).interpolate(method="index").loc[grid]
+    ev = EvalSurv(surv, test["time"].to_numpy(), test["event"].to_numpy().astype(int), censor_surv="km")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert ev.concordance_td("antolini") == pytest.approx(metrics["antolini"], abs=1e-9)
+
+
+def test_km_figure_shows_the_numbers_at_risk(tmp_path, monkeypatch):
+    import lifelines.plotting
+
+    from imputmae.report import plot_km
+
+    calls = []
+    real = lifelines.plotting.add_at_risk_counts
+    monkeypatch.setattr(lifelines.plotting, "add_at_risk_counts",
+                        lambda *fitters, **kw: calls.append(fitters) or real(*fitters, **kw))
+    rng = np.random.default_rng(0)
+    groups = pd.DataFrame({"time": rng.exponential(800, 30), "event": rng.integers(0, 2, 30),
+                           "group": ["high risk"] * 12 + ["low risk"] * 18})
+    plot_km(groups, "t", tmp_path / "km.png")
+    assert (tmp_path / "km.png").is_file() and len(calls) == 1
+    assert [int(f.event_table["at_risk"].iloc[0]) for f in calls[0]] == [18, 12]      # low risk, then high risk
 
 
 # ---------------------------------------------------------------------------------------------- tables.slides
