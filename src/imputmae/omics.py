@@ -49,6 +49,8 @@ __all__ = [
     "dnam_probe_set",
     "build_dnam_matrix",
     "read_probe_list",
+    "file_table_from_paths",
+    "GDC_FILE_PATTERNS",
     "platform_group",
     "read_feature_table",
     "read_clinical_table",
@@ -234,6 +236,42 @@ def _check_file_table(files: pd.DataFrame) -> pd.DataFrame:
     if len(dup):
         raise ValueError(f"patient {dup.iloc[0]} has more than one file; choose one file per patient upstream")
     return files.sort_values("patient", kind="stable").reset_index(drop=True)
+
+
+# The GDC file names of each modality (gdc-client layout: <folder>/<file_id>/<file_name>).
+GDC_FILE_PATTERNS: dict[str, str] = {"rna": "*.rna_seq.augmented_star_gene_counts.tsv",
+                                     "dnam": "*.level3betas.txt"}
+
+
+def file_table_from_paths(paths: Sequence[str | Path], modality: str) -> pd.DataFrame:
+    """A file table (patient, path, file_id) from a download folder or a list of files, as gdc-client leaves them:
+    a folder is searched for the modality's GDC files (:data:`GDC_FILE_PATTERNS`), recursively. The patient id is a
+    file's name up to its first dot (GDC names files by a UUID: give a table with a ``patient`` column to name them
+    by barcode); ``file_id`` is the name of the file's folder (gdc-client's ``<file_id>/<file_name>``).
+
+    Raises:
+        ValueError: a path that does not exist, a folder without such files, or two files with the same id.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob(GDC_FILE_PATTERNS[modality]) if f.is_file())
+            if not found:
+                raise ValueError(f"{p}: no {GDC_FILE_PATTERNS[modality]} file under this folder; give the download "
+                                 f"folder of {modality} files, the files, or a table of patient and path")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"{p}: no such file or folder")
+    out = pd.DataFrame({"patient": [f.name.split(".", 1)[0] for f in files], "path": [str(f) for f in files],
+                        "file_id": [f.parent.name for f in files]})
+    dup = out[out["patient"].duplicated(keep=False)]
+    if len(dup):
+        raise ValueError(f"{dup['path'].iloc[0]} and {dup['path'].iloc[1]}: the same id {dup['patient'].iloc[0]!r}; "
+                         f"give a table of patient and path to say which file is whose")
+    return out
 
 
 def _run_parallel(fn: Callable[[int], object], n: int, threads: int, desc: str) -> list[object]:
