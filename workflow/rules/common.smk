@@ -1,9 +1,12 @@
 # Shared by the workflow: validation, the cohort table, paths, and the list of final targets.
+import functools
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
+
+import yaml
 
 # Rules run the CLI from this checkout's sources, installed or not, in whatever environment runs the job
 # (the project venv, or a stage's conda env from envs/ under --use-conda).
@@ -13,7 +16,13 @@ if SRC not in sys.path:
 
 from snakemake.settings.types import DeploymentMethod  # noqa: E402
 
-from imputmae.config import ConfigError, validate_config  # noqa: E402
+from imputmae.config import (ConfigError, available_modalities, cohort_modalities,  # noqa: E402
+                              cohort_modality_sets, last_cohorts, validate_config)
+
+# `cohorts` comes whole from the last --configfile (or --config) naming any, as `imputmae config check` reads it:
+# `--configfile my.yaml` with `cohorts: {MINE: ...}` runs MINE alone, not beside config.yaml's TCGA cohorts.
+_LAYERS = [yaml.safe_load(Path(f).read_text()) or {} for f in workflow.config_settings.configfiles]
+config.update(last_cohorts(config, [*_LAYERS, dict(workflow.config_settings.config)]))
 
 try:
     validate_config(config)
@@ -29,6 +38,21 @@ RESULTS = config["results"]
 COHORTS = sorted(config["cohorts"])
 GDC_COHORTS = [c for c in COHORTS if "projects" in config["cohorts"][c]]
 TABLE_COHORTS = [c for c in COHORTS if "tables" in config["cohorts"][c]]
+# The modalities each cohort can bring (GDC: all three; tables: those given) and the cohorts with slides, the only
+# ones with a WSI stage (wsi_qc.tsv): a cohort without slides simply has no WSI.
+COHORT_MODALITIES = {c: cohort_modalities(config["cohorts"][c]) for c in COHORTS}
+WSI_COHORTS = [c for c in COHORTS if "wsi" in COHORT_MODALITIES[c]]
+# Pretraining (and so fine-tuning's imputation) uses only the modalities some cohort brings.
+_AVAILABLE = available_modalities(config)
+for _key in ("modalities", "unimodal"):
+    _dropped = [m for m in config["pretrain"][_key] if m not in _AVAILABLE]
+    if _dropped:
+        logger.info(f"pretrain.{_key}: no cohort has {', '.join(_dropped)} (every cohort is given as tables without it); "
+                    f"pretraining without it")
+        config["pretrain"][_key] = [m for m in config["pretrain"][_key] if m in _AVAILABLE]
+if not config["pretrain"]["modalities"]:
+    raise WorkflowError(f"config: pretrain.modalities: no cohort has any of them (the cohorts bring "
+                        f"{', '.join(_AVAILABLE)})")
 
 # Each rule file appends the final outputs (paths, or functions of wildcards returning paths) to TARGETS.
 TARGETS = []
@@ -110,6 +134,51 @@ def downloaded_files(cohort, modality):
     return rows.reset_index(drop=True)
 
 
+# ------------------------------------------------------------------------------------------- WSI stage
+from imputmae.omics import read_slide_table  # noqa: E402
+
+
+def slide_rows(cohort):
+    """Every slide of ``cohort``: patient, file_name, local_path, available (bool), reason (why not available).
+
+    GDC: the selected diagnostic slides (after the gdc_select checkpoint), available once their download is
+    verified (gdc_download checkpoint). Own tables: the rows of ``tables.slides`` (read when the DAG is built),
+    available when the file exists; a missing one is named with its table row and the fix, and goes to QC."""
+    if cohort in GDC_COHORTS:
+        rows = selected_files(cohort, "wsi")[["patient", "file_name", "file_id"]].copy()
+        ok = downloaded_files(cohort, "wsi").set_index("file_id")["local_path"]
+        rows["local_path"] = rows["file_id"].map(ok)
+        rows["available"] = rows["local_path"].notna()
+        rows["reason"] = f"not downloaded (see {download_report(cohort, 'wsi')})"
+        return rows.drop(columns="file_id")
+    return _table_slides(cohort).copy()
+
+
+@functools.cache
+def _table_slides(cohort):
+    """slide_rows of a cohort given as tables, read (and its missing slides logged) once per Snakemake run."""
+    table = config["cohorts"][cohort]["tables"]["slides"]
+    try:
+        rows = read_slide_table(table)
+    except ValueError as exc:
+        raise WorkflowError(f"cohorts.{cohort}.tables.slides: {exc}") from None
+    rows = rows.rename(columns={"path": "local_path", "exists": "available"})
+    rows["reason"] = [f"slide not found: {p} ({table} row {r}; fix the path or remove the row)"
+                      for p, r in zip(rows["local_path"], rows["row"])]
+    for r in rows[~rows["available"]].itertuples():
+        logger.warning(f"{table}: row {r.row} (patient {r.patient}): slide {r.local_path} not found; its WSI goes "
+                       f"to QC as missing (fix the path or remove the row)")
+    return rows
+
+
+def slide_sources(wildcards):
+    """What decides a cohort's slides: the GDC selection and download report, or the user's slide table."""
+    c = wildcards.cohort
+    if c in GDC_COHORTS:
+        return {"report": download_report(c, "wsi"), "selected": f"{RESULTS}/{c}/gdc/selected.parquet"}
+    return {"slide_table": config["cohorts"][c]["tables"]["slides"]}
+
+
 # ------------------------------------------------------------------------------------------- Cluster (training)
 def train_launcher(wildcards, resources):
     """The launcher of training jobs, ``exec torchrun --standalone --nproc_per_node=N -m imputmae`` when
@@ -145,12 +214,13 @@ def finetune_checkpoint(wildcards):
 
 
 def cohort_stage_outputs(wildcards):
-    """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort."""
+    """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort (its WSI QC
+    table only when the cohort has slides)."""
     c = wildcards.cohort
     return {
         "splits": f"{RESULTS}/splits.parquet",
         "clinical": f"{RESULTS}/{c}/clinical.parquet",
         "rna": f"{RESULTS}/{c}/rna.parquet",
         "dnam": f"{RESULTS}/{c}/dnam.parquet",
-        "wsi_qc": f"{RESULTS}/{c}/wsi_qc.tsv",
+        **({"wsi_qc": f"{RESULTS}/{c}/wsi_qc.tsv"} if c in WSI_COHORTS else {}),
     }

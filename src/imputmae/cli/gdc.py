@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from imputmae.cli import UserError
+from imputmae.cli import UserError, atomic_write
 
 log = logging.getLogger("imputmae.gdc")
 
@@ -50,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = gsub.add_parser("download", help="download and verify files into DEST/<file_id>/<file_name>")
     d.add_argument("manifest", help="our manifest/selected parquet, or the GDC portal's manifest.tsv")
     d.add_argument("--dest", required=True, help="download folder (gdc-client layout)")
-    d.add_argument("--report", required=True, help="TSV report, one row per file")
+    d.add_argument("--report", default=None,
+                   help="TSV report, one row per file (default: DEST/download_report.tsv, or download_<modality>.tsv "
+                        "with --modality)")
     d.add_argument("--modality", choices=["rna", "dnam", "wsi"], help="only this modality (parquet manifests)")
     d.add_argument("--workers", type=int, default=4)
     d.add_argument("--strict", action="store_true", help="exit 1 when any file failed (default: record, go on)")
@@ -61,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = gsub.add_parser("clinical", help="survival labels from /cases, with a QC table of dropped patients")
     c.add_argument("--project", action="append", required=True)
     c.add_argument("--out", required=True, help="clinical.parquet")
-    c.add_argument("--qc", required=True, help="clinical_qc.tsv")
+    c.add_argument("--qc", default=None,
+                   help="the patients left out, with the reason (default: beside --out, clinical_qc.tsv for "
+                        "clinical.parquet)")
     c.add_argument("--page-size", type=int, default=500)
     _source(c, token=True)
     c.set_defaults(func=_clinical)
@@ -70,7 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = t.add_subparsers(dest="tables_command", metavar="TABLE", required=True)
     t2 = tsub.add_parser("table2", help="modality availability among patients with RNA-seq")
     t2.add_argument("--results", required=True, help="results folder ({R}); reads {R}/<cohort>/gdc/... and clinical")
-    t2.add_argument("--cohort", action="append", required=True, dest="cohorts", help="cohort name (repeat)")
+    t2.add_argument("--cohort", action="append", default=[], dest="cohorts", help="GDC cohort name (repeat)")
+    t2.add_argument("--table-cohort", action="append", default=[], dest="table_cohorts",
+                    help="a cohort given as tables (repeat): its patients from {R}/<cohort>/rna.parquet, dnam.parquet "
+                         "and, with slides, wsi_qc.tsv (every row: a patient with a slide)")
     t2.add_argument("--out", required=True, help="output prefix, e.g. results/tables/table2")
     t2.add_argument("--with-downloads", action="store_true",
                     help="also read {R}/<cohort>/gdc/download_{rna,dnam,wsi}.tsv: failed downloads count as missing")
@@ -133,11 +139,9 @@ def _download(args: argparse.Namespace) -> int:
              manifest["file_size"].sum() / 1e6, transport.source, args.dest, args.workers)
     report = download_files(manifest, args.dest, transport, workers=args.workers, retries=args.retries,
                             backoff_s=args.backoff, progress=not args.no_progress)
-    path = Path(args.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    report.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    path = Path(args.report) if args.report else \
+        Path(args.dest) / (f"download_{args.modality}.tsv" if args.modality else "download_report.tsv")
+    atomic_write(path, lambda tmp: report.to_csv(tmp, sep="\t", index=False))
     counts = report["status"].value_counts().to_dict()
     failed = counts.get("failed", 0)
     log.info("download: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do")
@@ -159,11 +163,10 @@ def _clinical(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if clinical.empty:
         raise UserError(f"no usable clinical rows for {args.project} ({len(qc)} dropped; see the log)")
-    path = Path(args.qc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    qc.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    from imputmae.cli.omics import beside
+
+    path = Path(args.qc) if args.qc else beside(args.out, "_qc.tsv")
+    atomic_write(path, lambda tmp: qc.to_csv(tmp, sep="\t", index=False))
     write_parquet(clinical, args.out, meta)
     return 0
 
@@ -171,9 +174,11 @@ def _clinical(args: argparse.Namespace) -> int:
 def _table2(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from imputmae.tables import table2, write_table
+    from imputmae.tables import table2, tables_selection, write_table
 
     results = Path(args.results)
+    if not args.cohorts and not args.table_cohorts:
+        raise UserError("table2: give at least one --cohort (GDC) or --table-cohort (own tables)")
     selected, clinical, downloads = {}, {}, {}
     for cohort in args.cohorts:
         sel = results / cohort / "gdc" / "selected.parquet"
@@ -189,12 +194,29 @@ def _table2(args: argparse.Namespace) -> int:
             if missing:
                 raise UserError(f"table2 --with-downloads: {', '.join(missing)} missing; run `imputmae gdc download`")
             downloads[cohort] = pd.concat([pd.read_csv(r, sep="\t", dtype={"file_id": str}) for r in reports])
+    for cohort in args.table_cohorts:
+        d = results / cohort
+        if not (d / "clinical.parquet").is_file():
+            raise UserError(f"table2: {d / 'clinical.parquet'} is missing; run `imputmae omics tables` for {cohort}")
+        have = {m: pd.read_parquet(d / f"{m}.parquet", columns=[]).index.astype(str)
+                for m in ("rna", "dnam") if (d / f"{m}.parquet").is_file()}
+        if (d / "wsi_qc.tsv").is_file():
+            have["wsi"] = pd.read_csv(d / "wsi_qc.tsv", sep="\t", dtype={"patient": str})["patient"].unique()
+        selected[cohort] = tables_selection(have, cohort)
+        clinical[cohort] = pd.read_parquet(d / "clinical.parquet")
     df = table2(selected, clinical, downloads)
-    note = ("Among patients with a selected RNA-seq file (gdc/selected.parquet): % with a selected DNAm file, with a "
-            "usable survival label (clinical.parquet) and with at least one diagnostic slide. "
-            + ("Files whose download failed count as missing. " if args.with_downloads else
-               "Availability at the GDC, before downloads. ")
-            + "WSI availability is before slide QC: the WSI stage may still drop slides (wsi_qc.tsv).")
+    notes = []
+    if args.cohorts:
+        notes.append("Among patients with a selected RNA-seq file (gdc/selected.parquet): % with a selected DNAm file, "
+                     "with a usable survival label (clinical.parquet) and with at least one diagnostic slide. "
+                     + ("Files whose download failed count as missing. " if args.with_downloads else
+                        "Availability at the GDC, before downloads. ")
+                     + "WSI availability is before slide QC: the WSI stage may still drop slides (wsi_qc.tsv).")
+    if args.table_cohorts:
+        notes.append(f"Cohorts given as tables ({', '.join(args.table_cohorts)}): among the patients of the RNA "
+                     f"matrix, % in the DNAm matrix, in the clinical table and with a slide in the slide table, "
+                     f"before slide QC (no slide table: 0%).")
+    note = " ".join(notes)
     write_table(df, args.out, ("csv", "md"),
                 caption="Table 2: Modality availability (%) among patients with RNA-seq data.", note=note)
     print(df.to_string(index=False))
