@@ -36,6 +36,9 @@ CPU time of the workflow.
 
     .venv/bin/python benchmarks/bench_real_omics.py                          # the preset, LGG (BRCA: unusable)
     .venv/bin/python benchmarks/bench_real_omics.py --overlay my.yaml --tag my   # a candidate recipe on top
+
+A fine-tuning candidate can reuse a finished run's pretraining: copy (``cp -a``, keeping mtimes) its
+``results/{splits.parquet,LGG,pretrain}`` into ``<work>/<tag>/results`` and pass ``--reuse-stages --modsets all``.
 """
 
 from __future__ import annotations
@@ -173,7 +176,8 @@ def write_config(work: Path, tables: Mapping[str, Path], overlays: Sequence[Path
                  modsets: Sequence[str] = ("rna", "all")) -> Path:
     """config.yaml in ``work``: the repository's config.yaml, then ``overlays`` in order, then the benchmark's keys.
 
-    ``cohorts`` is replaced, not merged (a merge would keep config.yaml's GDC cohorts).
+    ``cohorts`` is the benchmark's alone (as a --configfile's cohorts replace config.yaml's). Written whole as the
+    run folder's config.yaml, which the Snakefile's ``configfile:`` reads when snakemake runs in that folder.
     """
     cfg = load_config([REPO / "config.yaml", *overlays])
     cfg["results"] = str(work / "results")
@@ -318,6 +322,9 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--score-only", action="store_true", help="score a finished run without running snakemake")
+    ap.add_argument("--reuse-stages", action="store_true",
+                    help="rerun a step only for newer inputs or changed params (--rerun-triggers mtime params): a "
+                         "fine-tuning candidate reuses the pretraining copied into its folder")
     ap.add_argument("--label", default=None, help="name of this candidate (summary_<label>.json; default: --tag)")
     args = ap.parse_args()
     work = args.work.resolve()
@@ -339,7 +346,8 @@ def main() -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, tables, [PRESET, *args.overlay], args.folds, args.modsets)
     rows = [r for r in ROWS if r[0] == "cox_pca" or r[1] in args.modsets]
-    timing = {} if args.score_only else run_workflow(run_dir, args.cores)
+    extra = ["--rerun-triggers", "mtime", "params"] if args.reuse_stages else []
+    timing = {} if args.score_only else run_workflow(run_dir, args.cores, extra)
     label = args.label or args.tag
     summary = {"tag": args.tag, "label": label, "overlays": [str(p) for p in [PRESET, *args.overlay]], **timing}
     for cohort in tables:
