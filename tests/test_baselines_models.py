@@ -13,15 +13,7 @@ from imputmae.baselines import (CMTA, BaselineInputs, CMTAConfig, MoME, MoMEConf
 from imputmae.baselines._layers import TokenAttention, genomic_groups
 from imputmae.baselines.multisurv import fc_widths
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small per-patient forwards: on a shared 2-core machine two threads per process are 10-100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")   # per-patient forwards of small models (tests/conftest.py)
 
 L_RNA, L_DNAM, F = 24, 20, 16
 # (rna, dnam, wsi) availability of the test batch: all present, one missing (each), only RNA

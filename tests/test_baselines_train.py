@@ -12,15 +12,7 @@ from imputmae.baselines import BaselineConfig, BaselineInputs, baseline_inputs, 
 from imputmae.baselines._train import _drop_modality
 from imputmae.model import MODALITIES
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small per-patient forwards: on a shared 2-core machine two threads per process are 10-100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")   # per-patient forwards of small models (tests/conftest.py)
 
 L_RNA, L_DNAM, F = 30, 20, 8
 # narrow widths and few epochs keep each run to seconds; optimisers and learning rates are the published ones except
@@ -84,9 +76,9 @@ def test_each_baseline_learns_a_planted_signal(name):
 def test_test_patients_do_not_change_the_fitted_state(name):
     """Perturb every test patient's inputs and labels: cuts, validation split, preselection, chosen epoch and the
     weights are identical, and so are the training patients' predictions; only the test rows change."""
-    bi, clinical, _ = planted_cohort(90, seed=1)
-    train, test = _split(bi.patients, 30)
-    cfg = BaselineConfig.published(name, **{**FAST[name], "epochs": 3})
+    bi, clinical, _ = planted_cohort(50, seed=1)
+    train, test = _split(bi.patients, 15)
+    cfg = BaselineConfig.published(name, **{**FAST[name], "epochs": 2})
     a = train_baseline(bi, clinical, train, test, cfg, device="cpu")
     t_idx = torch.from_numpy(bi.index(test))
     bi2 = BaselineInputs(bi.patients, bi.rna.clone(), bi.dnam.clone(), [t.clone() for t in bi.tiles],
