@@ -169,3 +169,45 @@ def test_baseline_inputs_from_a_pretrained_mae():
             assert imp.tiles[i].shape == (inp.tiles[p].shape[0], D)
         else:
             assert imp.tiles[i].shape == (1, D) and bool(imp.imputed[i, 2]) and not bool(zero.available[i, 2])
+
+
+def test_resnet50_extractor_loads_torchvision_layout_weights(tmp_path):
+    """Parameter counts of torchvision's resnet50 (25,557,032 with its fc of 2048*1000+1000 = 2,049,000; layer4
+    14,964,736), a state dict with an fc and a ``module.`` prefix loads, and baseline_inputs uses it per tile."""
+    from imputmae.baselines._resnet import ResNet50Features, load_resnet50_features
+    from tests.test_finetune import synthetic_cohort, tiny_mae
+
+    full = ResNet50Features("layer4")
+    assert sum(p.numel() for p in full.parameters()) == 25_557_032 - 2_049_000
+    torch.manual_seed(0)
+    trunc = ResNet50Features("layer3")
+    assert sum(p.numel() for p in trunc.parameters()) == 25_557_032 - 2_049_000 - 14_964_736
+    for mod in trunc.modules():          # non-trivial running statistics, so that eval mode matters
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    state = {f"module.{k}": v for k, v in full.state_dict().items() if not k.startswith("layer4")}
+    state |= {f"module.{k}": v for k, v in trunc.state_dict().items()}
+    state |= {"module.fc.weight": torch.zeros(1000, 2048), "module.fc.bias": torch.zeros(1000)}
+    path = tmp_path / "resnet50.pth"
+    torch.save(state, path)
+    net = load_resnet50_features(path)
+    x = torch.rand(3, 3, 32, 32)
+    trunc.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), trunc(x))
+    assert net(x).shape == (3, 1024) and not any(p.requires_grad for p in net.parameters())
+    torch.save({k: v for k, v in state.items() if "layer3" not in k}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="weights missing"):
+        load_resnet50_features(tmp_path / "bad.pth")
+
+    mae = tiny_mae()
+    patients, inp, _ = synthetic_cohort(6)
+    bi = baseline_inputs(mae, inp, patients, "zero", extractor="resnet50", weights=path)
+    assert bi.extractor == "resnet50" and bi.tile_dim == 1024
+    for i, p in enumerate(patients):
+        if inp.has(p, "wsi"):
+            tiles = torch.from_numpy(inp.tiles[p]).permute(0, 3, 1, 2).float() / 255
+            torch.testing.assert_close(bi.tiles[i], net(tiles))
+    with pytest.raises(ValueError, match="needs weights"):
+        baseline_inputs(mae, inp, patients, extractor="resnet50")

@@ -4,10 +4,10 @@ Built once per fold and shared by every baseline row of that fold (:func:`baseli
 
 * RNA [L_rna] and DNAm [L_dnam]: the vectors impuTMAE reads (``PatientInputs.omics``, already normalised to
   [0, 1] by the fold's normalisers, fitted on its training patients), cut to the unpadded lengths of the MAE config;
-* tiles [K, F]: each tile through a **named frozen extractor**; ``mae_cls`` (the default and, for now, the only one)
-  is the fold's pretrained WSI encoder, unmasked, its CLS token after the final norm (F = hidden size), the same
-  encoder impuTMAE fine-tunes from. (A ResNet-50 from a local weights path, what CLAM-based baselines used, is not
-  implemented: torchvision is not a dependency.)
+* tiles [K, F]: each tile through a **named frozen extractor**: ``mae_cls`` (the default) is the fold's pretrained
+  WSI encoder, unmasked, its CLS token after the final norm (F = hidden size), the same encoder impuTMAE fine-tunes
+  from; ``resnet50`` is an ImageNet ResNet-50 loaded from a local weights file (``weights``), truncated after
+  layer3 as CLAM does (F = 1,024; :mod:`imputmae.baselines._resnet`), what CLAM-based baselines used;
 * missing modalities: ``missing="impute"`` (the paper's protocol, "we impute missing modalities in prior approaches
   using the proposed method") fills them with the pretrained decoder's reconstruction
   (:func:`imputmae.finetune.complete_inputs`, the function impuTMAE's own fine-tuning uses; a missing slide becomes
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,7 +29,7 @@ from imputmae.model import MODALITIES, MultimodalMAE
 
 __all__ = ["BaselineInputs", "baseline_inputs", "collate_inputs", "mae_tile_features", "select_top_variance"]
 
-Extractor = Literal["mae_cls"]
+Extractor = Literal["mae_cls", "resnet50"]
 
 
 @dataclass
@@ -81,28 +82,44 @@ def mae_tile_features(mae: MultimodalMAE, tiles: Tensor, chunk: int = 64) -> Ten
 @torch.no_grad()
 def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
                     missing: Literal["impute", "zero"] = "impute", extractor: Extractor = "mae_cls",
-                    max_tiles: int | None = None, chunk: int = 64) -> BaselineInputs:
+                    weights: str | Path | None = None, max_tiles: int | None = None,
+                    chunk: int = 64) -> BaselineInputs:
     """The fold's baseline inputs from impuTMAE's (``inputs``: :class:`imputmae.finetune.PatientInputs`).
 
-    ``mae``: the fold's pretrained model (imputation and the ``mae_cls`` extractor); see the module docstring.
+    ``mae``: the fold's pretrained model (imputation, and the ``mae_cls`` extractor); ``weights``: the ResNet-50
+    state dict for ``extractor="resnet50"``. See the module docstring.
     """
     from imputmae.finetune import complete_inputs
 
-    if extractor != "mae_cls":
-        raise ValueError(f"extractor {extractor!r}: only 'mae_cls' (the fold's pretrained WSI encoder) is available")
     patients = list(patients)
     dev = next(mae.parameters()).device
+    if extractor == "mae_cls":
+        def features(x: Tensor) -> Tensor:
+            return mae_tile_features(mae, x, chunk)
+
+        D = mae.cfg.hidden_size
+    elif extractor == "resnet50":
+        if weights is None:
+            raise ValueError("extractor 'resnet50' needs weights: the path of a torchvision ResNet-50 state dict")
+        from imputmae.baselines._resnet import load_resnet50_features
+
+        net = load_resnet50_features(weights).to(dev)
+
+        def features(x: Tensor) -> Tensor:
+            return torch.cat([net(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+        D = net.out_features
+    else:
+        raise ValueError(f"extractor {extractor!r}: 'mae_cls' (the fold's pretrained WSI encoder) or 'resnet50'")
     data, imputed = complete_inputs(mae, inputs, patients, MODALITIES, missing, max_tiles)
     lengths = {"rna": mae.cfg.rna_len, "dnam": mae.cfg.dnam_len}
     omics = {m: torch.zeros(len(patients), lengths[m]) for m in ("rna", "dnam")}
-    D = mae.cfg.hidden_size
     tiles: list[Tensor] = []
     for i, p in enumerate(patients):
         for m in ("rna", "dnam"):
             if p in data[m]:
                 omics[m][i] = data[m][p][: lengths[m]].float().cpu()
-        tiles.append(mae_tile_features(mae, data["wsi"][p].to(dev), chunk).cpu() if p in data["wsi"]
-                     else torch.zeros(1, D))
+        tiles.append(features(data["wsi"][p].to(dev)).cpu() if p in data["wsi"] else torch.zeros(1, D))
     avail = torch.tensor([[p in data[m] for m in MODALITIES] for p in patients], dtype=torch.bool)
     imp = torch.from_numpy(np.stack([imputed[m] for m in MODALITIES], axis=1))
     return BaselineInputs(patients, omics["rna"], omics["dnam"], tiles, avail, imp, extractor)

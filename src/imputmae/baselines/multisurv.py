@@ -116,9 +116,11 @@ class MultiSurv(nn.Module):
 
     @torch.no_grad()
     def fit_preprocessing(self, rna: Tensor, dnam: Tensor) -> None:
-        """Keep the most variable genes / probes of TRAINING patients: rna [N, L_rna], dnam [N, L_dnam]."""
-        self.rna_index.copy_(select_top_variance(rna, self.rna_index.numel()))
-        self.dnam_index.copy_(select_top_variance(dnam, self.dnam_index.numel()))
+        """Keep the most variable genes / probes of TRAINING patients: rna [N, L_rna], dnam [N, L_dnam] (the rows
+        that have the modality; with fewer than two, the first columns stay selected)."""
+        for index, x in ((self.rna_index, rna), (self.dnam_index, dnam)):
+            if x.shape[0] >= 2:
+                index.copy_(select_top_variance(x, index.numel()))
 
     def embed(self, batch: Mapping[str, Tensor]) -> Tensor:
         """-> modality vectors [B, 3, width] in :data:`MODALITIES` order."""
