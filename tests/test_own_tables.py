@@ -124,9 +124,13 @@ def test_snakemake_runs_an_own_cohort_end_to_end(tmp_path):
     """The README's own-matrices recipe, as a user runs it: `snakemake --configfile my.yaml` on a cohort of
     RNA, DNAm and clinical tables, no slides, two matrix patients without a clinical row (pretraining only);
     Tables 2-4 and the report hold its row."""
-    tables = {k: str(v) for k, v in write_own_tables(tmp_path / "my", unlabelled=2).items()}
-    overlay = tiny_overlay(tmp_path / "res", {"MINE": {"tables": tables}}, modality_sets=("wsi", "all"),
-                           unimodal=())
+    from test_readme import readme_own_cohort
+
+    mine = readme_own_cohort()["MINE"]                    # the README's recipe, its paths pointed at our tables
+    ours = write_own_tables(tmp_path / "my", unlabelled=2)
+    assert set(mine["tables"]) == set(ours), mine
+    mine["tables"] = {k: str(ours[k]) for k in mine["tables"]}
+    overlay = tiny_overlay(tmp_path / "res", {"MINE": mine}, modality_sets=("wsi", "all"), unimodal=())
     run = subprocess.run(snakemake_command(tmp_path, overlay), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     res = tmp_path / "res"
