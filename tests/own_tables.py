@@ -54,6 +54,26 @@ def write_own_tables(folder: Path, prefix: str = "P", n: int = 24, seed: int = 0
     return out
 
 
+def write_slide_table(folder: Path, patients: Sequence[str], missing: Sequence[str] = (), seed: int = 0) -> Path:
+    """One small synthetic Aperio slide per patient (tests/wsi_synth.py: pink tissue, purple nuclei), listed in
+    ``slides.csv`` (patient, path relative to the table); the ``missing`` patients' rows name a file that does not
+    exist. Returns the table's path."""
+    from wsi_synth import he_image
+
+    from imputmae.svs import write_aperio_svs
+
+    (folder / "slides").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, p in enumerate(patients):
+        name = f"slides/{p}-DX1.svs"
+        if p not in missing:
+            img = he_image(512, 640, [(0.5, 0.5, 0.35, 0.35, 0.3 + 0.7 * (i % 3) / 2)], seed=seed + i)
+            write_aperio_svs(folder / name, img, mpp=0.5, app_mag=20, n_levels=2)
+        rows.append({"patient": p, "path": name})
+    pd.DataFrame(rows).to_csv(folder / "slides.csv", index=False)
+    return folder / "slides.csv"
+
+
 def tiny_overlay(results: Path, cohorts: dict[str, Any], n_folds: int = 2,
                  modality_sets: Sequence[str] = ("rna", "all"), unimodal: Sequence[str] = ("rna",)) -> dict[str, Any]:
     """A ``--configfile`` overlay: the given cohorts, a tiny model, a few epochs, ``n_folds`` outer folds."""

@@ -350,7 +350,7 @@ def test_cli_bring_your_own_tables_end_to_end(tmp_path, normalize):
 
 
 @pytest.mark.parametrize("mutate,needle", [
-    (lambda t: t["rna"].write_text(t["rna"].read_text().replace("P003", "P001", 1)), "P001' appears in more"),
+    (lambda t: t["rna"].write_text(t["rna"].read_text().replace("P003", "P001", 1)), "rows 2, 4 (patient 'P001'): the same patient more than once; keep one row per patient"),
     (lambda t: t["dnam"].write_text(t["dnam"].read_text().replace("\t0.", "\tx", 1)), "is not a number"),
     (lambda t: pd.DataFrame(dict(patient=["P000"], time=[-3], event=[1])).to_parquet(t["clinical"]),
      "time -3"),

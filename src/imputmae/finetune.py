@@ -445,7 +445,8 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
 @dataclass
 class FinetuneResult:
     model: SurvivalEnsemble
-    predictions: pd.DataFrame   # patient, fold, split (train/test), val_member, imputed_*, risk, s_0..s_{T-1}, ...
+    predictions: pd.DataFrame   # patient, fold, split (train/test), val_member, imputed_*, risk, s_0..s_{T-1}, ...;
+                                # attrs["cuts_days"]: the T label cuts (days) the s_k are at
     metrics: dict[str, Any]
     state: dict[str, Any]       # what model.pt holds besides the weights
 
@@ -541,6 +542,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     pred.insert(0, "split", ["train"] * len(train_idx) + ["test"] * len(test_idx))
     pred.insert(0, "fold", int(fold))
     pred.insert(0, "patient", pts)
+    pred.attrs["cuts_days"] = [float(c) for c in cuts]   # s_k is S at cuts_days[k]; kept in predictions.parquet
     state = {"cuts": torch.from_numpy(cuts), "train_patients": list(train), "test_patients": list(test),
              "members": member_state, "config": asdict(cfg), "modalities": list(mods),
              "train_median_risk": metrics["train_median_risk"], "fold": int(fold)}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +49,14 @@ __all__ = [
     "dnam_probe_set",
     "build_dnam_matrix",
     "read_probe_list",
+    "file_table_from_paths",
+    "GDC_FILE_PATTERNS",
     "platform_group",
     "read_feature_table",
     "read_clinical_table",
+    "unlabelled_patients",
+    "read_slide_table",
+    "SLIDE_PATIENT_PATTERN",
     "QC_COLUMNS",
     "NORMALIZED_KEY",
     "write_matrix",
@@ -231,6 +236,42 @@ def _check_file_table(files: pd.DataFrame) -> pd.DataFrame:
     if len(dup):
         raise ValueError(f"patient {dup.iloc[0]} has more than one file; choose one file per patient upstream")
     return files.sort_values("patient", kind="stable").reset_index(drop=True)
+
+
+# The GDC file names of each modality (gdc-client layout: <folder>/<file_id>/<file_name>).
+GDC_FILE_PATTERNS: dict[str, str] = {"rna": "*.rna_seq.augmented_star_gene_counts.tsv",
+                                     "dnam": "*.level3betas.txt"}
+
+
+def file_table_from_paths(paths: Sequence[str | Path], modality: str) -> pd.DataFrame:
+    """A file table (patient, path, file_id) from a download folder or a list of files, as gdc-client leaves them:
+    a folder is searched for the modality's GDC files (:data:`GDC_FILE_PATTERNS`), recursively. The patient id is a
+    file's name up to its first dot (GDC names files by a UUID: give a table with a ``patient`` column to name them
+    by barcode); ``file_id`` is the name of the file's folder (gdc-client's ``<file_id>/<file_name>``).
+
+    Raises:
+        ValueError: a path that does not exist, a folder without such files, or two files with the same id.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob(GDC_FILE_PATTERNS[modality]) if f.is_file())
+            if not found:
+                raise ValueError(f"{p}: no {GDC_FILE_PATTERNS[modality]} file under this folder; give the download "
+                                 f"folder of {modality} files, the files, or a table of patient and path")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"{p}: no such file or folder")
+    out = pd.DataFrame({"patient": [f.name.split(".", 1)[0] for f in files], "path": [str(f) for f in files],
+                        "file_id": [f.parent.name for f in files]})
+    dup = out[out["patient"].duplicated(keep=False)]
+    if len(dup):
+        raise ValueError(f"{dup['path'].iloc[0]} and {dup['path'].iloc[1]}: the same id {dup['patient'].iloc[0]!r}; "
+                         f"give a table of patient and path to say which file is whose")
+    return out
 
 
 def _run_parallel(fn: Callable[[int], object], n: int, threads: int, desc: str) -> list[object]:
@@ -558,6 +599,35 @@ def _read_any_table(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: cannot be read as a table ({exc})") from None
 
 
+# Every survival time of a clinical table below this many days (under 7 months of follow-up) hints at months.
+MONTHS_HINT_DAYS = 200
+
+
+def _check_unique_patients(path: str | Path, patients: pd.Series) -> None:
+    dup = patients[patients.duplicated(keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        rows = [str(i + 1) for i in np.flatnonzero((patients == first).to_numpy())]
+        raise ValueError(f"{path}: rows {', '.join(rows)} (patient {first!r}): the same patient more than once; "
+                         f"keep one row per patient")
+
+
+def unlabelled_patients(matrices: Mapping[str, tuple[str | Path, pd.Index]], clinical: pd.DataFrame,
+                        clinical_path: str | Path, cohort: str) -> pd.DataFrame:
+    """Patients of a user's matrices without a row in the clinical table: no survival label, so pretraining only
+    (as in Xena and cBioPortal downloads). matrices: modality -> (its table's path, its patient ids). Returns the
+    rows of ``clinical_qc.tsv``: patient, project_id, reason (naming the tables the patient is in)."""
+    known = set(clinical["patient"])
+    where: dict[str, list[str]] = {}
+    for m, (path, ids) in matrices.items():
+        for p in ids:
+            if p not in known:
+                where.setdefault(str(p), []).append(str(path))
+    rows = [(p, cohort, f"in {', '.join(t)} but not in the clinical table {clinical_path}: no survival label, "
+                        f"pretraining only") for p, t in sorted(where.items())]
+    return pd.DataFrame(rows, columns=["patient", "project_id", "reason"])
+
+
 def read_feature_table(path: str | Path, modality: str) -> pd.DataFrame:
     """A user's matrix: first column patient id, every other column a numeric feature -> float32 frame.
 
@@ -573,9 +643,7 @@ def read_feature_table(path: str | Path, modality: str) -> pd.DataFrame:
     if df[first].isna().any():
         row = int(np.flatnonzero(df[first].isna().to_numpy())[0])
         raise ValueError(f"{path}: row {row + 1}: empty patient id in the first column ({first!r})")
-    if patients.duplicated().any():
-        raise ValueError(f"{path}: patient {patients[patients.duplicated()].iloc[0]!r} appears in more than one row;"
-                         f" keep one row per patient")
+    _check_unique_patients(path, patients)
     feats = df.columns[1:].astype(str)
     if feats.duplicated().any():
         raise ValueError(f"{path}: feature column {feats[feats.duplicated()][0]!r} appears more than once")
@@ -616,8 +684,7 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
     if df["patient"].isna().any():
         raise ValueError(f"{path}: row {int(np.flatnonzero(df['patient'].isna().to_numpy())[0]) + 1}: empty patient")
     patients = df["patient"].astype(str).str.strip()
-    if patients.duplicated().any():
-        raise ValueError(f"{path}: patient {patients[patients.duplicated()].iloc[0]!r} appears more than once")
+    _check_unique_patients(path, patients)
     time = pd.to_numeric(df["time"], errors="coerce")
     event = pd.to_numeric(df["event"], errors="coerce")
     for name, col, ok in (("time", time, time.notna() & np.isfinite(time) & (time >= 0)),
@@ -628,6 +695,10 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
             value = df[name].iloc[r]
             value = value.item() if hasattr(value, "item") else value
             raise ValueError(f"{path}: row {r + 1} (patient {patients.iloc[r]}): {name} {value!r}, expected {want}")
+    if len(time) and time.max() < MONTHS_HINT_DAYS:
+        r = int(np.argmax(time.to_numpy()))
+        log.warning("%s: every time is below %d (longest: row %d, patient %s, %s): if these are months, multiply "
+                    "them by 30.44 (times are days)", path, MONTHS_HINT_DAYS, r + 1, patients.iloc[r], time.iloc[r])
     event = event.astype(np.int8)
     return pd.DataFrame({
         "patient": patients.to_numpy(),
@@ -636,6 +707,47 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
         "time": time.astype(np.float64).to_numpy(),
         "event": event.to_numpy(),
     })
+
+
+# A patient id names files ({R}/{cohort}/wsi/{patient}.npy) and a Snakemake wildcard: these characters only.
+SLIDE_PATIENT_PATTERN = r"[A-Za-z0-9_-]+"
+
+
+def read_slide_table(path: str | Path) -> pd.DataFrame:
+    """A user's slide table (``patient``, ``path``: any file OpenSlide reads; several rows for a patient with several
+    slides) -> patient, path (absolute: a relative path is relative to the table's folder), file_name, row (1-based
+    data row), exists (bool). A slide that does not exist is not an error here: its patient gets a WSI QC row.
+
+    Raises:
+        ValueError: one line naming the file, the row, the patient and the fix (missing columns, an empty
+            patient or path, a patient id unfit for a file name, a slide listed twice).
+    """
+    df = _read_any_table(path)
+    if "path" not in df.columns and "slide" in df.columns:
+        df = df.rename(columns={"slide": "path"})
+    if not {"patient", "path"} <= set(df.columns):
+        raise ValueError(f"{path}: expected columns patient and path (the slide file); got {list(df.columns)[:8]}")
+    base = Path(path).resolve().parent
+    rows = []
+    for r, (patient, slide) in enumerate(zip(df["patient"], df["path"]), start=1):
+        if pd.isna(patient) or not str(patient).strip() or pd.isna(slide) or not str(slide).strip():
+            raise ValueError(f"{path}: row {r}: empty {'patient' if pd.isna(patient) or not str(patient).strip() else 'path'}"
+                             f"; give every row a patient and a slide path, or remove the row")
+        patient = str(patient).strip()
+        if not re.fullmatch(SLIDE_PATIENT_PATTERN, patient):
+            raise ValueError(f"{path}: row {r} (patient {patient!r}): a patient id may hold only letters, digits, "
+                             f"'-' and '_' (it names the tile files); rename it here and in the other tables")
+        full = Path(str(slide).strip()).expanduser()
+        full = full if full.is_absolute() else base / full
+        rows.append((patient, str(full), full.name, r, full.is_file()))
+    out = pd.DataFrame(rows, columns=["patient", "path", "file_name", "row", "exists"])
+    dup = out[out.duplicated(["patient", "file_name"], keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        raise ValueError(f"{path}: rows {', '.join(map(str, dup.loc[dup['file_name'] == first['file_name'], 'row']))}"
+                         f" (patient {first['patient']}): slide {first['file_name']!r} listed more than once; "
+                         f"keep one row per slide")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------- I/O

@@ -126,7 +126,8 @@ def km_split(predictions: pd.DataFrame, train_median: Mapping[int, float]) -> pd
 
 
 def plot_km(groups: pd.DataFrame, title: str, out_png: str | Path) -> float:
-    """Kaplan-Meier curves of the two groups with the log-rank p value (lifelines); returns p."""
+    """Kaplan-Meier curves of the two groups, the numbers at risk under them (lifelines ``add_at_risk_counts``)
+    and the log-rank p value; returns p."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,15 +139,21 @@ def plot_km(groups: pd.DataFrame, title: str, out_png: str | Path) -> float:
     p = float("nan")
     if len(hi) and len(lo):
         p = float(logrank_test(hi["time"], lo["time"], hi["event"], lo["event"]).p_value)
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    from lifelines.plotting import add_at_risk_counts
+
+    fig, ax = plt.subplots(figsize=(5, 4.8), dpi=120)
+    fitted = []
     for name, g, color in [("low risk", lo, "tab:blue"), ("high risk", hi, "tab:red")]:
         if len(g):
-            KaplanMeierFitter(label=f"{name} (n={len(g)})").fit(g["time"], g["event"]).plot_survival_function(
-                ax=ax, color=color, ci_show=True)
+            km = KaplanMeierFitter(label=f"{name} (n={len(g)})").fit(g["time"], g["event"])
+            km.plot_survival_function(ax=ax, color=color, ci_show=True)
+            fitted.append(km)
     ax.set_xlabel("days")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{title}\nlog-rank p = {p:.2g}" if np.isfinite(p) else title, fontsize=9)
+    if fitted:   # the numbers at risk under the curves, as survival papers show them
+        add_at_risk_counts(*fitted, ax=ax, rows_to_show=["At risk"], fig=fig)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 # Shared by the workflow: validation, the cohort table, paths, and the list of final targets.
+import functools
 import json
 import os
 import shlex
@@ -131,6 +132,51 @@ def downloaded_files(cohort, modality):
     rows = rows[rows["file_id"].isin(ok.index)].copy()
     rows["local_path"] = rows["file_id"].map(ok)
     return rows.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- WSI stage
+from imputmae.omics import read_slide_table  # noqa: E402
+
+
+def slide_rows(cohort):
+    """Every slide of ``cohort``: patient, file_name, local_path, available (bool), reason (why not available).
+
+    GDC: the selected diagnostic slides (after the gdc_select checkpoint), available once their download is
+    verified (gdc_download checkpoint). Own tables: the rows of ``tables.slides`` (read when the DAG is built),
+    available when the file exists; a missing one is named with its table row and the fix, and goes to QC."""
+    if cohort in GDC_COHORTS:
+        rows = selected_files(cohort, "wsi")[["patient", "file_name", "file_id"]].copy()
+        ok = downloaded_files(cohort, "wsi").set_index("file_id")["local_path"]
+        rows["local_path"] = rows["file_id"].map(ok)
+        rows["available"] = rows["local_path"].notna()
+        rows["reason"] = f"not downloaded (see {download_report(cohort, 'wsi')})"
+        return rows.drop(columns="file_id")
+    return _table_slides(cohort).copy()
+
+
+@functools.cache
+def _table_slides(cohort):
+    """slide_rows of a cohort given as tables, read (and its missing slides logged) once per Snakemake run."""
+    table = config["cohorts"][cohort]["tables"]["slides"]
+    try:
+        rows = read_slide_table(table)
+    except ValueError as exc:
+        raise WorkflowError(f"cohorts.{cohort}.tables.slides: {exc}") from None
+    rows = rows.rename(columns={"path": "local_path", "exists": "available"})
+    rows["reason"] = [f"slide not found: {p} ({table} row {r}; fix the path or remove the row)"
+                      for p, r in zip(rows["local_path"], rows["row"])]
+    for r in rows[~rows["available"]].itertuples():
+        logger.warning(f"{table}: row {r.row} (patient {r.patient}): slide {r.local_path} not found; its WSI goes "
+                       f"to QC as missing (fix the path or remove the row)")
+    return rows
+
+
+def slide_sources(wildcards):
+    """What decides a cohort's slides: the GDC selection and download report, or the user's slide table."""
+    c = wildcards.cohort
+    if c in GDC_COHORTS:
+        return {"report": download_report(c, "wsi"), "selected": f"{RESULTS}/{c}/gdc/selected.parquet"}
+    return {"slide_table": config["cohorts"][c]["tables"]["slides"]}
 
 
 # ------------------------------------------------------------------------------------------- Cluster (training)

@@ -78,21 +78,27 @@ if GDC_COHORTS:
             "python -m imputmae omics qc {input.rna:q} {input.dnam:q} --out {output:q} > {log} 2>&1"
 
 
+def omics_tables_of(cohort):
+    """The matrices and clinical table of a cohort given as tables (its slide table goes to the WSI stage)."""
+    return {k: v for k, v in config["cohorts"][cohort]["tables"].items() if k in ("rna", "dnam", "clinical")}
+
+
 if TABLE_COHORTS:
 
     rule omics_tables:
         input:
-            unpack(lambda w: dict(config["cohorts"][w.cohort]["tables"])),
+            unpack(lambda w: omics_tables_of(w.cohort)),
         output:
             rna=f"{RESULTS}/{{cohort}}/rna.parquet",
             dnam=f"{RESULTS}/{{cohort}}/dnam.parquet",
             probes=f"{RESULTS}/{{cohort}}/dnam_probes.txt",
             clinical=f"{RESULTS}/{{cohort}}/clinical.parquet",
+            clinical_qc=f"{RESULTS}/{{cohort}}/clinical_qc.tsv",  # matrix patients without a label: pretraining only
             qc=f"{RESULTS}/{{cohort}}/omics_qc.tsv",
         params:
             args=lambda w: " ".join(
                 [f"--cohort {shlex.quote(w.cohort)}"]
-                + [f"--{k} {shlex.quote(v)}" for k, v in sorted(config["cohorts"][w.cohort]["tables"].items())]
+                + [f"--{k} {shlex.quote(v)}" for k, v in sorted(omics_tables_of(w.cohort).items())]
                 + ([] if config["cohorts"][w.cohort].get("normalize", True) else ["--no-normalize"])
             ),
             out_dir=lambda w, output: str(Path(output.rna).parent),

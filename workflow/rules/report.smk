@@ -18,7 +18,7 @@ rule report:
         km=rules.table3.output.km,
         loss=expand(rules.pretrain.output.plot, run=PRETRAIN_RUNS, fold=PRETRAIN_FOLDS),
         wsi_qc=expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=WSI_COHORTS),
-        clinical_qc=expand(f"{RESULTS}/{{cohort}}/clinical_qc.tsv", cohort=GDC_COHORTS),
+        clinical_qc=expand(f"{RESULTS}/{{cohort}}/clinical_qc.tsv", cohort=COHORTS),
         omics_qc=expand(f"{RESULTS}/{{cohort}}/omics_qc.tsv", cohort=COHORTS),
         configs=REPORT_CONFIGS,
     output:

@@ -2,19 +2,18 @@
 # score (imputmae wsi tiles); per cohort, the QC table (imputmae wsi qc). A slide that cannot be used gives a QC row
 # (status not "ok": that patient's WSI counts as missing downstream), never a failed job.
 #
-# Patients: every patient with a diagnostic slide selected (selected_files, after the gdc_select checkpoint).
-# Slides: those whose download was verified (downloaded_files, after the gdc_download checkpoint); a selected slide
-# whose download failed is passed as --unavailable and shows in the QC row (see the download report for why).
-if GDC_COHORTS:
+# Cohorts with slides (WSI_COHORTS): GDC cohorts, and cohorts given as tables with `tables.slides` (patient, path).
+# Patients and slides come from slide_rows (common.smk): GDC, every patient with a diagnostic slide selected (after
+# the gdc_select checkpoint), the slides whose download was verified (after gdc_download) read, the others passed
+# as --unavailable with the reason; own tables, the slide table's rows, a path that does not exist passed as
+# --unavailable (QC row naming the table row and the fix).
+if WSI_COHORTS:
 
     rule wsi_tiles:
         input:
-            # the patient's verified slides, sorted (the result does not depend on their order)
-            slides=lambda w: sorted(
-                downloaded_files(w.cohort, "wsi").query("patient == @w.patient")["local_path"]
-            ),
-            report=lambda w: download_report(w.cohort, "wsi"),
-            selected=f"{RESULTS}/{{cohort}}/gdc/selected.parquet",  # the checkpoint params read
+            # the patient's available slides, sorted (the result does not depend on their order)
+            unpack(slide_sources),  # GDC: selection and download report; own tables: the slide table
+            slides=lambda w: sorted(slide_rows(w.cohort).query("patient == @w.patient and available")["local_path"]),
         output:
             npy=f"{RESULTS}/{{cohort}}/wsi/{{patient}}.npy",
             table=f"{RESULTS}/{{cohort}}/wsi/{{patient}}.parquet",
@@ -23,15 +22,13 @@ if GDC_COHORTS:
         params:
             prefix=lambda w: f"{RESULTS}/{w.cohort}/wsi/{w.patient}",
             settings=as_json(config["wsi"]),
-            unavailable=lambda w, input: " ".join(
-                f"--unavailable {shlex.quote(f'{name}=not downloaded (see {input.report})')}"
-                for name in sorted(
-                    set(selected_files(w.cohort, "wsi").query("patient == @w.patient")["file_name"])
-                    - set(downloaded_files(w.cohort, "wsi").query("patient == @w.patient")["file_name"])
-                )
+            unavailable=lambda w: " ".join(
+                f"--unavailable {shlex.quote(f'{r.file_name}={r.reason}')}"
+                for r in slide_rows(w.cohort).query("patient == @w.patient and not available")
+                .sort_values("file_name").itertuples()
             ),
         wildcard_constraints:
-            cohort="|".join(GDC_COHORTS),
+            cohort="|".join(WSI_COHORTS),
             patient=r"[A-Za-z0-9_-]+",
         log:
             "logs/wsi_tiles/{cohort}/{patient}.log",
@@ -47,15 +44,15 @@ if GDC_COHORTS:
 
     rule wsi_qc:
         input:
-            # every patient of the cohort with at least one diagnostic slide selected
+            # every patient of the cohort with at least one slide (selected at the GDC, or in the slide table)
             lambda w: expand(
                 f"{RESULTS}/{w.cohort}/wsi/{{patient}}.qc.tsv",
-                patient=sorted(selected_files(w.cohort, "wsi")["patient"].unique()),
+                patient=sorted(slide_rows(w.cohort)["patient"].unique()),
             ),
         output:
             f"{RESULTS}/{{cohort}}/wsi_qc.tsv",
         wildcard_constraints:
-            cohort="|".join(GDC_COHORTS),
+            cohort="|".join(WSI_COHORTS),
         log:
             "logs/wsi_qc/{cohort}.log",
         benchmark:
@@ -65,4 +62,4 @@ if GDC_COHORTS:
         shell:
             "python -m imputmae wsi qc {input:q} --out {output:q} > {log} 2>&1"
 
-    TARGETS.extend(expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=GDC_COHORTS))
+    TARGETS.extend(expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=WSI_COHORTS))

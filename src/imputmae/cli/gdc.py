@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from imputmae.cli import UserError
+from imputmae.cli import UserError, atomic_write
 
 log = logging.getLogger("imputmae.gdc")
 
@@ -50,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = gsub.add_parser("download", help="download and verify files into DEST/<file_id>/<file_name>")
     d.add_argument("manifest", help="our manifest/selected parquet, or the GDC portal's manifest.tsv")
     d.add_argument("--dest", required=True, help="download folder (gdc-client layout)")
-    d.add_argument("--report", required=True, help="TSV report, one row per file")
+    d.add_argument("--report", default=None,
+                   help="TSV report, one row per file (default: DEST/download_report.tsv, or download_<modality>.tsv "
+                        "with --modality)")
     d.add_argument("--modality", choices=["rna", "dnam", "wsi"], help="only this modality (parquet manifests)")
     d.add_argument("--workers", type=int, default=4)
     d.add_argument("--strict", action="store_true", help="exit 1 when any file failed (default: record, go on)")
@@ -61,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = gsub.add_parser("clinical", help="survival labels from /cases, with a QC table of dropped patients")
     c.add_argument("--project", action="append", required=True)
     c.add_argument("--out", required=True, help="clinical.parquet")
-    c.add_argument("--qc", required=True, help="clinical_qc.tsv")
+    c.add_argument("--qc", default=None,
+                   help="the patients left out, with the reason (default: beside --out, clinical_qc.tsv for "
+                        "clinical.parquet)")
     c.add_argument("--page-size", type=int, default=500)
     _source(c, token=True)
     c.set_defaults(func=_clinical)
@@ -136,11 +139,9 @@ def _download(args: argparse.Namespace) -> int:
              manifest["file_size"].sum() / 1e6, transport.source, args.dest, args.workers)
     report = download_files(manifest, args.dest, transport, workers=args.workers, retries=args.retries,
                             backoff_s=args.backoff, progress=not args.no_progress)
-    path = Path(args.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    report.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    path = Path(args.report) if args.report else \
+        Path(args.dest) / (f"download_{args.modality}.tsv" if args.modality else "download_report.tsv")
+    atomic_write(path, lambda tmp: report.to_csv(tmp, sep="\t", index=False))
     counts = report["status"].value_counts().to_dict()
     failed = counts.get("failed", 0)
     log.info("download: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do")
@@ -162,11 +163,10 @@ def _clinical(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if clinical.empty:
         raise UserError(f"no usable clinical rows for {args.project} ({len(qc)} dropped; see the log)")
-    path = Path(args.qc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    qc.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    from imputmae.cli.omics import beside
+
+    path = Path(args.qc) if args.qc else beside(args.out, "_qc.tsv")
+    atomic_write(path, lambda tmp: qc.to_csv(tmp, sep="\t", index=False))
     write_parquet(clinical, args.out, meta)
     return 0
 

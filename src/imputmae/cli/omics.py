@@ -19,12 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     osub = p.add_subparsers(dest="omics_command", metavar="STEP", required=True)
 
     def common(q: argparse.ArgumentParser, modality: str) -> None:
-        q.add_argument("--files", required=True, help="table of patient, path (or local_path)"
-                       + (", platform" if modality == "dnam" else "") + " (CSV/TSV/parquet)")
+        q.add_argument("--files", required=True, nargs="+",
+                       help="a table of patient, path (or local_path)" + (", platform" if modality == "dnam" else "")
+                       + " (CSV/TSV/parquet); or the download folder, or the files (patient: the file name up to "
+                       "its first dot)")
         q.add_argument("--modality", default=None, help=f"keep rows whose modality column is this (e.g. {modality})")
         q.add_argument("--report", default=None, help="download report TSV (file_id, local_path, status)")
         q.add_argument("--out", required=True, help=f"{modality}.parquet")
-        q.add_argument("--qc", required=True, help="QC table (patient, modality, file, reason), TSV")
+        q.add_argument("--qc", default=None,
+                       help=f"QC table (patient, modality, file, reason), TSV (default: beside --out, {modality}_qc.tsv "
+                       f"for {modality}.parquet)")
         q.add_argument("--on-malformed", choices=["error", "qc"], default="error")
         q.add_argument("--threads", type=int, default=2)
 
@@ -36,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = osub.add_parser("dnam", help="patient x probe beta matrix from SeSAMe level-3 files")
     common(d, "dnam")
-    d.add_argument("--probes-out", required=True, help="dnam_probes.txt: the probe set, one per line, sorted")
+    d.add_argument("--probes-out", default=None,
+                   help="the probe set, one per line, sorted (default: beside --out, dnam_probes.txt for dnam.parquet)")
     d.add_argument("--probe-list", default=None, help="use these probes instead of the 27k/450k overlap")
     d.set_defaults(func=_run_dnam)
 
@@ -62,11 +67,19 @@ def _file_table(args: argparse.Namespace, modality: str):
     import pandas as pd
 
     from imputmae.cli import UserError
+    from imputmae.omics import GDC_FILE_PATTERNS, file_table_from_paths
 
-    src = Path(args.files)
-    if not src.is_file():
-        raise UserError(f"--files {src}: no such file")
-    if src.suffix in (".parquet", ".pq"):
+    src = Path(args.files[0])
+    if len(args.files) > 1 or src.is_dir() or src.match(GDC_FILE_PATTERNS[modality]):
+        try:
+            files = file_table_from_paths(args.files, modality)
+        except ValueError as exc:
+            raise UserError(f"--files: {exc}") from None
+        log.info("%s: %d file(s) from %s", modality, len(files), " ".join(args.files))
+        src = Path(args.files[0])
+    elif not src.is_file():
+        raise UserError(f"--files {src}: no such file or folder")
+    elif src.suffix in (".parquet", ".pq"):
         files = pd.read_parquet(src)
     else:
         files = pd.read_csv(src, sep="," if src.suffix == ".csv" else "\t", dtype=str, keep_default_na=False)
@@ -104,6 +117,12 @@ def _file_table(args: argparse.Namespace, modality: str):
     return files.reset_index(drop=True), qc
 
 
+def beside(out: str | Path, suffix: str) -> Path:
+    """A side output's default path: beside ``out``, named after its stem (``rna.parquet`` -> ``rna_qc.tsv``)."""
+    out = Path(out)
+    return out.with_name(f"{out.name.split('.', 1)[0]}{suffix}")
+
+
 def _write_qc(path: str, qc_frames, modality: str) -> None:
     import pandas as pd
 
@@ -131,7 +150,7 @@ def _run_rna(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     write_matrix(matrix, args.out, normalized=False,
                  metadata=dict(modality="rna", source="gdc", column=args.column, gene_type=args.gene_type))
-    _write_qc(args.qc, [pd.DataFrame(pre_qc), qc], "rna")
+    _write_qc(args.qc or beside(args.out, "_qc.tsv"), [pd.DataFrame(pre_qc), qc], "rna")
     log.info("rna: %d patients x %d genes -> %s", *matrix.shape, args.out)
     return 0
 
@@ -155,9 +174,9 @@ def _run_dnam(args: argparse.Namespace) -> int:
         matrix, qc = build_dnam_matrix(files, probes, on_malformed=args.on_malformed, threads=args.threads)
     except (MalformedFileError, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
-    write_atomic_text(args.probes_out, "".join(p + "\n" for p in probes))
+    write_atomic_text(args.probes_out or beside(args.out, "_probes.txt"), "".join(p + "\n" for p in probes))
     write_matrix(matrix, args.out, normalized=False, metadata=dict(modality="dnam", source="gdc"))
-    _write_qc(args.qc, [pd.DataFrame(pre_qc), probe_qc, qc], "dnam")
+    _write_qc(args.qc or beside(args.out, "_qc.tsv"), [pd.DataFrame(pre_qc), probe_qc, qc], "dnam")
     nan = float(matrix.isna().to_numpy().mean()) if matrix.size else 0.0
     log.info("dnam: %d patients x %d probes (NaN fraction %.4f) -> %s", *matrix.shape, nan, args.out)
     return 0
@@ -168,8 +187,8 @@ def _run_tables(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from imputmae.cli import UserError
-    from imputmae.omics import (QC_COLUMNS, read_clinical_table, read_feature_table, write_atomic_text,
-                                write_matrix)
+    from imputmae.omics import (QC_COLUMNS, read_clinical_table, read_feature_table, unlabelled_patients,
+                                write_atomic_text, write_matrix)
 
     if not (args.rna or args.dnam):
         raise UserError("give --rna and/or --dnam with --clinical")
@@ -179,12 +198,12 @@ def _run_tables(args: argparse.Namespace) -> int:
         mats = {m: read_feature_table(p, m) for m, p in (("rna", args.rna), ("dnam", args.dnam)) if p}
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    known = set(clinical["patient"])
-    for m, mat in mats.items():
-        unknown = [p for p in mat.index if p not in known]
-        if unknown:
-            raise UserError(f"{getattr(args, m)}: {len(unknown)} patient(s) not in the clinical table "
-                            f"{args.clinical}, e.g. {unknown[:3]}; add them there or remove their rows")
+    clinical_qc = unlabelled_patients({m: (getattr(args, m), mat.index) for m, mat in mats.items()}, clinical,
+                                      args.clinical, args.cohort)
+    if len(clinical_qc):
+        log.warning("%d patient(s) of the matrices have no row in %s (e.g. %s): no survival label, pretraining "
+                    "only (listed in %s)", len(clinical_qc), args.clinical, ", ".join(clinical_qc["patient"][:3]),
+                    out / "clinical_qc.tsv")
     if "dnam" in mats:
         mats["dnam"] = mats["dnam"].reindex(columns=sorted(mats["dnam"].columns))  # the fixed sorted probe order
     for m in ("rna", "dnam"):
@@ -196,6 +215,7 @@ def _run_tables(args: argparse.Namespace) -> int:
         log.info("%s: %d patients x %d features (normalize: %s)", m, *mat.shape, args.normalize)
     write_atomic_text(out / "dnam_probes.txt", "".join(p + "\n" for p in mats.get("dnam", pd.DataFrame()).columns))
     write_atomic_text(out / "omics_qc.tsv", "\t".join(QC_COLUMNS) + "\n")
+    write_atomic_text(out / "clinical_qc.tsv", clinical_qc.to_csv(sep="\t", index=False))
     tmp = out / ".clinical.parquet.tmp"
     clinical.to_parquet(tmp, index=False)
     tmp.replace(out / "clinical.parquet")

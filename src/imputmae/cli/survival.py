@@ -155,6 +155,7 @@ def _cox(args: argparse.Namespace) -> int:
         for r in results:
             d = Path(args.out) / modset / f"fold{r.metrics['fold']}"
             r.metrics.update(cohort=args.cohort, modset=modset, model="cox_pca")
+            r.predictions.attrs["cuts_days"] = [float(c) for c in r.cuts]   # s_k at cuts_days[k], as fine-tuning
             atomic_write(d / "predictions.parquet", lambda t, r=r: r.predictions.to_parquet(t, index=False))
             _write_json(d / "metrics.json", r.metrics)
             log.info("%s cox-pca %s fold %d: antolini %.3f", args.cohort, modset, r.metrics["fold"],
