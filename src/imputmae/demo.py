@@ -665,7 +665,7 @@ def resolve_sizes(size: str = "demo", n_patients: Mapping[str, int] | None = Non
 
 
 def write_demo(out_dir: str | Path, seed: int = 0, n_patients: Mapping[str, int] | None = None,
-               size: str = "demo", params: DemoParams = DEFAULT_PARAMS) -> DemoSummary:
+               size: str = "demo", params: DemoParams = DEFAULT_PARAMS, slides: bool = True) -> DemoSummary:
     """Write the demo mirror into ``out_dir`` (replacing what a previous run left there) and return a summary.
 
     Args:
@@ -674,6 +674,8 @@ def write_demo(out_dir: str | Path, seed: int = 0, n_patients: Mapping[str, int]
         n_patients: patients per project (keys from :data:`PROJECTS`); overrides ``size``.
         size: ``"demo"`` (the quick demo) or ``"benchmark"`` (hundreds of patients per cohort): :data:`SIZES`.
         params: the generator's parameters (:class:`DemoParams`).
+        slides: False writes no slide files (omics and clinical only: a fast check of the omics signal; the
+            oracle's ``has_wsi`` still says who would have one).
     """
     sizes = resolve_sizes(size, n_patients)
     out = Path(out_dir)
@@ -703,7 +705,7 @@ def write_demo(out_dir: str | Path, seed: int = 0, n_patients: Mapping[str, int]
         summary.bytes += path.stat().st_size
 
     rows = list(patients.itertuples(index=False))
-    slide_plan = _plan_slides(rows)
+    slide_plan = _plan_slides(rows) if slides else {}
     for i, p in enumerate(rows):
         prng = np.random.default_rng([seed, i])  # each patient's files from its own stream
 
