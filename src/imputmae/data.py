@@ -7,7 +7,7 @@ counts) with tiles ``{R}/{cohort}/wsi/{patient}.npy`` (uint8 [K, 256, 256, 3]).
 
 Who is where:
 - **splits** (:func:`make_splits`): patients with survival labels and RNA (the paper evaluates every patient with at
-  least RNA), 5 outer folds per cohort, stratified by project and event. ``fold`` is the fold in which the patient
+  least RNA; a cohort with no RNA at all: any modality), 5 outer folds per cohort, stratified by project and event. ``fold`` is the fold in which the patient
   is a test patient.
 - **pretraining of fold f** (:func:`pretraining_patients`): every patient with at least one of the run's
   modalities except fold f's test patients; this includes patients without labels or without RNA (they are never
@@ -139,8 +139,12 @@ def load_patients(results: str | Path, cohorts: Sequence[str]) -> pd.DataFrame:
 
 
 def select_split_patients(patients: pd.DataFrame) -> pd.DataFrame:
-    """Patients that enter the splits: survival labels (time and event) and RNA."""
-    keep = patients["has_rna"] & patients["time"].notna() & patients["event"].notna()
+    """Patients that enter the splits: survival labels (time and event) and RNA; in a cohort without any RNA (own
+    tables of DNAm, or slides, only), survival labels and any modality."""
+    any_modality = patients["has_rna"] | patients["has_dnam"] | patients["has_wsi"]
+    cohort_has_rna = patients.groupby("cohort")["has_rna"].transform("any")
+    measured = patients["has_rna"].where(cohort_has_rna, any_modality)
+    keep = measured & patients["time"].notna() & patients["event"].notna()
     return patients.loc[keep].reset_index(drop=True)
 
 

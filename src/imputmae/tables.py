@@ -7,13 +7,13 @@ LaTeX, each through a temporary name renamed when complete.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
-__all__ = ["TableFormat", "write_table", "to_markdown", "to_latex", "project_label", "table2"]
+__all__ = ["TableFormat", "write_table", "to_markdown", "to_latex", "project_label", "table2", "tables_selection"]
 
 TableFormat = Literal["csv", "md", "tex"]
 
@@ -139,3 +139,12 @@ def table2(selected: Mapping[str, pd.DataFrame], clinical: Mapping[str, pd.DataF
     out = pd.DataFrame(rows, columns=["Cohort", "DNAm", "Clinical", "WSI", "RNA count"])
     out["RNA count"] = out["RNA count"].astype("int64")
     return out
+
+
+def tables_selection(patients: Mapping[str, Iterable[str]], cohort: str) -> pd.DataFrame:
+    """A cohort given as tables in the shape of ``gdc select``'s rows, so that :func:`table2` counts it as it does a
+    GDC cohort: one row per (patient, modality) in ``patients`` (modality -> patient ids: the RNA and DNAm
+    matrices' rows, the patients with a slide), ``project_id`` the cohort's name, ``file_id`` ``<modality>:<patient>``.
+    """
+    rows = [(str(p), cohort, m, f"{m}:{p}") for m, ids in patients.items() for p in ids]
+    return pd.DataFrame(rows, columns=["patient", "project_id", "modality", "file_id"])

@@ -9,13 +9,13 @@ PRETRAIN_RUNS = ["multimodal"] + list(config["pretrain"]["unimodal"])
 PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"]["per_fold"] else [0]
 
 
-# Every cohort's labels, omics matrices and WSI QC table (the QC table lists the tile files).
+# Every cohort's labels, omics matrices and, for the cohorts with slides, WSI QC table (it lists the tile files).
 # (pooled_input: ancient() while workflow/scripts/rerun_cohort.py rebuilds one cohort, so these jobs are kept)
 STAGE_TABLES = {
     "clinical": pooled_input(expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS)),
     "rna": pooled_input(expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS)),
     "dnam": pooled_input(expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS)),
-    "wsi_qc": pooled_input(expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=COHORTS)),
+    "wsi_qc": pooled_input(expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=WSI_COHORTS)),
 }
 
 
