@@ -6,12 +6,12 @@ import pytest
 
 from imputmae.demo import write_demo
 
-SMALL_DEMO = {"DEMO-BRCA": 24, "DEMO-UCEC": 12, "DEMO-GBM": 10, "DEMO-LGG": 10}
+SMALL_DEMO = {"DEMO-BRCA": 28, "DEMO-UCEC": 12, "DEMO-GBM": 10, "DEMO-LGG": 10}  # >= 3 events each
 
 
 @pytest.fixture(scope="session")
 def demo_mirror(tmp_path_factory) -> Path:
-    """A demo mirror (seed 0, 56 patients) in gdc-client layout; do not modify it in tests."""
+    """A demo mirror (seed 0, 60 patients) in gdc-client layout; do not modify it in tests."""
     out = tmp_path_factory.mktemp("demo") / "mirror"
     write_demo(out, seed=0, n_patients=SMALL_DEMO)
     return out

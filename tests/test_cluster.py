@@ -116,7 +116,7 @@ def test_pretrain_rule_resumes_after_sigterm(tmp_path):
 
 SMALL_DEMO = """\
 results: results/demo
-demo: {seed: 0, out: results/demo/mirror, n_patients: {DEMO-BRCA: 8, DEMO-UCEC: 10, DEMO-GBM: 6, DEMO-LGG: 6}}
+demo: {seed: 0, out: results/demo/mirror, n_patients: {DEMO-BRCA: 8, DEMO-UCEC: 12, DEMO-GBM: 6, DEMO-LGG: 6}}
 gdc: {download_dir: results/demo/gdc_data, workers: 1}
 cohorts:
   BRCA: {projects: [DEMO-BRCA]}

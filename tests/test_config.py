@@ -27,7 +27,7 @@ def test_shipped_configs_validate():
     # the demo overlay changes only what it names
     assert demo["pretrain"]["weight_decay"] == real["pretrain"]["weight_decay"] == 1e-2
     assert real["pretrain"]["lr"] == 1e-4 and demo["pretrain"]["per_fold"] is True
-    assert demo["wsi"]["keep"] == 8 and real["wsi"]["keep"] == 100
+    assert demo["wsi"]["keep"] == 4 and real["wsi"]["keep"] == 100
 
 
 def test_paper_hyperparameters_are_the_defaults(cfg):

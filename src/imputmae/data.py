@@ -157,7 +157,8 @@ def make_splits(patients: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame
         DataFrame patient, cohort, project_id, event (int), fold (the fold where the patient is a test patient),
         sorted by cohort and patient.
     Raises:
-        ValueError: a cohort with fewer patients than folds.
+        ValueError: a cohort with fewer patients, or fewer events, than folds (a test fold without an event has no
+            C-index).
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -166,6 +167,12 @@ def make_splits(patients: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame
         df = df.sort_values("patient").reset_index(drop=True)
         if len(df) < n_folds:
             raise ValueError(f"cohort {cohort}: {len(df)} patients with labels and RNA, fewer than {n_folds} folds")
+        n_events = int(df["event"].sum())
+        if n_events < n_folds:
+            raise ValueError(
+                f"cohort {cohort}: {n_events} events among {len(df)} patients with labels and RNA, fewer than the "
+                f"{n_folds} that {n_folds} stratified folds need (one per test fold; 10 or more for a usable "
+                f"C-index): add patients (the demo: demo.size or demo.n_patients) or lower splits.n_folds")
         label = df["project_id"].astype(str) + "|" + df["event"].astype(int).astype(str)
         counts = label.value_counts()
         if counts.min() < n_folds:  # sklearn would warn; stratify those rare groups by project only

@@ -10,6 +10,7 @@ if config.get("demo"):
         params:
             out=lambda wildcards, output: Path(output.files).parent,
             seed=config["demo"]["seed"],
+            size=config["demo"].get("size", "demo"),
             sizes=as_json(config["demo"].get("n_patients", {})),
         log:
             "logs/demo_data/demo.log",
@@ -18,6 +19,6 @@ if config.get("demo"):
         conda:
             "../../envs/gdc.yaml"
         shell:
-            "python -m imputmae demo-data {params.out} --seed {params.seed} --sizes {params.sizes:q} > {log} 2>&1"
+            "python -m imputmae demo-data {params.out} --seed {params.seed} --size {params.size} --sizes {params.sizes:q} > {log} 2>&1"
 
     TARGETS.append(rules.demo_data.output.files)
