@@ -29,7 +29,7 @@ from sklearn.linear_model import RidgeCV
 
 from imputmae import data as D
 from imputmae.config import load_config
-from imputmae.engine import _test_dataset, evaluate_imputation, ridge_imputation
+from imputmae.table4 import _test_dataset, evaluate_imputation, ridge_imputation
 from imputmae.model import MODALITIES, load_pretrained
 
 

@@ -21,8 +21,6 @@ a resume. Tiles are read with ``np.load(mmap_mode="r")``: one tile in memory per
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from imputmae.files import atomic_write
 from imputmae.model import MODALITIES
 
 __all__ = [
@@ -178,18 +177,8 @@ def make_splits(patients: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame
 
 
 def write_splits(splits: pd.DataFrame, path: str | Path) -> Path:
-    """Write atomically (temporary name in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        splits.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write atomically (:func:`imputmae.files.atomic_write`)."""
+    return atomic_write(path, lambda tmp: splits.to_parquet(tmp, index=False))
 
 
 def read_splits(path: str | Path) -> pd.DataFrame:

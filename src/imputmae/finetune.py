@@ -51,7 +51,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE, save_atomic
+from imputmae.choices import CIndexName, CutScheme, MissingInputs, SelectOn
+from imputmae.files import atomic_write
+from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
 from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
 
@@ -66,6 +68,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ModSet = Literal["rna", "dnam", "wsi", "all"]
+
 FORMAT = "imputmae-survival-2"
 CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
                "val_fraction", "members", "select_on", "seed")   # the config's finetune keys FinetuneConfig takes
@@ -76,7 +79,7 @@ class FinetuneConfig:
     """Fine-tuning hyperparameters (config ``finetune.*``; ``cindex`` from ``evaluation.cindex``)."""
 
     modset: ModSet = "all"
-    missing: Literal["impute", "zero"] = "impute"
+    missing: MissingInputs = "impute"
     epochs: int = 20
     batch_size: int = 24
     lr: float = 1e-4
@@ -84,14 +87,14 @@ class FinetuneConfig:
     warmup_epochs: int = 5
     dropout: float = 0.1
     n_bins: int = 20
-    cut_scheme: Literal["equidistant", "quantiles"] = "equidistant"
+    cut_scheme: CutScheme = "equidistant"
     val_fraction: float = 0.2
     members: int = 1                         # 1: one validation split (paper); K > 1: K inner folds, K models averaged
     seed: int = 0
     n_sub: int = 10
     fusion_heads: int | None = None          # None: the encoders' number of heads
-    cindex: Literal["antolini", "adj_antolini", "harrell"] = "antolini"   # validation (and reported) C-index
-    select_on: Literal["cindex", "nll"] = "cindex"                          # what picks each member's epoch
+    cindex: CIndexName = "antolini"                                        # validation (and reported) C-index
+    select_on: SelectOn = "cindex"                                          # what picks each member's epoch
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
@@ -131,7 +134,7 @@ def _tiles_to_tensor(tiles: np.ndarray) -> Tensor:
 
 @torch.no_grad()
 def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str],
-                    modalities: Sequence[str], missing: Literal["impute", "zero"] = "impute",
+                    modalities: Sequence[str], missing: MissingInputs = "impute",
                     max_tiles: int | None = None) -> tuple[dict[str, dict[str, Tensor]], dict[str, np.ndarray]]:
     """Every patient's model input for each of ``modalities``, imputing the missing ones with the decoder.
 
@@ -201,7 +204,7 @@ def _frozen_hidden(enc: nn.Module, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str], modalities: Sequence[str],
-                    missing: Literal["impute", "zero"] = "impute", chunk: int = 64,
+                    missing: MissingInputs = "impute", chunk: int = 64,
                     max_tiles: int | None = None) -> FrozenFeatures:
     """Impute (when asked) and run the frozen layers once per patient; see :class:`FrozenFeatures`."""
     from tqdm.auto import tqdm
@@ -559,7 +562,7 @@ def save_survival_model(path: str | Path, result: FinetuneResult, mae: Multimoda
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "survival": result.model.state_dict(), "mae": mae.state_dict(),
              "mae_config": mae.cfg.to_dict(), "normalizers": dict(normalizers), **result.state}
-    return save_atomic(state, path)
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_survival_model(path: str | Path) -> tuple[SurvivalEnsemble, MultimodalMAE, dict[str, Any]]:

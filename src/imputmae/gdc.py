@@ -43,6 +43,8 @@ import pandas as pd
 import requests
 import urllib3
 
+from imputmae.files import atomic_write
+
 __all__ = [
     "GDCError",
     "Modality",
@@ -52,6 +54,8 @@ __all__ = [
     "CASE_FIELDS",
     "MANIFEST_COLUMNS",
     "REPORT_COLUMNS",
+    "USABLE_STATUSES",
+    "usable_downloads",
     "CLINICAL_COLUMNS",
     "QC_COLUMNS",
     "project_filter",
@@ -138,6 +142,15 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "attempts",
 )
 CLINICAL_COLUMNS: tuple[str, ...] = ("patient", "project_id", "case_id", "vital_status", "time", "event")
+# A file is usable downstream when its download report says one of these (the others: "failed", with a reason).
+USABLE_STATUSES: tuple[str, ...] = ("downloaded", "present")
+
+
+def usable_downloads(status: pd.Series) -> pd.Series:
+    """The download report's "usable" rule, in one place: ``status`` [N] (case-insensitive) -> bool [N]."""
+    return status.fillna("").astype(str).str.lower().isin(USABLE_STATUSES)
+
+
 QC_COLUMNS: tuple[str, ...] = ("patient", "project_id", "case_id", "vital_status", "days_to_death",
                                "days_to_follow_up", "reason")
 
@@ -639,14 +652,10 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str], metadata: Mapp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta.update({k.encode(): str(v).encode() for k, v in (metadata or {}).items()})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table.replace_schema_metadata(meta), tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))
 
 
 def read_manifest(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -763,8 +772,7 @@ def _download_one(transport: Transport, file_id: str, file_name: str, md5sum: st
             part.unlink()
             offset = 0
         elif offset and part.stat().st_nlink > 1:  # a hard link into a mirror: appending would modify the mirror
-            shutil.copyfile(part, part.with_name(part.name + ".copy"))
-            os.replace(part.with_name(part.name + ".copy"), part)
+            atomic_write(part, lambda tmp: shutil.copyfile(part, tmp))
         h = hashlib.md5(usedforsecurity=False)
         if offset:
             with open(part, "rb") as fh:

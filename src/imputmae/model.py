@@ -33,9 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -45,10 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imputmae.files import atomic_write
+
 __all__ = [
     "MODALITIES", "IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "MultimodalMAE", "Block", "random_masking",
     "sincos_1d", "sincos_2d", "take_rows", "vit_mae_state_dict_to_ours", "load_vit_mae_weights",
-    "save_checkpoint", "save_atomic", "load_checkpoint", "load_pretrained",
+    "save_checkpoint", "load_checkpoint", "load_pretrained",
 ]
 
 log = logging.getLogger(__name__)
@@ -810,22 +810,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
              "step": int(step), "epoch": int(epoch), "model_config": cfg, "normalizers": dict(normalizers),
              "extra": dict(extra or {}), "format": "imputmae-mae-1"}
-    return save_atomic(state, path)
-
-
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary name in ``path``'s folder, renamed when complete (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -32,13 +32,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+
+from imputmae.choices import OnMalformed
+from imputmae.files import atomic_write
 
 __all__ = [
     "MalformedFileError",
@@ -57,7 +59,6 @@ __all__ = [
     "write_matrix",
     "read_matrix",
     "matrix_is_normalized",
-    "write_atomic_text",
     "write_star_counts",
     "write_sesame_betas",
 ]
@@ -71,7 +72,6 @@ QC_COLUMNS: tuple[str, ...] = ("patient", "modality", "file", "reason")
 # A beta file that lacks more than this fraction of the probe set is taken as truncated (or another array).
 MAX_MISSING_PROBE_FRACTION = 0.5
 
-OnMalformed = Literal["error", "qc"]
 
 
 class MalformedFileError(ValueError):
@@ -643,14 +643,6 @@ def read_clinical_table(path: str | Path, cohort: str) -> pd.DataFrame:
 NORMALIZED_KEY = "imputmae.normalized"
 
 
-def write_atomic_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
 
 def write_matrix(frame: pd.DataFrame, path: str | Path, normalized: bool = False,
                  metadata: dict[str, str] | None = None) -> None:
@@ -661,17 +653,13 @@ def write_matrix(frame: pd.DataFrame, path: str | Path, normalized: bool = False
     """
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, preserve_index=True)
     meta = dict(table.schema.metadata or {})
     meta[NORMALIZED_KEY.encode()] = b"true" if normalized else b"false"
     for k, v in (metadata or {}).items():
         meta[f"imputmae.{k}".encode()] = str(v).encode()
     table = table.replace_schema_metadata(meta)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_matrix(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -32,11 +32,14 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
+
+from imputmae.choices import CutScheme
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "CIndexMethod",
     "fit_cuts",
     "discretize",
     "kaplan_meier",
@@ -54,8 +57,7 @@ __all__ = [
     "bootstrap_ci",
 ]
 
-CutScheme = Literal["equidistant", "quantiles"]
-CIndexMethod = Literal["antolini", "adj_antolini"]
+CIndexMethod = Literal["antolini", "adj_antolini"]      # pycox's concordance_td methods
 
 
 def _as_1d(x, name: str, dtype=np.float64) -> np.ndarray:

@@ -14,6 +14,7 @@ if SRC not in sys.path:
 from snakemake.settings.types import DeploymentMethod  # noqa: E402
 
 from imputmae.config import ConfigError, validate_config  # noqa: E402
+from imputmae.gdc import usable_downloads  # noqa: E402
 
 try:
     validate_config(config)
@@ -103,7 +104,7 @@ def downloaded_files(cohort, modality):
     ``downloaded`` or ``present``), read after the gdc_download checkpoint; ``local_path`` from the report."""
     table = pd.read_csv(checkpoints.gdc_download.get(cohort=cohort, modality=modality).output[0], sep="\t",
                          dtype={"file_id": str, "local_path": str, "status": str})
-    ok = table[table["status"].isin(["downloaded", "present"])].set_index("file_id")["local_path"]
+    ok = table[usable_downloads(table["status"])].set_index("file_id")["local_path"]
     rows = selected_files(cohort, modality)
     rows = rows[rows["file_id"].isin(ok.index)].copy()
     rows["local_path"] = rows["file_id"].map(ok)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from imputmae.cli import UserError
+from imputmae.files import atomic_write
 
 log = logging.getLogger("imputmae.gdc")
 
@@ -133,11 +133,7 @@ def _download(args: argparse.Namespace) -> int:
              manifest["file_size"].sum() / 1e6, transport.source, args.dest, args.workers)
     report = download_files(manifest, args.dest, transport, workers=args.workers, retries=args.retries,
                             backoff_s=args.backoff, progress=not args.no_progress)
-    path = Path(args.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    report.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    path = atomic_write(args.report, lambda tmp: report.to_csv(tmp, sep="\t", index=False))
     counts = report["status"].value_counts().to_dict()
     failed = counts.get("failed", 0)
     log.info("download: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do")
@@ -159,11 +155,7 @@ def _clinical(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if clinical.empty:
         raise UserError(f"no usable clinical rows for {args.project} ({len(qc)} dropped; see the log)")
-    path = Path(args.qc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    qc.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    atomic_write(args.qc, lambda tmp: qc.to_csv(tmp, sep="\t", index=False))
     write_parquet(clinical, args.out, meta)
     return 0
 

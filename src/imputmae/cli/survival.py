@@ -11,7 +11,9 @@ import json
 import logging
 from pathlib import Path
 
-from imputmae.cli import UserError, atomic_write
+from imputmae.choices import CINDEX_CHOICES, MISSING_CHOICES
+from imputmae.cli import UserError
+from imputmae.files import atomic_write
 
 log = logging.getLogger("imputmae.survival")
 
@@ -26,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modset", required=True, choices=MODSETS)
     p.add_argument("--fold", required=True, type=int)
     p.add_argument("--params", default="{}", help="the config's finetune section as JSON (defaults: the paper's)")
-    p.add_argument("--cindex", default="antolini", choices=("antolini", "adj_antolini", "harrell"),
+    p.add_argument("--cindex", default="antolini", choices=CINDEX_CHOICES,
                    help="the validation C-index (config evaluation.cindex)")
-    p.add_argument("--missing", default="impute", choices=("impute", "zero"),
+    p.add_argument("--missing", default="impute", choices=MISSING_CHOICES,
                    help="missing modalities: imputed by the pretrained decoder (paper) or zero embeddings")
     p.add_argument("--out", required=True, help="output folder: predictions.parquet, metrics.json, model.pt")
     p.add_argument("--threads", type=int, default=None)
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohorts", nargs="+", required=True)
     p.add_argument("--modsets", nargs="+", default=list(MODSETS), choices=MODSETS)
     p.add_argument("--folds", type=int, required=True, help="number of outer folds")
-    p.add_argument("--cindex", default="antolini", choices=("antolini", "adj_antolini", "harrell"))
+    p.add_argument("--cindex", default="antolini", choices=CINDEX_CHOICES)
     p.add_argument("--oracle", default=None, help="the demo's oracle.parquet: adds the oracle C-index row")
     p.add_argument("--no-literature", action="store_true", help="leave out the rows quoted from the paper")
     p.add_argument("--km-modset", default="all", choices=MODSETS, help="the model whose risk splits the KM curves")
@@ -154,7 +156,7 @@ def _cox(args: argparse.Namespace) -> int:
 def _table3(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from imputmae.report import km_split, oracle_cindex, plot_km, table3, table3_latex, table3_markdown
+    from imputmae.report import km_split, oracle_cindex, plot_km, table3, table3_markdown, write_table3
 
     R = Path(args.results)
     rows, km_frames = [], {}
@@ -194,11 +196,7 @@ def _table3(args: argparse.Namespace) -> int:
         notes.append("oracle: Harrell's C-index of the demo generator's true risk on the same test folds (an upper "
                      "reference; equal to plain Antolini for non-crossing curves).")
     table = table3(metrics, args.cindex, args.cohorts, literature=not args.no_literature, oracle=oracle)
-    out = R / "tables"
-    atomic_write(out / "table3.csv", lambda t: table.to_csv(t, index=False))
-    atomic_write(out / "table3.md", lambda t: t.write_text(table3_markdown(table, args.cindex, notes)))
-    atomic_write(out / "table3.tex", lambda t: t.write_text(table3_latex(table, args.cindex)))
-    atomic_write(out / "table3_folds.csv", lambda t: metrics.to_csv(t, index=False))
+    write_table3(R / "tables", table, metrics, args.cindex, notes)
     for cohort in args.cohorts:
         preds = pd.concat(km_frames.get(cohort, [])) if km_frames.get(cohort) else None
         if preds is None:
