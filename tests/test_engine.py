@@ -13,7 +13,8 @@ from _synthetic_results import small_config, use_stand_in_normalizer, write_resu
 from imputmae import data
 from imputmae.engine import EXIT_PREEMPTED, get_lr, pretrain, train_one_epoch
 from imputmae.table4 import table4
-from imputmae.model import MAEConfig, MultimodalMAE, load_checkpoint
+from imputmae.checkpoint import load_checkpoint
+from imputmae.model import MAEConfig, MultimodalMAE
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from imputmae.files import atomic_write
 from imputmae.data import (PatientDataset, build_arrays, collate, fit_normalizers, load_omics, load_patients,
                            n_features, pretraining_patients, read_splits)
-from imputmae.model import (MODALITIES, MAEConfig, MultimodalMAE, load_checkpoint, load_vit_mae_weights, save_checkpoint)
+from imputmae.checkpoint import load_checkpoint, save_checkpoint
+from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
+from imputmae.vit_mae import load_vit_mae_weights
 
 __all__ = ["EXIT_PREEMPTED", "get_lr", "param_groups", "train_one_epoch", "pretrain", "run_modalities",
            "folds_to_run", "write_loss_plot"]

@@ -1,4 +1,4 @@
-"""The impuTMAE multimodal masked autoencoder (paper Section 3, Table 1), in one module.
+"""The impuTMAE multimodal masked autoencoder (paper Section 3, Table 1): the model only.
 
 One encoder per modality (RNA and DNAm: a 1D convolution that cuts the vector into patches; WSI: a 16x16 2D
 convolution on 256x256 tiles), fixed sine-cosine positions added before masking, a CLS token (with its position)
@@ -24,38 +24,32 @@ Inputs (a batch dict; column order of ``available`` is :data:`MODALITIES`):
     A missing modality's tensor holds zeros.
 
 Naming follows facebookresearch/mae ``models_mae.py`` (``patchify``, ``random_masking``, ``forward_encoder``,
-``forward_decoder``, ``forward_loss``) and nanoGPT (a dataclass config). The WSI branch loads transformers'
-ViTMAE weights (:func:`load_vit_mae_weights`) from a local directory; nothing is downloaded.
+``forward_decoder``, ``forward_loss``) and nanoGPT (a dataclass config). Beside it: :mod:`imputmae.layers` (blocks,
+positions, masking), :mod:`imputmae.vit_mae` (transformers' ViTMAE weights into the WSI branch) and
+:mod:`imputmae.checkpoint` (checkpoint I/O).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imputmae.files import atomic_write
+from imputmae.layers import (IMAGENET_MEAN, IMAGENET_STD, Block, WSIHead, patches_channel_first, patchify_image,
+                             random_masking, sincos_1d, sincos_2d, take_rows, unpatchify_image)
 
-__all__ = [
-    "MODALITIES", "IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "MultimodalMAE", "Block", "random_masking",
-    "sincos_1d", "sincos_2d", "take_rows", "vit_mae_state_dict_to_ours", "load_vit_mae_weights",
-    "save_checkpoint", "load_checkpoint", "load_pretrained",
-]
+
+__all__ = ["MODALITIES", "MAEConfig", "MultimodalMAE", "Encoder"]
 
 log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("rna", "dnam", "wsi")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -133,112 +127,11 @@ class MAEConfig:
         return self.n_patches(m) * self.patch(m)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# positions and masking
-
-
-def sincos_1d(dim: int, positions: Tensor) -> Tensor:
-    """Fixed sine-cosine embedding of ``positions`` [N] -> [N, dim] laid out ``[sin | cos]`` (MAE)."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
-    out = positions.to(torch.float64)[:, None] * omega[None]
-    return torch.cat([out.sin(), out.cos()], dim=1)
-
-
-def sincos_2d(dim: int, grid: int) -> Tensor:
-    """2D sine-cosine positions for a ``grid`` x ``grid`` patch grid, row-major -> [grid*grid, dim].
-
-    Layout ``[sin_col | cos_col | sin_row | cos_row]``: facebookresearch/mae's (and so vit-mae-base's) order.
-    """
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
-
-
 def _positions(cfg: MAEConfig, m: str, dim: int) -> Tensor:
     """[1, 1 + N_m, dim] float32, a zero row for the CLS token first."""
     n = cfg.n_patches(m)
     pe = sincos_2d(dim, cfg.tile_size // cfg.wsi_patch_size) if m == "wsi" else sincos_1d(dim, torch.arange(n))
     return torch.cat([torch.zeros(1, dim, dtype=pe.dtype), pe]).float()[None]
-
-
-def random_masking(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample random masking by argsort of noise (MAE).
-
-    Args:
-        noise: [B, N] (uniform); the ``len_keep`` smallest values per row are kept.
-    Returns:
-        ids_keep [B, len_keep], mask [B, N] (1 = masked, 0 = kept), ids_restore [B, N] (unshuffles).
-    """
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    mask = torch.ones_like(noise)
-    mask[:, :len_keep] = 0
-    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
-
-
-def take_rows(x: Tensor, rows: Tensor) -> Tensor:
-    """Per-sample rows: x [B, N, ...] and rows [B, M] (indices into N) -> [B, M, ...], ``out[b, j] = x[b, rows[b, j]]``.
-
-    ``torch.gather`` along dim 1 with the index expanded over the trailing dims, as one ``index_select`` of whole
-    rows of the flattened [B*N, ...] tensor: on CPU several times faster, forward and backward (``index_add``)."""
-    B, N = x.shape[:2]
-    flat = (rows + N * torch.arange(B, device=rows.device)[:, None]).flatten()
-    return x.reshape(B * N, *x.shape[2:]).index_select(0, flat).view(B, rows.shape[1], *x.shape[2:])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# building blocks
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """x: [B, T, C]; attn_mask: [B, 1, 1, T] bool, True = may be attended to (key padding)."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
-
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float):
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim, eps=eps), Mlp(dim, mlp_hidden)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask)
-        return x + self.mlp(self.norm2(x))
-
-    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """``block(x)`` at the rows ``rows`` only: x [B, T, C], rows [B, R] (indices into T) -> [B, R, C].
-
-        Exact: keys and values come from every row, queries, the projection and the MLP from the R rows (the
-        others' outputs are not computed). Used for the decoder's last block, whose unused rows are dropped."""
-        B, T, C = x.shape
-        heads = self.attn.heads
-        xs = take_rows(x, rows)                                                 # [B, R, C]
-        w, b = self.attn.qkv.weight, self.attn.qkv.bias
-        kv = F.linear(self.norm1(x), w[C:], b[C:]).view(B, T, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
-        q = F.linear(self.norm1(xs), w[:C], b[:C]).view(B, -1, heads, C // heads).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)
-        xs = xs + self.attn.proj(y.transpose(1, 2).reshape(B, -1, C))
-        return xs + self.mlp(self.norm2(xs))
 
 
 class Encoder(nn.Module):
@@ -263,7 +156,7 @@ class Encoder(nn.Module):
         """Model input -> its patches [B, N, P_in] in the patch kernel's layout: WSI [B, 3, H, W] -> channel-first
         [B, N, 3*p*p] (a copy), omics [B, L] -> [B, N, p] (a view when x is contiguous)."""
         p = self.proj.kernel_size[0]
-        return _patches_cfirst(x, p) if x.dim() == 4 else x.reshape(x.shape[0], -1, p)
+        return patches_channel_first(x, p) if x.dim() == 4 else x.reshape(x.shape[0], -1, p)
 
     def embed_visible(self, patches: Tensor, ids_keep: Tensor) -> Tensor:
         """Tokens of the kept patches only: patches [B, N, P_in] (:meth:`patches` of x), ids_keep [B, K] ->
@@ -288,62 +181,6 @@ class Encoder(nn.Module):
         for blk in self.blocks:
             x = blk(x, attn_mask)
         return self.norm(x)
-
-
-class WSIHead(nn.Module):
-    """Transposed 2D convolution (kernel = stride = patch) from decoder tokens to pixels, plus a per-pixel bias.
-
-    Equivalent to a linear layer from each token to its patch's ``p*p*3`` pixels (transformers' ``decoder_pred``).
-    """
-
-    def __init__(self, dim: int, patch: int):
-        super().__init__()
-        self.patch = patch
-        self.deconv = nn.ConvTranspose2d(dim, 3, patch, stride=patch, bias=False)
-        self.pixel_bias = nn.Parameter(torch.zeros(patch * patch * 3))
-
-    def forward(self, x: Tensor, channel_first: bool = False) -> Tensor:
-        """x: [B, N, D] (N = g*g, row-major) -> patches [B, N, p*p*3] in (row, col, channel) order, or in
-        (channel, row, col) order with ``channel_first`` (the same outputs, permuted: the order of the targets
-        the training loss cuts from the image, which is cheaper to produce).
-
-        With stride == kernel the transposed convolution writes each token to its own patch only, so it is one
-        linear layer with the kernel laid out as [p*p*3, D]; on CPU that is ~10x faster than
-        ``F.conv_transpose2d`` (:meth:`forward_conv`, the same numbers: tested)."""
-        w, p = self.deconv.weight, self.patch
-        if channel_first:
-            return F.linear(x, w.permute(1, 2, 3, 0).reshape(-1, w.shape[0]),
-                            self.pixel_bias.view(p, p, 3).permute(2, 0, 1).reshape(-1))
-        return F.linear(x, w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]), self.pixel_bias)   # [p*p*3, D]
-
-    def forward_conv(self, x: Tensor) -> Tensor:
-        """Reference path through ``nn.ConvTranspose2d`` on the token grid (slower on CPU)."""
-        B, N, D = x.shape
-        g = math.isqrt(N)
-        img = self.deconv(x.transpose(1, 2).reshape(B, D, g, g))
-        return _patchify_image(img, self.patch) + self.pixel_bias
-
-
-def _patchify_image(img: Tensor, p: int) -> Tensor:
-    """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C], each patch in (row, col, channel) order (MAE/transformers)."""
-    B, C, H, W = img.shape
-    x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(B, (H // p) * (W // p), p * p * C)
-
-
-def _patches_cfirst(img: Tensor, p: int) -> Tensor:
-    """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p], each patch in (channel, row, col) order: the patch convolution's
-    kernel layout, and a copy ~2x cheaper on CPU than :func:`_patchify_image`'s channel-last order."""
-    B, C, H, W = img.shape
-    x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(B, (H // p) * (W // p), C * p * p)
-
-
-def _unpatchify_image(x: Tensor, p: int) -> Tensor:
-    """Inverse of :func:`_patchify_image` for square images: [B, N, p*p*3] -> [B, 3, H, W]."""
-    B, N, _ = x.shape
-    g = math.isqrt(N)
-    return x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -416,13 +253,13 @@ class MultimodalMAE(nn.Module):
     def patchify(self, m: str, x: Tensor) -> Tensor:
         """Model input (see :meth:`_input`) -> patches [B, N_m, P_m]."""
         if m == "wsi":
-            return _patchify_image(x, self.cfg.wsi_patch_size)
+            return patchify_image(x, self.cfg.wsi_patch_size)
         return x.view(x.shape[0], self.cfg.n_patches(m), self.cfg.patch(m))
 
     def unpatchify(self, m: str, patches: Tensor) -> Tensor:
         """Patches [B, N_m, P_m] -> input space: omics [B, L_pad] in [0, 1]; WSI [B, 3, H, W] in [0, 1]."""
         if m == "wsi":
-            img = _unpatchify_image(patches, self.cfg.wsi_patch_size) * self.pixel_std + self.pixel_mean
+            img = unpatchify_image(patches, self.cfg.wsi_patch_size) * self.pixel_std + self.pixel_mean
             return img.clamp(0, 1)
         return (patches.reshape(patches.shape[0], -1) * self.element_weight(m).flatten()).clamp(0, 1)
 
@@ -565,7 +402,7 @@ class MultimodalMAE(nn.Module):
         """
         if m == "wsi":                                                          # every element is real
             if channel_first:
-                target = patches if patches is not None else _patches_cfirst(x, self.cfg.wsi_patch_size)
+                target = patches if patches is not None else patches_channel_first(x, self.cfg.wsi_patch_size)
             else:
                 target = self.patchify(m, x)
             if rows is not None:
@@ -681,155 +518,3 @@ class MultimodalMAE(nn.Module):
         return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# transformers ViTMAE -> ours (WSI branch)
-
-_HF_LEGACY = [  # transformers <= 4.x names (what save_pretrained and the Hub's safetensors hold) -> 5.x names
-    (r"^vit\.encoder\.layer\.", "vit.layers."),
-    (r"^decoder\.decoder_encoder\.layer\.", "decoder.decoder_layers."),
-    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
-    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
-    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
-    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
-]
-
-
-def _map_block(hf: Mapping[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-    out = {}
-    for t in ("weight", "bias"):
-        out[f"{dst}.attn.qkv.{t}"] = torch.cat([hf[f"{src}.attention.{n}_proj.{t}"] for n in "qkv"])
-        out[f"{dst}.attn.proj.{t}"] = hf[f"{src}.attention.o_proj.{t}"]
-        out[f"{dst}.norm1.{t}"] = hf[f"{src}.layernorm_before.{t}"]
-        out[f"{dst}.norm2.{t}"] = hf[f"{src}.layernorm_after.{t}"]
-        out[f"{dst}.mlp.fc1.{t}"] = hf[f"{src}.mlp.fc1.{t}"]
-        out[f"{dst}.mlp.fc2.{t}"] = hf[f"{src}.mlp.fc2.{t}"]
-    return out
-
-
-def vit_mae_state_dict_to_ours(hf_state: Mapping[str, Tensor], *, decoder: bool = True) -> dict[str, Tensor]:
-    """Rename a transformers ``ViTMAEForPreTraining`` state dict (either naming scheme) into our WSI branch's keys.
-
-    Encoder -> ``encoders.wsi.*``; with ``decoder``: ``decoder_embed.wsi``, ``mask_tokens.wsi``, ``decoder_pos_wsi``,
-    ``decoder_blocks.*``, ``decoder_norm``, ``heads.wsi`` (the linear ``decoder_pred`` becomes the transposed
-    convolution's kernel and the per-pixel bias). Shapes are not checked here (see :func:`load_vit_mae_weights`).
-    """
-    hf = {}
-    for k, v in hf_state.items():
-        for pat, rep in _HF_LEGACY:
-            k = re.sub(pat, rep, k)
-        hf[k] = v
-    out = {
-        "encoders.wsi.cls_token": hf["vit.embeddings.cls_token"],
-        "encoders.wsi.pos_embed": hf["vit.embeddings.position_embeddings"],
-        "encoders.wsi.proj.weight": hf["vit.embeddings.patch_embeddings.projection.weight"],
-        "encoders.wsi.proj.bias": hf["vit.embeddings.patch_embeddings.projection.bias"],
-        "encoders.wsi.norm.weight": hf["vit.layernorm.weight"],
-        "encoders.wsi.norm.bias": hf["vit.layernorm.bias"],
-    }
-    n_enc = len({k.split(".")[2] for k in hf if k.startswith("vit.layers.")})
-    for i in range(n_enc):
-        out.update(_map_block(hf, f"vit.layers.{i}", f"encoders.wsi.blocks.{i}"))
-    if decoder:
-        w = hf["decoder.decoder_pred.weight"]                                   # [p*p*3, Dd], rows (row, col, c)
-        p = math.isqrt(w.shape[0] // 3)
-        out.update({
-            "decoder_embed.wsi.weight": hf["decoder.decoder_embed.weight"],
-            "decoder_embed.wsi.bias": hf["decoder.decoder_embed.bias"],
-            "mask_tokens.wsi": hf["decoder.mask_token"],
-            "decoder_pos_wsi": hf["decoder.decoder_pos_embed"],
-            "decoder_norm.weight": hf["decoder.decoder_norm.weight"],
-            "decoder_norm.bias": hf["decoder.decoder_norm.bias"],
-            "heads.wsi.deconv.weight": w.T.reshape(-1, p, p, 3).permute(0, 3, 1, 2).contiguous(),  # [Dd, 3, p, p]
-            "heads.wsi.pixel_bias": hf["decoder.decoder_pred.bias"],
-        })
-        n_dec = len({k.split(".")[2] for k in hf if k.startswith("decoder.decoder_layers.")})
-        for i in range(n_dec):
-            out.update(_map_block(hf, f"decoder.decoder_layers.{i}", f"decoder_blocks.{i}"))
-    return out
-
-
-def load_vit_mae_weights(model: MultimodalMAE, directory: str | Path) -> dict[str, list[str]]:
-    """Initialise the WSI branch from a local transformers ViTMAE directory (``config.json`` +
-    ``model.safetensors``, e.g. facebook/vit-mae-base). Nothing is downloaded.
-
-    The encoder must match in shape (hidden size, heads, MLP, layers, patch size); decoder weights load only where
-    they match (vit-mae-base's decoder is 512 wide: it loads into a 512-wide decoder only). Position tables
-    computed for another image size (vit-mae-base: 224 px) are kept as ours: both are the same fixed sine-cosine
-    function, evaluated on our grid. The WSI modality embedding is zeroed so that the WSI-only path equals
-    transformers' model. Returns {"loaded": [...], "kept": [...]} (our keys left as initialised).
-    """
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    weights, config_file = directory / "model.safetensors", directory / "config.json"
-    if not weights.is_file() or not config_file.is_file():
-        raise FileNotFoundError(f"{directory}: expected config.json and model.safetensors of a transformers ViTMAE "
-                                "model (e.g. a local copy of facebook/vit-mae-base); nothing is downloaded")
-    hf_cfg = json.loads(config_file.read_text())
-    if "wsi" not in model.modalities:
-        raise ValueError("load_vit_mae_weights: the model has no WSI branch")
-    if hf_cfg.get("norm_pix_loss"):
-        log.warning("%s: trained with norm_pix_loss; our WSI loss uses plain (ImageNet-normalised) pixels", directory)
-    eps = hf_cfg.get("layer_norm_eps", 1e-12)
-    if eps != model.cfg.norm_eps:
-        log.warning("layer_norm_eps: checkpoint %g, ours %g (outputs differ by O(eps))", eps, model.cfg.norm_eps)
-    ours = vit_mae_state_dict_to_ours(load_file(str(weights)))
-    own = model.state_dict()
-    enc = {k: v for k, v in ours.items() if k.startswith("encoders.wsi.") and k != "encoders.wsi.pos_embed"}
-    bad = [f"{k} {tuple(v.shape)} vs ours {tuple(own[k].shape) if k in own else None}"
-           for k, v in enc.items() if k not in own or own[k].shape != v.shape]
-    if bad or len(enc) != sum(k.startswith("encoders.wsi.") and k != "encoders.wsi.pos_embed" for k in own):
-        raise ValueError(f"{directory}: the WSI encoder does not match the configured size: {bad[:3]}")
-    load = {k: v for k, v in ours.items() if k in own and own[k].shape == v.shape}
-    missing, unexpected = model.load_state_dict(load, strict=False)
-    assert not unexpected, unexpected
-    with torch.no_grad():
-        model.modality_embed[model.modalities.index("wsi")].zero_()
-    log.info("vit-mae weights: loaded %d tensors, kept %d of ours", len(load), len(missing))
-    return {"loaded": sorted(load), "kept": sorted(missing)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int,
-                    epoch: int, model_config: MAEConfig | Mapping[str, Any], normalizers: Mapping[str, Any],
-                    extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically (temporary file in the same folder, then rename).
-
-    Everything stored loads with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts.
-    ``normalizers`` are the normalisers' ``state_dict()`` values; ``model_config`` a :class:`MAEConfig` or its dict.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = model.module if hasattr(model, "module") else model
-    cfg = model_config.to_dict() if isinstance(model_config, MAEConfig) else dict(model_config)
-    state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
-             "step": int(step), "epoch": int(epoch), "model_config": cfg, "normalizers": dict(normalizers),
-             "extra": dict(extra or {}), "format": "imputmae-mae-1"}
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    ck = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ck, dict) or ck.get("format") != "imputmae-mae-1":
-        raise ValueError(f"{path}: not an imputmae pretraining checkpoint")
-    return ck
-
-
-def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> tuple[MultimodalMAE, dict[str, Any], dict[str, Any]]:
-    """-> (model in eval mode, normaliser states {modality: state_dict}, meta {step, epoch, model_config, extra})."""
-    ck = load_checkpoint(path, map_location)
-    model = MultimodalMAE(MAEConfig.from_dict(ck["model_config"]))
-    model.load_state_dict(ck["model"])
-    model.eval()
-    meta = {k: ck[k] for k in ("step", "epoch", "model_config", "extra")}
-    return model, ck["normalizers"], meta

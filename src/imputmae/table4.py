@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from imputmae import data as _data
 from imputmae.data import PatientDataset, build_arrays, collate, load_omics, load_patients, read_splits
-from imputmae.model import MODALITIES, MultimodalMAE, load_pretrained
+from imputmae.checkpoint import load_pretrained
+from imputmae.model import MODALITIES, MultimodalMAE
 from imputmae.tables import markdown_lines, write_texts
 
 __all__ = ["evaluate_reconstruction", "evaluate_imputation", "ridge_imputation", "table4", "table4_markdown",

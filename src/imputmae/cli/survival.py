@@ -94,7 +94,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     from imputmae.finetune import (CONFIG_KEYS, FinetuneConfig, load_cohort_inputs, normalizers_from_states,
                                    run_finetune, save_survival_model)
-    from imputmae.model import load_pretrained
+    from imputmae.checkpoint import load_pretrained
 
     if args.threads:
         torch.set_num_threads(args.threads)
