@@ -34,7 +34,8 @@ from imputmae.files import atomic_write
 from imputmae.data import (PatientDataset, build_arrays, collate, fit_normalizers, load_omics, load_patients,
                            n_features, pretraining_patients, read_splits)
 from imputmae.checkpoint import load_checkpoint, save_checkpoint
-from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
+from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.model import MAEConfig, MultimodalMAE
 from imputmae.vit_mae import load_vit_mae_weights
 
 __all__ = ["EXIT_PREEMPTED", "get_lr", "param_groups", "train_one_epoch", "pretrain", "run_modalities",
@@ -223,7 +224,7 @@ def _train_means(arrays: Any, dataset: PatientDataset, modalities: Sequence[str]
         if m not in modalities:
             continue
         have = arrays.available[:, j]
-        if m == "wsi":
+        if is_image(m):
             total, n = torch.zeros(3, dataset.tile_size, dataset.tile_size, dtype=torch.float64), 0
             for i in np.flatnonzero(have):
                 total += dataset[int(i)]["wsi"].double()
@@ -269,11 +270,11 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     patients = load_patients(results, sorted(cfg["cohorts"]))
     splits = read_splits(results / "splits.parquet")
     train = pretraining_patients(patients, splits, fold, modalities)
-    omics = {k: load_omics(results, sorted(cfg["cohorts"]), k) for k in ("rna", "dnam") if k in modalities}
+    omics = {k: load_omics(results, sorted(cfg["cohorts"]), k) for k in vector_modalities(modalities)}
     normalizers = fit_normalizers(omics, train["patient"].tolist(), cfg)
     arrays = build_arrays(train, omics, normalizers)
     lengths = {k: n_features(normalizers[k], getattr(arrays, k).shape[1]) if k in normalizers else 0
-               for k in ("rna", "dnam")}
+               for k in vector_modalities()}
     mcfg = MAEConfig.from_config(cfg, rna_len=lengths["rna"], dnam_len=lengths["dnam"], modalities=modalities)
     dataset = PatientDataset(arrays, modalities=modalities, n_patches={m: mcfg.n_patches(m) for m in modalities},
                              tile_size=mcfg.tile_size, seed=pc["seed"], modality_dropout=pc["modality_dropout"])

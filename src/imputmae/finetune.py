@@ -44,7 +44,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,8 @@ from torch import Tensor, nn
 
 from imputmae.choices import CIndexName, CutScheme, MissingInputs, SelectOn
 from imputmae.files import atomic_write
-from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
+from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.model import MAEConfig, MultimodalMAE
 from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
 
@@ -67,7 +68,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ModSet = Literal["rna", "dnam", "wsi", "all"]
+ModSet = str                # one of imputmae.modalities.MODALITY_SETS
 
 FORMAT = "imputmae-survival-2"
 CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
@@ -118,7 +119,7 @@ class PatientInputs:
     tiles: dict[str, np.ndarray] = field(default_factory=dict)
 
     def has(self, patient: str, m: str) -> bool:
-        return patient in self.tiles if m == "wsi" else patient in self.omics.get(m, {})
+        return patient in self.tiles if is_image(m) else patient in self.omics.get(m, {})
 
     def patients(self) -> list[str]:
         out = set(self.tiles)
@@ -153,7 +154,7 @@ def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
             raise ValueError(f"patient {p}: no modality available")
         tiles = _tiles_to_tensor(inputs.tiles[p][:max_tiles]).to(dev) if have["wsi"] else None
         omics = {m: torch.from_numpy(np.asarray(inputs.omics[m][p], np.float32)).to(dev)
-                 for m in ("rna", "dnam") if have[m]}
+                 for m in vector_modalities() if have[m]}
         need = [m for m in modalities if not have[m]]
         recon: dict[str, Tensor] = {}
         if need and missing == "impute":
@@ -164,10 +165,10 @@ def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
             if tiles is not None:
                 batch["wsi"] = tiles
             out = mae.impute(batch)
-            recon = {m: out[m].mean(0) if m != "wsi" else out[m][:1] for m in need}
+            recon = {m: out[m].mean(0) if not is_image(m) else out[m][:1] for m in need}
         for m in modalities:
             if have[m]:
-                data[m][p] = tiles if m == "wsi" else omics[m]
+                data[m][p] = tiles if is_image(m) else omics[m]
             elif m in recon:
                 data[m][p] = recon[m]
                 imputed[m][i] = True
@@ -221,7 +222,7 @@ def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
                 h[m].append(None)
                 continue
             x = data[m][p]
-            x = x if m == "wsi" else x[None]
+            x = x if is_image(m) else x[None]
             x = mae._input({m: x}, m)
             h[m].append(torch.cat([_frozen_hidden(enc, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]))
         present[m] = np.array([t is not None for t in h[m]])
@@ -627,7 +628,7 @@ def normalizers_from_states(states: Mapping[str, Any]) -> dict[str, Any]:
     """{modality: OmicsNormalizer} from the states saved with a model (``imputmae.normalize``)."""
     from imputmae.normalize import OmicsNormalizer
 
-    return {m: OmicsNormalizer.from_state_dict(s) for m, s in states.items() if m in ("rna", "dnam") and s}
+    return {m: OmicsNormalizer.from_state_dict(s) for m, s in states.items() if m in vector_modalities() and s}
 
 
 def normalize_omics(normalizer: Any, df: pd.DataFrame, source: str = "table") -> dict[str, np.ndarray]:
@@ -665,7 +666,7 @@ def load_cohort_inputs(results: str | Path, cohort: str, normalizers: Mapping[st
     if patients is not None:
         table = table[table["patient"].isin(set(patients))]
     inp = PatientInputs(omics={})
-    for m in ("rna", "dnam"):
+    for m in vector_modalities():
         who = table.loc[table[f"has_{m}"], "patient"]
         if m not in normalizers or who.empty:
             continue
@@ -695,7 +696,7 @@ def read_user_inputs(paths: Sequence[str | Path], normalizers: Mapping[str, Any]
     for raw in paths:
         s = str(raw)
         forced = None
-        if s.split(":", 1)[0] in ("rna", "dnam", "wsi") and ":" in s:
+        if s.split(":", 1)[0] in MODALITIES and ":" in s:
             forced, s = s.split(":", 1)
         path = Path(s)
         if path.is_dir():
@@ -740,7 +741,7 @@ def imputed_tables(imputed: Mapping[str, Mapping[str, Tensor]], normalizers: Map
         if not d:
             continue
         pts = sorted(d)
-        if m == "wsi":
+        if is_image(m):
             out[m] = {p: (d[p].clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
                       for p in pts}
         else:

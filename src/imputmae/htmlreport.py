@@ -31,12 +31,13 @@ import numpy as np
 import pandas as pd
 
 from imputmae import __version__
+from imputmae.modalities import MODALITIES
 
 __all__ = ["PRETRAIN_RUNS", "build_report", "find_cohorts", "png_data_uri", "html_table", "markdown_blocks",
            "read_tsv_table", "wsi_status_counts"]
 
 # Pretraining runs in the order Table 4 discusses them; any other run folder found is listed after them.
-PRETRAIN_RUNS: tuple[str, ...] = ("multimodal", "rna", "dnam", "wsi")
+PRETRAIN_RUNS: tuple[str, ...] = ("multimodal", *MODALITIES)
 # Columns holding a file path: the report shows the file name only (no absolute path, same bytes anywhere).
 _PATH_COLUMNS = frozenset({"file", "path", "local_path"})
 

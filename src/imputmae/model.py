@@ -20,7 +20,8 @@ has no target. :meth:`MultimodalMAE.impute` reconstructs missing modalities from
 Inputs (a batch dict; column order of ``available`` is :data:`MODALITIES`):
     ``rna``: [B, L_rna] float in [0, 1] (zero-padded to whole patches), ``dnam``: [B, L_dnam] likewise,
     ``wsi``: [B, 3, H, W] float in [0, 1] (the model normalises with ImageNet mean/std inside; WSI targets and
-    predictions live in that normalised space, as in MAE and transformers' ViTMAE), ``available``: [B, 3] bool.
+    predictions live in that normalised space, as in MAE and transformers' ViTMAE), ``available``: [B, M] bool
+    (M = len(MODALITIES), the registry's order).
     A missing modality's tensor holds zeros.
 
 Naming follows facebookresearch/mae ``models_mae.py`` (``patchify``, ``random_masking``, ``forward_encoder``,
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imputmae.modalities import MODALITIES, is_image, vector_modalities
 from imputmae.layers import (IMAGENET_MEAN, IMAGENET_STD, Block, WSIHead, patches_channel_first, patchify_image,
                              random_masking, sincos_1d, sincos_2d, take_rows, unpatchify_image)
 
@@ -49,7 +51,6 @@ __all__ = ["MODALITIES", "MAEConfig", "MultimodalMAE", "Encoder"]
 
 log = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("rna", "dnam", "wsi")
 
 
 @dataclass
@@ -82,8 +83,8 @@ class MAEConfig:
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad or not self.modalities:
             raise ValueError(f"modalities: got {list(self.modalities)}, expected a non-empty subset of {MODALITIES}")
-        for m in ("rna", "dnam"):
-            if m in self.modalities and getattr(self, f"{m}_len") <= 0:
+        for m in vector_modalities(self.modalities):
+            if getattr(self, f"{m}_len") <= 0:
                 raise ValueError(f"{m}_len: got {getattr(self, f'{m}_len')}, expected the number of {m} features (> 0)")
         if self.tile_size % self.wsi_patch_size:
             raise ValueError(f"wsi_patch_size {self.wsi_patch_size} does not divide tile_size {self.tile_size}")
@@ -112,15 +113,15 @@ class MAEConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def patch(self, m: str) -> int:
-        return {"rna": self.rna_patch, "dnam": self.dnam_patch, "wsi": self.wsi_patch_size}[m]
+        return self.wsi_patch_size if is_image(m) else getattr(self, f"{m}_patch")
 
     def n_patches(self, m: str) -> int:
-        if m == "wsi":
+        if is_image(m):
             return (self.tile_size // self.wsi_patch_size) ** 2
         return math.ceil(getattr(self, f"{m}_len") / self.patch(m))
 
     def patch_dim(self, m: str) -> int:
-        return 3 * self.wsi_patch_size ** 2 if m == "wsi" else self.patch(m)
+        return 3 * self.wsi_patch_size ** 2 if is_image(m) else self.patch(m)
 
     def input_len(self, m: str) -> int:
         """Length of the zero-padded omics input vector."""
@@ -130,7 +131,7 @@ class MAEConfig:
 def _positions(cfg: MAEConfig, m: str, dim: int) -> Tensor:
     """[1, 1 + N_m, dim] float32, a zero row for the CLS token first."""
     n = cfg.n_patches(m)
-    pe = sincos_2d(dim, cfg.tile_size // cfg.wsi_patch_size) if m == "wsi" else sincos_1d(dim, torch.arange(n))
+    pe = sincos_2d(dim, cfg.tile_size // cfg.wsi_patch_size) if is_image(m) else sincos_1d(dim, torch.arange(n))
     return torch.cat([torch.zeros(1, dim, dtype=pe.dtype), pe]).float()[None]
 
 
@@ -140,7 +141,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: MAEConfig, m: str):
         super().__init__()
         D, p = cfg.hidden_size, cfg.patch(m)
-        self.proj = nn.Conv2d(3, D, p, stride=p) if m == "wsi" else nn.Conv1d(1, D, p, stride=p)
+        self.proj = nn.Conv2d(3, D, p, stride=p) if is_image(m) else nn.Conv1d(1, D, p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.register_buffer("pos_embed", _positions(cfg, m, D))
         depth = getattr(cfg, f"{m}_layers")
@@ -205,14 +206,13 @@ class MultimodalMAE(nn.Module):
             Block(Dd, cfg.decoder_heads, cfg.decoder_intermediate_size, cfg.norm_eps)
             for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(Dd, eps=cfg.norm_eps)
-        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.wsi_patch_size) if m == "wsi" else nn.Linear(Dd, cfg.patch(m))
+        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.wsi_patch_size) if is_image(m) else nn.Linear(Dd, cfg.patch(m))
                                     for m in self.modalities})
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        for m in ("rna", "dnam"):   # 1 where a patch element is a real feature, 0 where it is padding: [N_m, P_m]
-            if m in self.modalities:
-                valid = torch.arange(cfg.input_len(m)) < getattr(cfg, f"{m}_len")
-                self.register_buffer(f"element_weight_{m}", valid.float().view(cfg.n_patches(m), -1), persistent=False)
+        for m in vector_modalities(self.modalities):   # 1 where a patch element is a real feature, 0 padding: [N_m, P_m]
+            valid = torch.arange(cfg.input_len(m)) < getattr(cfg, f"{m}_len")
+            self.register_buffer(f"element_weight_{m}", valid.float().view(cfg.n_patches(m), -1), persistent=False)
         self.apply(self._init_weights)
         for m in self.modalities:
             w = self.encoders[m].proj.weight
@@ -223,9 +223,9 @@ class MultimodalMAE(nn.Module):
         # Small prediction heads, omics starting at 0.5 (quantile-normalised features are uniform on [0, 1]): the
         # first predictions sit near the targets' mean instead of thousands of Adam steps (of size lr) away.
         for m in self.modalities:
-            w = self.heads[m].deconv.weight if m == "wsi" else self.heads[m].weight
+            w = self.heads[m].deconv.weight if is_image(m) else self.heads[m].weight
             nn.init.normal_(w, std=0.02)
-            if m != "wsi":
+            if not is_image(m):
                 nn.init.constant_(self.heads[m].bias, 0.5)
 
     @staticmethod
@@ -243,7 +243,7 @@ class MultimodalMAE(nn.Module):
     def _input(self, batch: Mapping[str, Tensor], m: str) -> Tensor:
         """The modality's model input: omics padded to whole patches [B, L_pad]; WSI normalised [B, 3, H, W]."""
         x = batch[m].float()
-        if m == "wsi":
+        if is_image(m):
             return (x - self.pixel_mean).div_(self.pixel_std)   # in place on the new tensor: one image less
         pad = self.cfg.input_len(m) - x.shape[1]
         if pad < 0:
@@ -252,20 +252,20 @@ class MultimodalMAE(nn.Module):
 
     def patchify(self, m: str, x: Tensor) -> Tensor:
         """Model input (see :meth:`_input`) -> patches [B, N_m, P_m]."""
-        if m == "wsi":
+        if is_image(m):
             return patchify_image(x, self.cfg.wsi_patch_size)
         return x.view(x.shape[0], self.cfg.n_patches(m), self.cfg.patch(m))
 
     def unpatchify(self, m: str, patches: Tensor) -> Tensor:
         """Patches [B, N_m, P_m] -> input space: omics [B, L_pad] in [0, 1]; WSI [B, 3, H, W] in [0, 1]."""
-        if m == "wsi":
+        if is_image(m):
             img = unpatchify_image(patches, self.cfg.wsi_patch_size) * self.pixel_std + self.pixel_mean
             return img.clamp(0, 1)
         return (patches.reshape(patches.shape[0], -1) * self.element_weight(m).flatten()).clamp(0, 1)
 
     def element_weight(self, m: str) -> Tensor:
         """[N_m, P_m]: 1 for real input elements, 0 for omics padding."""
-        if m == "wsi":
+        if is_image(m):
             return self.pixel_std.new_ones(self.cfg.n_patches(m), self.cfg.patch_dim(m))
         return getattr(self, f"element_weight_{m}")
 
@@ -291,7 +291,7 @@ class MultimodalMAE(nn.Module):
         ``x`` the model input (zeros where absent), ``patches`` x cut into patches [B, N, P] (WSI channel-first, see
         :meth:`Encoder.patches`; the training loss's targets, so that the image is cut once).
 
-        An optional ``batch["hidden"]`` [B, 3] bool hides present modalities from the encoder (fully masked, like a
+        An optional ``batch["hidden"]`` [B, M] bool hides present modalities from the encoder (fully masked, like a
         missing one) while keeping them as targets: modality dropout, which trains the imputation path."""
         B, device = self._batch_size(batch)
         out = {}
@@ -304,7 +304,7 @@ class MultimodalMAE(nn.Module):
             if m in batch:
                 x = self._input(batch, m)
             else:
-                shape = (B, 3, self.cfg.tile_size, self.cfg.tile_size) if m == "wsi" else (B, self.cfg.input_len(m))
+                shape = (B, 3, self.cfg.tile_size, self.cfg.tile_size) if is_image(m) else (B, self.cfg.input_len(m))
                 x = torch.zeros(shape, device=device)
             # nobody has the modality: the encoder sees only its CLS (no tokens at all)
             len_keep = int(N * (1 - mask_ratio)) if bool(valid.any()) else 0
@@ -376,7 +376,7 @@ class MultimodalMAE(nn.Module):
 
     def _head(self, m: str, h: Tensor, channel_first: bool) -> Tensor:
         """Decoder states [B, M, Dd] -> modality m's patches [B, M, P_m] (WSI optionally channel-first)."""
-        return self.heads[m](h, channel_first) if m == "wsi" else self.heads[m](h)
+        return self.heads[m](h, channel_first) if is_image(m) else self.heads[m](h)
 
     def loss_rows(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """The patches the loss can count, per modality [B, M_m]: the masked ones (M_m = N_m - K_m, in masking
@@ -400,7 +400,7 @@ class MultimodalMAE(nn.Module):
         ``rows`` must list every patch whose weight is nonzero); ``channel_first``: WSI pred in (channel, row, col)
         order, ``patches`` x already cut that way (optional: saves a copy). Omics padding is never counted.
         """
-        if m == "wsi":                                                          # every element is real
+        if is_image(m):                                                          # every element is real
             if channel_first:
                 target = patches if patches is not None else patches_channel_first(x, self.cfg.wsi_patch_size)
             else:
@@ -458,7 +458,7 @@ class MultimodalMAE(nn.Module):
             patches = self.patchify(m, self._input({m: mean[None].to(self.pixel_std.device)}, m))[0]   # [N, P]
             ew = self.element_weight(m)
             bias = (patches * ew).sum(0) / ew.sum(0).clamp_min(1)
-            (self.heads[m].pixel_bias if m == "wsi" else self.heads[m].bias).copy_(bias)
+            (self.heads[m].pixel_bias if is_image(m) else self.heads[m].bias).copy_(bias)
 
     # -- uses of a trained model ---------------------------------------------------------------------------------
 
@@ -511,7 +511,7 @@ class MultimodalMAE(nn.Module):
         for m in self.modalities:
             recon = total[m] / len(draws)
             x = batch[m].float() if m in batch else torch.zeros_like(recon)
-            if m != "wsi":
+            if not is_image(m):
                 x = F.pad(x, (0, recon.shape[1] - x.shape[1]))
             shape = (-1,) + (1,) * (recon.dim() - 1)
             out[m] = torch.where(valid[m].view(shape), x, recon)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from imputmae.files import atomic_write
 from imputmae.choices import CIndexName
+from imputmae.modalities import MODALITY_SETS, label
 from imputmae.survival import concordance_harrell
 from imputmae.tables import latex_lines, markdown_lines, write_texts
 
@@ -31,7 +32,7 @@ LITERATURE_TABLE3: dict[tuple[str, str], dict[str, str]] = {
     ("impuTMAE", "all"): {"BRCA": "0.592 ± 0.04", "UCEC": "0.75 ± 0.032", "GBMLGG": "0.870 ± 0.003"},
 }
 MODEL_NAMES = {"impuTMAE": "impuTMAE (ours)", "cox_pca": "Cox-PCA (ours)"}
-MODSET_NAMES = {"rna": "RNA", "dnam": "DNAm", "wsi": "WSI", "all": "all"}
+MODSET_NAMES = {m: label(m) for m in MODALITY_SETS}
 CINDEX_NAMES = {"antolini": "Antolini's time-dependent C-index", "adj_antolini":
                 "Antolini's time-dependent C-index, tie-adjusted (pycox adj_antolini)",
                 "harrell": "Harrell's C-index"}
@@ -49,7 +50,7 @@ def table3(metrics: pd.DataFrame, cindex: CIndexName = "antolini",
     if cindex not in metrics.columns:
         raise ValueError(f"metrics have no {cindex!r} column")
     cohorts = list(cohorts) if cohorts is not None else sorted(metrics["cohort"].unique())
-    order = {m: i for i, m in enumerate(["rna", "dnam", "wsi", "all"])}
+    order = {m: i for i, m in enumerate(MODALITY_SETS)}
     rows = []
     for (model, modset), g in sorted(metrics.groupby(["model", "modset"]),
                                      key=lambda kv: (kv[0][0] != "impuTMAE", kv[0][0], order.get(kv[0][1], 9))):

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from imputmae import data as _data
 from imputmae.data import PatientDataset, build_arrays, collate, load_omics, load_patients, read_splits
 from imputmae.checkpoint import load_pretrained
-from imputmae.model import MODALITIES, MultimodalMAE
+from imputmae.modalities import MODALITIES, is_image, label, vector_modalities
+from imputmae.model import MultimodalMAE
 from imputmae.tables import markdown_lines, write_texts
 
 __all__ = ["evaluate_reconstruction", "evaluate_imputation", "ridge_imputation", "table4", "table4_markdown",
@@ -79,13 +80,13 @@ def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_mea
             cut["available"][:, j] = False
             cut[m] = torch.zeros_like(cut[m])
             recon = model.impute(cut, views=views)[m]
-            if m == "wsi":
+            if is_image(m):
                 w = torch.ones_like(truth)
             else:
                 recon = recon[:, : truth.shape[1]]
                 real = torch.arange(truth.shape[1], device=device) < getattr(model.cfg, f"{m}_len")
                 w = real.float().expand_as(truth)
-            mean = train_means[m].to(device)[..., : truth.shape[-1]] if m != "wsi" else train_means[m].to(device)
+            mean = train_means[m].to(device)[..., : truth.shape[-1]] if not is_image(m) else train_means[m].to(device)
             sse_model += (((recon - truth) ** 2) * w).sum().item()
             sse_mean += (((mean.expand_as(truth) - truth) ** 2) * w).sum().item()
             count += w.sum().item()
@@ -107,7 +108,8 @@ def ridge_imputation(model: MultimodalMAE, train: Any, test: Any, train_means: M
     from sklearn.linear_model import RidgeCV
 
     out = {}
-    for m, o in (("rna", "dnam"), ("dnam", "rna")):
+    vectors = vector_modalities()
+    for m, o in ((a, b) for a in vectors for b in vectors if a != b):
         if m not in model.modalities or o not in model.modalities:
             continue
         j, k = MODALITIES.index(m), MODALITIES.index(o)
@@ -171,7 +173,6 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
             for m, r in evaluate_imputation(model, ds, means, dev).items():
                 imp_rows.append({"fold": fold, "modality": m, **r, "ridge": ridge.get(m, float("nan"))})
     per_fold = pd.DataFrame(rows)
-    names = {"wsi": "WSI", "rna": "RNA", "dnam": "DNAm"}
     table = pd.DataFrame(index=["Multimodal pretraining", "Unimodal pretraining"], columns=["WSI", "RNA", "DNAm"],
                          dtype=float)
     if len(per_fold):
@@ -179,9 +180,9 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
         uni = per_fold[(per_fold["run"] != "multimodal") & (per_fold["run"] == per_fold["modality"])]
         uni = uni.groupby("modality")["mse"].mean()
         for m, v in mm.items():
-            table.loc["Multimodal pretraining", names[m]] = v
+            table.loc["Multimodal pretraining", label(m)] = v
         for m, v in uni.items():
-            table.loc["Unimodal pretraining", names[m]] = v
+            table.loc["Unimodal pretraining", label(m)] = v
     table.index.name = "Pretraining"
     imputation = pd.DataFrame(imp_rows)
     if len(imputation):

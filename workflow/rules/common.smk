@@ -15,6 +15,7 @@ from snakemake.settings.types import DeploymentMethod  # noqa: E402
 
 from imputmae.config import ConfigError, validate_config  # noqa: E402
 from imputmae.gdc import usable_downloads  # noqa: E402
+from imputmae.modalities import MODALITIES, MODALITY_SETS, is_image  # noqa: E402
 
 try:
     validate_config(config)
@@ -66,7 +67,7 @@ def stage_config(*sections):
 # ------------------------------------------------------------------------------------------- GDC stage
 import pandas as pd  # noqa: E402
 
-GDC_MODALITIES = ["rna", "dnam", "wsi"]
+GDC_MODALITIES = list(MODALITIES)
 
 
 def gdc_request_args():
@@ -145,13 +146,15 @@ def finetune_checkpoint(wildcards):
     return f"{RESULTS}/pretrain/multimodal/fold{fold}/checkpoint.pt"
 
 
+def modality_tables(cohort):
+    """{name: path} of each registry modality's stage output for ``cohort``: a vector modality's matrix
+    ``<m>.parquet``, an image modality's QC table ``<m>_qc.tsv`` (which lists its tile files)."""
+    return {f"{m}_qc" if is_image(m) else m: f"{RESULTS}/{cohort}/{m}_qc.tsv" if is_image(m)
+            else f"{RESULTS}/{cohort}/{m}.parquet" for m in MODALITIES}
+
+
 def cohort_stage_outputs(wildcards):
     """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort."""
     c = wildcards.cohort
-    return {
-        "splits": f"{RESULTS}/splits.parquet",
-        "clinical": f"{RESULTS}/{c}/clinical.parquet",
-        "rna": f"{RESULTS}/{c}/rna.parquet",
-        "dnam": f"{RESULTS}/{c}/dnam.parquet",
-        "wsi_qc": f"{RESULTS}/{c}/wsi_qc.tsv",
-    }
+    return {"splits": f"{RESULTS}/splits.parquet", "clinical": f"{RESULTS}/{c}/clinical.parquet",
+            **modality_tables(c)}

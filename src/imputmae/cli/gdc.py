@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imputmae.cli import UserError
 from imputmae.files import atomic_write
+from imputmae.modalities import MODALITIES
 
 log = logging.getLogger("imputmae.gdc")
 
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("manifest", help="our manifest/selected parquet, or the GDC portal's manifest.tsv")
     d.add_argument("--dest", required=True, help="download folder (gdc-client layout)")
     d.add_argument("--report", required=True, help="TSV report, one row per file")
-    d.add_argument("--modality", choices=["rna", "dnam", "wsi"], help="only this modality (parquet manifests)")
+    d.add_argument("--modality", choices=MODALITIES, help="only this modality (parquet manifests)")
     d.add_argument("--workers", type=int, default=4)
     d.add_argument("--strict", action="store_true", help="exit 1 when any file failed (default: record, go on)")
     d.add_argument("--no-progress", action="store_true")
@@ -176,7 +177,7 @@ def _table2(args: argparse.Namespace) -> int:
         selected[cohort] = pd.read_parquet(sel)
         clinical[cohort] = pd.read_parquet(clin)
         if args.with_downloads:
-            reports = [results / cohort / "gdc" / f"download_{m}.tsv" for m in ("rna", "dnam", "wsi")]
+            reports = [results / cohort / "gdc" / f"download_{m}.tsv" for m in MODALITIES]
             missing = [str(r) for r in reports if not r.is_file()]
             if missing:
                 raise UserError(f"table2 --with-downloads: {', '.join(missing)} missing; run `imputmae gdc download`")

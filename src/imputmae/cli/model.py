@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from imputmae.modalities import MODALITIES
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain",
                        help="pretrain the multimodal MAE (or a unimodal one) on one fold's training patients")
     _add_config(p)
-    p.add_argument("--run", required=True, choices=["multimodal", "rna", "dnam", "wsi"])
+    p.add_argument("--run", required=True, choices=["multimodal", *MODALITIES])
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--out-dir", help="default {results}/pretrain/{run}/fold{fold}")
     p.add_argument("--resume", action="store_true", help="continue from out-dir/checkpoint.pt when present")

@@ -14,10 +14,11 @@ from pathlib import Path
 from imputmae.choices import CINDEX_CHOICES, MISSING_CHOICES
 from imputmae.cli import UserError
 from imputmae.files import atomic_write
+from imputmae.modalities import MODALITIES, MODALITY_SETS, is_image
 
 log = logging.getLogger("imputmae.survival")
 
-MODSETS = ("rna", "dnam", "wsi", "all")
+MODSETS = MODALITY_SETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +138,7 @@ def _cox(args: argparse.Namespace) -> int:
     _, clinical = _fold_patients(args.results, args.cohort, int(splits["fold"].min()))
     p = json.loads(args.params)
     kw = {k: p[k] for k in ("n_components", "penalizer", "n_bins", "cut_scheme", "seed") if k in p}
-    features = {m: load_modality_features(args.results, args.cohort, m) for m in ("rna", "dnam", "wsi")}
+    features = {m: load_modality_features(args.results, args.cohort, m) for m in MODALITIES}
     for modset in args.modsets:
         try:
             results = run_cox_pca_folds(features, clinical, splits, modset, **kw)
@@ -253,7 +254,7 @@ def _impute(args: argparse.Namespace) -> int:
     tables = imputed_tables(impute_patients(mae, inputs), normalizers)
     out = Path(args.out)
     for m, t in tables.items():
-        if m == "wsi":
+        if is_image(m):
             for p, tiles in t.items():
                 atomic_write(out / "wsi" / f"{p}.npy", lambda f, tiles=tiles: _save_npy(f, tiles))
         else:
