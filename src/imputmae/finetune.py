@@ -312,14 +312,14 @@ def baseline_hazard_logits(idx_durations: np.ndarray, events: np.ndarray, n_bins
     return torch.from_numpy(np.log(h / (1 - h))).float()
 
 
-def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
+def _collate(frozen: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
              ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     out = {}
     for m in modalities:
-        hs = [ff.h[m][i] for i in idx]
+        hs = [frozen.h[m][i] for i in idx]
         ref = next((t for t in hs if t is not None), None)
         if ref is None:  # nobody in the batch has m (missing="zero"): shapes from anyone; embeddings zeroed below
-            ref = next((t for t in ff.h[m] if t is not None), None)
+            ref = next((t for t in frozen.h[m] if t is not None), None)
             if ref is None:
                 raise ValueError(f"no patient has {m}")
         K = max((t.shape[0] for t in hs if t is not None), default=1)
@@ -329,16 +329,16 @@ def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
             if t is not None:
                 h[j, : t.shape[0]] = t
                 mask[j, : t.shape[0]] = 1
-        out[m] = (h, mask, torch.from_numpy(ff.present[m][idx]).to(ref.device))
+        out[m] = (h, mask, torch.from_numpy(frozen.present[m][idx]).to(ref.device))
     return out
 
 
 @torch.no_grad()
-def predict_features(model: SurvivalModel | SurvivalEnsemble, ff: FrozenFeatures, idx: np.ndarray,
+def predict_features(model: SurvivalModel | SurvivalEnsemble, frozen: FrozenFeatures, idx: np.ndarray,
                      batch_size: int = 64) -> Tensor:
     """In eval mode: a model's hazard logits, an ensemble's survival curves; [len(idx), T]."""
     model.eval()
-    outs = [model(_collate(ff, idx[i:i + batch_size], model.modalities)).float().cpu()
+    outs = [model(_collate(frozen, idx[i:i + batch_size], model.modalities)).float().cpu()
             for i in range(0, len(idx), batch_size)]
     head = model.head if isinstance(model, SurvivalModel) else model.members[0].head
     return torch.cat(outs) if outs else torch.zeros(0, head.out_features)
@@ -393,12 +393,12 @@ def _cindex(name: str, surv: np.ndarray, cuts: np.ndarray, t: np.ndarray, e: np.
     return concordance_td(t, e, grid, times, name)
 
 
-def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray, val_idx: np.ndarray,
+def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.ndarray, val_idx: np.ndarray,
                    idx_durations: np.ndarray, label_events: np.ndarray, durations: np.ndarray,
                    events: np.ndarray, cuts: np.ndarray, cfg: FinetuneConfig) -> dict[str, Any]:
     """Train on ``fit_idx``; after each epoch score the validation patients; keep the best epoch's weights.
 
-    Arrays over ``ff.patients``: idx_durations/label_events (from :func:`discretize`, for the loss) and the
+    Arrays over ``frozen.patients``: idx_durations/label_events (from :func:`discretize`, for the loss) and the
     observed durations/events (for the validation C-index). Returns {best_epoch, best_val (the selection score: the
     C-index, or minus the NLL), val_surv (the best epoch's validation curves [len(val_idx), T]), history}.
     """
@@ -418,7 +418,7 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
         total, n = 0.0, 0
         for i in range(0, len(perm), cfg.batch_size):
             b = perm[i:i + cfg.batch_size]
-            phi = model(_collate(ff, b, model.modalities))
+            phi = model(_collate(frozen, b, model.modalities))
             bt = torch.from_numpy(b).to(dev)
             loss = nll_logistic_hazard(phi, y_idx[bt], y_ev[bt])
             if not torch.isfinite(loss):
@@ -428,7 +428,7 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
             opt.step()
             sched.step()
             total, n = total + loss.item() * len(b), n + len(b)
-        phi = predict_features(model, ff, val_idx)
+        phi = predict_features(model, frozen, val_idx)
         surv = hazard_to_survival(phi).numpy()
         val = _cindex(cfg.cindex, surv, cuts, durations[val_idx], events[val_idx], cfg.n_sub)
         vt = torch.from_numpy(val_idx)
@@ -441,7 +441,7 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
             best = {"epoch": epoch, "val": val_score, "state": copy.deepcopy(model.state_dict()), "surv": surv}
     model.load_state_dict(best["state"])
     if best["surv"] is None:  # no epoch scored (every score NaN): the curves of the weights kept
-        best["surv"] = hazard_to_survival(predict_features(model, ff, val_idx)).numpy()
+        best["surv"] = hazard_to_survival(predict_features(model, frozen, val_idx)).numpy()
     return {"best_epoch": int(best["epoch"]), "best_val": float(best["val"]), "val_surv": best["surv"],
             "history": history}
 
@@ -480,18 +480,18 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     cuts = fit_cuts(t_tr, e_tr, cfg.n_bins, cfg.cut_scheme)                      # training patients only
     members_split = inner_splits(train, e_tr, cfg)                                # from training patients only
     everyone = train + test
-    ff = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)
+    frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)
     t_cache = time.perf_counter() - t0
-    pos = ff.index(everyone)
+    pos = frozen.index(everyone)
     t_all = clinical.loc[everyone, "time"].to_numpy(float)
     e_all = clinical.loc[everyone, "event"].to_numpy(float)
     idx_d, ev = discretize(cuts, t_all, e_all)
-    # arrays over ff.patients
-    n = len(ff.patients)
-    idx_full, ev_full, t_full = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n)
-    idx_full[pos], ev_full[pos], t_full[pos] = idx_d, e_all, t_all
-    ev_lab = np.zeros(n, np.float32)
-    ev_lab[pos] = ev
+    # arrays over frozen.patients
+    n = len(frozen.patients)
+    idx_durations_all, events_all, durations_all = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n)
+    idx_durations_all[pos], events_all[pos], durations_all[pos] = idx_d, e_all, t_all
+    label_events_all = np.zeros(n, np.float32)
+    label_events_all[pos] = ev
     where = dict(zip(everyone, pos))
     train_idx = np.array([where[p] for p in train])
     test_idx = np.array([where[p] for p in test])
@@ -503,10 +503,10 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
         val_idx = np.array([where[p] for p in val])
         model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
         with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
-            model.head.bias.copy_(baseline_hazard_logits(idx_full[fit_idx], ev_lab[fit_idx], len(cuts)))
+            model.head.bias.copy_(baseline_hazard_logits(idx_durations_all[fit_idx], label_events_all[fit_idx], len(cuts)))
         model = model.to(device)
         # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
-        info = train_survival(model, ff, fit_idx, val_idx, idx_full, ev_lab, t_full, ev_full, cuts,
+        info = train_survival(model, frozen, fit_idx, val_idx, idx_durations_all, label_events_all, durations_all, events_all, cuts,
                               replace(cfg, seed=cfg.seed + k))
         val_surv[val_idx] = info["val_surv"]
         val_member.update({p: k for p in val})
@@ -517,30 +517,30 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     ensemble = SurvivalEnsemble(members)
     t_train = time.perf_counter() - t0 - t_cache
     vidx = np.array([where[p] for p in train if p in val_member])
-    validation = _cindex(cfg.cindex, val_surv[vidx], cuts, t_full[vidx], ev_full[vidx], cfg.n_sub)
+    validation = _cindex(cfg.cindex, val_surv[vidx], cuts, durations_all[vidx], events_all[vidx], cfg.n_sub)
     all_idx = np.concatenate([train_idx, test_idx])
-    surv = predict_features(ensemble, ff, all_idx).numpy()
+    surv = predict_features(ensemble, frozen, all_idx).numpy()
     s_te = surv[len(train_idx):]
-    metrics: dict[str, Any] = evaluate_survival(s_te, cuts, t_full[test_idx], ev_full[test_idx], cfg.n_sub,
+    metrics: dict[str, Any] = evaluate_survival(s_te, cuts, durations_all[test_idx], events_all[test_idx], cfg.n_sub,
                                                 t_tr, e_tr)
     risk = risk_from_survival(surv)
     metrics.update(
         fold=int(fold), modset=cfg.modset, missing=cfg.missing, members=len(members), n_train=len(train_idx),
         n_fit=[len(m["fit_patients"]) for m in member_state], n_val=[len(m["val_patients"]) for m in member_state],
-        n_test=len(test_idx), n_test_events=int(ev_full[test_idx].sum()),
+        n_test=len(test_idx), n_test_events=int(events_all[test_idx].sum()),
         best_epochs=[m["best_epoch"] for m in member_state], best_vals=[m["best_val"] for m in member_state],
         select_on=cfg.select_on, n_validation=len(vidx), **{f"validation_{cfg.cindex}": validation},
         device=str(device), train_median_risk=float(np.median(risk[: len(train_idx)])),
-        n_test_imputed={m: int(ff.imputed[m][test_idx].sum()) for m in mods},
+        n_test_imputed={m: int(frozen.imputed[m][test_idx].sum()) for m in mods},
         seconds_cache=round(t_cache, 3), seconds_train=round(t_train, 3),
         history=[m.pop("history") for m in member_state])
-    pts = [ff.patients[i] for i in all_idx]
+    pts = [frozen.patients[i] for i in all_idx]
     pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(cuts))])
-    pred.insert(0, "event", ev_full[all_idx].astype(int))
-    pred.insert(0, "time", t_full[all_idx])
+    pred.insert(0, "event", events_all[all_idx].astype(int))
+    pred.insert(0, "time", durations_all[all_idx])
     pred.insert(0, "risk", risk)
     for m in mods:
-        pred.insert(0, f"imputed_{m}", ff.imputed[m][all_idx])
+        pred.insert(0, f"imputed_{m}", frozen.imputed[m][all_idx])
     pred.insert(0, "val_member", [val_member.get(p, -1) for p in pts])
     pred.insert(0, "split", ["train"] * len(train_idx) + ["test"] * len(test_idx))
     pred.insert(0, "fold", int(fold))
@@ -598,12 +598,12 @@ def predict_patients(model: SurvivalEnsemble, mae: MultimodalMAE, inputs: Patien
     patient, risk, high_risk (above the training median), imputed_* and s_0..s_{T-1}; cut times in ``attrs``.
     """
     patients = list(patients) if patients is not None else inputs.patients()
-    ff = frozen_features(mae, inputs, patients, model.modalities, state["config"]["missing"])
-    surv = predict_features(model, ff, np.arange(len(patients))).numpy()
+    frozen = frozen_features(mae, inputs, patients, model.modalities, state["config"]["missing"])
+    surv = predict_features(model, frozen, np.arange(len(patients))).numpy()
     risk = risk_from_survival(surv)
     out = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(surv.shape[1])])
     for m in reversed(model.modalities):
-        out.insert(0, f"imputed_{m}", ff.imputed[m])
+        out.insert(0, f"imputed_{m}", frozen.imputed[m])
     out.insert(0, "high_risk", risk > float(state["train_median_risk"]))
     out.insert(0, "risk", risk)
     out.insert(0, "patient", patients)

@@ -443,9 +443,9 @@ class MultimodalMAE(nn.Module):
         ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         enc = self.forward_encoder(batch, ratio, noise)
         rows = self.loss_rows(enc) if predict == "masked" else None
-        cf = predict == "masked"
-        preds = self.forward_decoder(enc, rows, channel_first=cf)
-        loss, losses = self.forward_loss(enc, preds, rows, channel_first=cf)
+        channel_first = predict == "masked"
+        preds = self.forward_decoder(enc, rows, channel_first=channel_first)
+        loss, losses = self.forward_loss(enc, preds, rows, channel_first=channel_first)
         return loss, preds, {m: enc[m]["mask"] for m in self.modalities}, losses
 
     @torch.no_grad()

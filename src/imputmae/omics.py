@@ -259,6 +259,18 @@ def _compact(matrix: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return matrix[: int(ok.sum())]
 
 
+def _malformed_qc_row(err: MalformedFileError, patient: str, modality: str, path: str,
+                      on_malformed: OnMalformed) -> dict[str, str]:
+    """The QC row of a malformed file (``on_malformed="qc"``: logged, the modality missing for ``patient``), or
+    ``err`` raised, naming the patient (``on_malformed="error"``)."""
+    err = err.with_patient(patient)
+    if on_malformed == "error":
+        raise err
+    log.warning("%s", err)
+    return dict(patient=patient, modality=modality, file=path,
+                reason=err.reason + (f" (line {err.line})" if err.line else ""))
+
+
 def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", gene_type: str = "protein_coding",
                      on_malformed: OnMalformed = "error", threads: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Patient-by-gene float32 matrix from STAR - Counts files.
@@ -282,12 +294,7 @@ def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", ge
     failed = np.zeros(n, dtype=bool)
 
     def fail(i: int, err: MalformedFileError) -> None:
-        err = err.with_patient(patients[i])
-        if on_malformed == "error":
-            raise err
-        log.warning("%s", err)
-        qc.append(dict(patient=patients[i], modality="rna", file=paths[i],
-                       reason=err.reason + (f" (line {err.line})" if err.line else "")))
+        qc.append(_malformed_qc_row(err, patients[i], "rna", paths[i], on_malformed))
         failed[i] = True
 
     # The reference gene list: the majority of the first three files that parse.
@@ -522,12 +529,7 @@ def build_dnam_matrix(files: pd.DataFrame, probes: Sequence[str], on_malformed: 
     failed = np.zeros(n, dtype=bool)
     for i, res in enumerate(results):
         if isinstance(res, MalformedFileError):
-            err = res.with_patient(patients[i])
-            if on_malformed == "error":
-                raise err
-            log.warning("%s", err)
-            qc.append(dict(patient=patients[i], modality="dnam", file=paths[i],
-                           reason=err.reason + (f" (line {err.line})" if err.line else "")))
+            qc.append(_malformed_qc_row(res, patients[i], "dnam", paths[i], on_malformed))
             failed[i] = True
         elif res:
             log.info("dnam: %s (patient %s) lacks %d probes of the set: NaN", paths[i], patients[i], res)

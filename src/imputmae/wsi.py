@@ -441,7 +441,7 @@ def select_tiles(slide: Slide, tm: TissueMask, settings: TileSettings, progress:
     # Candidates lie inside the slide; a slide whose thumbnail read was all opaque has no holes to composite.
     opaque = not tm.transparent
 
-    def work(i: int) -> tuple[int, float, np.ndarray]:
+    def read_and_score(i: int) -> tuple[int, float, np.ndarray]:
         tile = read_tile(handle, cand.x[i], cand.y[i], level, level_read, st.tile_size, opaque=opaque)
         hsv = cv2.cvtColor(tile, cv2.COLOR_RGB2HSV)
         return *_measure(hsv, st.score_s_min, st.score_v_min, st.score_v_max, st.pen_saturation), tile
@@ -454,7 +454,7 @@ def select_tiles(slide: Slide, tm: TissueMask, settings: TileSettings, progress:
         with ThreadPoolExecutor(max_workers=st.threads) as pool:
             for start in range(0, n, BATCH):
                 for i, (score, ink, tile) in zip(range(start, min(n, start + BATCH)),
-                                                 pool.map(work, range(start, min(n, start + BATCH)))):
+                                                 pool.map(read_and_score, range(start, min(n, start + BATCH)))):
                     if ink > st.max_pen_fraction:
                         ink_rejected.append(i)
                         continue

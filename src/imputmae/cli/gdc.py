@@ -78,24 +78,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     t2.set_defaults(func=_table2)
 
 
-def _transport(args: argparse.Namespace):
-    from imputmae.gdc import GDCError, open_transport
+def _gdc(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, with a GDCError (a request or a file that could not be made right) as a UserError."""
+    from imputmae.gdc import GDCError
 
     try:
-        return open_transport(api=args.api, mirror=args.mirror, timeout_s=args.timeout,
-                              token_file=getattr(args, "token_file", None))
+        return call(*args, **kwargs)
     except GDCError as exc:
         raise UserError(str(exc)) from None
+
+
+def _transport(args: argparse.Namespace):
+    from imputmae.gdc import open_transport
+
+    return _gdc(open_transport, api=args.api, mirror=args.mirror, timeout_s=args.timeout,
+                token_file=getattr(args, "token_file", None))
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    from imputmae.gdc import GDCError, fetch_manifest, write_parquet
+    from imputmae.gdc import fetch_manifest, write_parquet
 
-    try:
-        df, meta = fetch_manifest(_transport(args), args.project, page_size=args.page_size, retries=args.retries,
-                                  backoff_s=args.backoff)
-    except GDCError as exc:
-        raise UserError(str(exc)) from None
+    df, meta = _gdc(fetch_manifest, _transport(args), args.project, page_size=args.page_size, retries=args.retries,
+                    backoff_s=args.backoff)
     if df.empty:
         raise UserError(f"no RNA-seq, DNAm or diagnostic-slide files for {args.project} at {meta['gdc_source']}; "
                         "check the project ids")
@@ -105,12 +109,9 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from imputmae.gdc import GDCError, read_manifest, select_files, write_parquet
+    from imputmae.gdc import read_manifest, select_files, write_parquet
 
-    try:
-        manifest, meta = read_manifest(args.manifest)
-    except GDCError as exc:
-        raise UserError(str(exc)) from None
+    manifest, meta = _gdc(read_manifest, args.manifest)
     if "modality" not in manifest.columns:
         raise UserError(f"{args.manifest}: not a `gdc manifest` parquet (no modality column)")
     out = select_files(manifest, args.sample_types, args.download_dir)
@@ -119,12 +120,9 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from imputmae.gdc import GDCError, download_files, read_manifest
+    from imputmae.gdc import download_files, read_manifest
 
-    try:
-        manifest, _ = read_manifest(args.manifest)
-    except GDCError as exc:
-        raise UserError(str(exc)) from None
+    manifest, _ = _gdc(read_manifest, args.manifest)
     if args.modality:
         if "modality" not in manifest.columns:
             raise UserError(f"{args.manifest}: --modality needs our parquet manifest (this one has no modality column)")
@@ -147,13 +145,10 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _clinical(args: argparse.Namespace) -> int:
-    from imputmae.gdc import GDCError, fetch_clinical, write_parquet
+    from imputmae.gdc import fetch_clinical, write_parquet
 
-    try:
-        clinical, qc, meta = fetch_clinical(_transport(args), args.project, page_size=args.page_size,
-                                            retries=args.retries, backoff_s=args.backoff)
-    except GDCError as exc:
-        raise UserError(str(exc)) from None
+    clinical, qc, meta = _gdc(fetch_clinical, _transport(args), args.project, page_size=args.page_size,
+                              retries=args.retries, backoff_s=args.backoff)
     if clinical.empty:
         raise UserError(f"no usable clinical rows for {args.project} ({len(qc)} dropped; see the log)")
     atomic_write(args.qc, lambda tmp: qc.to_csv(tmp, sep="\t", index=False))

@@ -168,7 +168,7 @@ def download_files(manifest: pd.DataFrame, dest: str | os.PathLike[str], transpo
             done["failed"] += failed
             bar.set_postfix_str(f"{done['files']}/{len(rows)} files, {done['failed']} failed", refresh=False)
 
-    def one(row: Any) -> dict[str, Any]:
+    def download_row(row: Any) -> dict[str, Any]:
         r = _download_one(transport, row.file_id, row.file_name, row.md5sum, int(row.file_size), dest, retries,
                           backoff_s, max_backoff_s, tick)
         if r.status == "present":
@@ -183,7 +183,7 @@ def download_files(manifest: pd.DataFrame, dest: str | os.PathLike[str], transpo
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            out = list(pool.map(one, rows.itertuples(index=False)))
+            out = list(pool.map(download_row, rows.itertuples(index=False)))
     finally:
         bar.close()
     return pd.DataFrame(out, columns=list(REPORT_COLUMNS))
