@@ -1,21 +1,6 @@
 """Patients, outer folds, and the pretraining dataset.
 
-Reads the stage outputs listed in docs/layout.md (``{R}`` is ``config["results"]``):
-``{R}/{cohort}/clinical.parquet`` (patient, project_id, vital_status, time, event), ``{R}/{cohort}/rna.parquet`` and
-``dnam.parquet`` (index patient, one column per feature), ``{R}/{cohort}/wsi_qc.tsv`` (patient, status; only ``ok``
-counts) with tiles ``{R}/{cohort}/wsi/{patient}.npy`` (uint8 [K, 256, 256, 3]).
-
-Who is where:
-- **splits** (:func:`make_splits`): patients with survival labels and RNA (the paper evaluates every patient with at
-  least RNA), 5 outer folds per cohort, stratified by project and event. ``fold`` is the fold in which the patient
-  is a test patient.
-- **pretraining of fold f** (:func:`pretraining_patients`): every patient with at least one of the run's
-  modalities except fold f's test patients; this includes patients without labels or without RNA (they are never
-  test patients, so no test patient is ever seen). Normalisers are fitted on exactly these patients.
-
-A sample is a patient's RNA, DNAm and ONE of its tiles, drawn per epoch from a seeded generator; the masking noise
-is drawn from the same per-sample generator, so an epoch's batches do not depend on the number of DDP ranks or on
-a resume. Tiles are read with ``np.load(mmap_mode="r")``: one tile in memory per sample.
+The method and its decisions: docs/design.md, ``imputmae.data``.
 """
 
 from __future__ import annotations

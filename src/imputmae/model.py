@@ -1,33 +1,6 @@
 """The impuTMAE multimodal masked autoencoder (paper Section 3, Table 1): the model only.
 
-One encoder per modality (RNA and DNAm: a 1D convolution that cuts the vector into patches; WSI: a 16x16 2D
-convolution on 256x256 tiles), fixed sine-cosine positions added before masking, a CLS token (with its position)
-prepended after masking, pre-norm transformer blocks. The multimodal decoder projects each modality's latents,
-inserts mask tokens, unshuffles, adds decoder positions and a learned modality embedding, concatenates the
-modalities and runs shared transformer blocks; a head per modality (linear for omics, transposed convolution for
-WSI) predicts patches. The loss is, per modality, the MSE on the masked patches of the samples that have that
-modality, summed over modalities (Eq. 1-2).
-
-The training step (``forward(..., predict="masked")``) computes only what that loss reads, exactly: the patch
-convolutions (kernel = stride) run as the same linear maps on the kept patches only, and the decoder's last block
-and the heads run on the masked patches only (keys and values still from every token). Evaluation and
-:meth:`MultimodalMAE.impute` use the full predictions.
-
-A missing modality is fully masked: its encoder gets no tokens (in a batch that mixes modality sets the kept
-tokens are padded and ignored through a key-padding attention mask), its decoder slots are all mask tokens and it
-has no target. :meth:`MultimodalMAE.impute` reconstructs missing modalities from the present ones.
-
-Inputs (a batch dict; column order of ``available`` is :data:`MODALITIES`):
-    ``rna``: [B, L_rna] float in [0, 1] (zero-padded to whole patches), ``dnam``: [B, L_dnam] likewise,
-    ``wsi``: [B, 3, H, W] float in [0, 1] (the model normalises with ImageNet mean/std inside; WSI targets and
-    predictions live in that normalised space, as in MAE and transformers' ViTMAE), ``available``: [B, M] bool
-    (M = len(MODALITIES), the registry's order).
-    A missing modality's tensor holds zeros.
-
-Naming follows facebookresearch/mae ``models_mae.py`` (``patchify``, ``random_masking``, ``forward_encoder``,
-``forward_decoder``, ``forward_loss``) and nanoGPT (a dataclass config). Beside it: :mod:`imputmae.layers` (blocks,
-positions, masking), :mod:`imputmae.vit_mae` (transformers' ViTMAE weights into the WSI branch) and
-:mod:`imputmae.checkpoint` (checkpoint I/O).
+The method and its decisions: docs/design.md, ``imputmae.model``.
 """
 
 from __future__ import annotations
