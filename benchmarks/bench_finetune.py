@@ -24,7 +24,7 @@ import torch
 
 from imputmae.finetune import (FinetuneConfig, SurvivalModel, frozen_features, load_cohort_inputs,
                                normalizers_from_states, run_finetune, select_patients)
-from imputmae.model import load_pretrained
+from imputmae.checkpoint import load_pretrained
 from imputmae.survival import concordance_td, discretize, fit_cuts, interpolate_survival, nll_logistic_hazard
 
 

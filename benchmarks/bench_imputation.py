@@ -29,8 +29,9 @@ from sklearn.linear_model import RidgeCV
 
 from imputmae import data as D
 from imputmae.config import load_config
-from imputmae.engine import _test_dataset, evaluate_imputation, ridge_imputation
-from imputmae.model import MODALITIES, load_pretrained
+from imputmae.table4 import _test_dataset, evaluate_imputation, ridge_imputation
+from imputmae.checkpoint import load_pretrained
+from imputmae.model import MODALITIES
 
 
 def oracle_imputation(model, train: D.OmicsArrays, test: D.OmicsArrays, z: pd.DataFrame) -> dict[str, float]:

@@ -23,7 +23,7 @@ import yaml
 
 from _synthetic_results import small_config, write_results
 from imputmae import data
-from imputmae.model import load_checkpoint
+from imputmae.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

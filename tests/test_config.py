@@ -96,3 +96,14 @@ def test_cli_check_prints_one_line_error(tmp_path, capsys):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: no such file"):
         load_config([tmp_path / "nope.yaml"])
+
+
+@pytest.mark.parametrize("section, key, choices", [
+    ("evaluation", "cindex", "CINDEX_CHOICES"), ("finetune", "cut_scheme", "CUT_SCHEME_CHOICES"),
+    ("finetune", "select_on", "SELECT_ON_CHOICES"), ("omics", "on_malformed", "ON_MALFORMED_CHOICES")])
+def test_schema_enums_are_the_library_choices(section, key, choices):
+    """The schema and imputmae.choices (the library's Literals and the CLI's choices=) list the same values."""
+    from imputmae import choices as ch
+    from imputmae.config import load_schema
+
+    assert tuple(load_schema()["properties"][section]["properties"][key]["enum"]) == getattr(ch, choices)

@@ -11,8 +11,10 @@ import torch
 
 from _synthetic_results import small_config, use_stand_in_normalizer, write_results
 from imputmae import data
-from imputmae.engine import EXIT_PREEMPTED, get_lr, pretrain, table4, train_one_epoch
-from imputmae.model import MAEConfig, MultimodalMAE, load_checkpoint
+from imputmae.engine import EXIT_PREEMPTED, get_lr, pretrain, train_one_epoch
+from imputmae.table4 import table4
+from imputmae.checkpoint import load_checkpoint
+from imputmae.model import MAEConfig, MultimodalMAE
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +119,7 @@ def test_non_finite_loss_stops_with_a_clear_error():
 
 
 def test_table4_end_to_end(results):
-    from imputmae.cli.model import write_table4
+    from imputmae.table4 import write_table4
 
     cfg = small_config(results, epochs=1)
     cks = {}

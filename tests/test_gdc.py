@@ -126,7 +126,7 @@ def server(mirror):
 def sleeps(monkeypatch) -> list[float]:
     """Backoff waits, recorded instead of slept."""
     waits: list[float] = []
-    monkeypatch.setattr(gdc, "_sleep", waits.append)
+    monkeypatch.setattr(gdc._transport, "_sleep", waits.append)
     return waits
 
 
@@ -248,8 +248,9 @@ def test_slow_query_times_out_and_is_retried(server, sleeps):
 def test_retry_after_forms():
     from email.utils import formatdate
 
-    assert gdc._retry_after("12") == 12.0 and gdc._retry_after(None) is None and gdc._retry_after("soon") is None
-    assert 50 < gdc._retry_after(formatdate(__import__("time").time() + 60, usegmt=True)) <= 60
+    retry_after = gdc._transport._retry_after
+    assert retry_after("12") == 12.0 and retry_after(None) is None and retry_after("soon") is None
+    assert 50 < retry_after(formatdate(__import__("time").time() + 60, usegmt=True)) <= 60
 
 
 def test_manifest_gives_up_with_a_clear_error(server, sleeps):
@@ -417,7 +418,7 @@ def test_failures_are_recorded_and_the_run_goes_on(server, mirror, tmp_path, sle
 
 
 def test_cli_download_strict_and_default(server, mirror, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(gdc, "_sleep", lambda s: None)
+    monkeypatch.setattr(gdc._transport, "_sleep", lambda s: None)
     manifest = tmp_path / "m.parquet"
     gdc.write_parquet(_rows(mirror, ["f01", "f14"]).assign(modality=["rna", "rna"]), manifest)
     base = ["gdc", "download", str(manifest), "--api", server.url, "--retries", "1", "--no-progress"]
@@ -451,7 +452,7 @@ def test_portal_manifest_tsv(server, mirror, tmp_path):
 
 
 def test_token_is_sent_never_shown(server, mirror, tmp_path, monkeypatch, caplog, capsys):
-    monkeypatch.setattr(gdc, "_sleep", lambda s: None)
+    monkeypatch.setattr(gdc._transport, "_sleep", lambda s: None)
     token_file = tmp_path / "token.txt"
     token_file.write_text(TOKEN + "\n")
     server.add_fault("data/f01", "403_echo")       # the server's error body echoes the token

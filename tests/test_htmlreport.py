@@ -251,16 +251,17 @@ def test_cli_writes_the_report_atomically(tmp_path, monkeypatch):
     renames = []
 
     def failing_replace(src, dst):
-        renames.append((Path(src), Path(dst)))
+        renames.append((Path(src), Path(dst), Path(src).read_bytes()))
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
         main(argv)
     assert out.read_text() == "previous report"
-    (src, dst), = renames
+    (src, dst, written), = renames
     assert dst == out and src.parent == out.parent and src != out
-    assert src.read_bytes() == expected.encode("utf-8")     # written completely before the rename
+    assert written == expected.encode("utf-8")              # written completely before the rename
+    assert not src.exists()                                 # and the temporary file removed after the failure
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

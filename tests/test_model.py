@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imputmae.model import (MODALITIES, MAEConfig, MultimodalMAE, load_checkpoint, load_pretrained, random_masking,
-                            save_checkpoint)
+from imputmae.checkpoint import load_checkpoint, load_pretrained, save_checkpoint
+from imputmae.layers import random_masking
+from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
 
 TINY = dict(hidden_size=32, num_heads=4, intermediate_size=48, rna_layers=1, dnam_layers=2, wsi_layers=1,
             decoder_hidden_size=24, decoder_layers=2, decoder_heads=4, decoder_intermediate_size=40, tile_size=32,
@@ -255,7 +256,7 @@ def test_config_from_pipeline_config():
 
 
 def test_wsi_head_matmul_equals_transposed_convolution():
-    from imputmae.model import WSIHead
+    from imputmae.layers import WSIHead
 
     torch.manual_seed(0)
     head = WSIHead(24, 16)

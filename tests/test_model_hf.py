@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from imputmae.model import IMAGENET_MEAN, IMAGENET_STD, MAEConfig, MultimodalMAE, load_vit_mae_weights, sincos_2d
+from imputmae.layers import IMAGENET_MEAN, IMAGENET_STD, sincos_2d
+from imputmae.model import MAEConfig, MultimodalMAE
+from imputmae.vit_mae import load_vit_mae_weights
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from imputmae.cli import main
-from imputmae.model import MAEConfig, MultimodalMAE, save_checkpoint
+from imputmae.checkpoint import save_checkpoint
+from imputmae.model import MAEConfig, MultimodalMAE
 from imputmae.normalize import OmicsNormalizer
 
 N_FOLDS = 2

@@ -16,6 +16,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from imputmae.modalities import MODALITIES
+
 __all__ = ["ConfigError", "load_schema", "merge_config", "validate_config", "load_config", "MODEL_SIZES", "model_dims",
            "cohort_modalities", "cohort_modality_sets", "available_modalities", "last_cohorts"]
 
@@ -120,9 +122,9 @@ def cohort_modalities(cohort: Mapping[str, Any]) -> tuple[str, ...]:
     """The modalities a cohort's configuration can bring, in (rna, dnam, wsi) order: all three for GDC projects
     (a patient may still lack any of them); for tables, those given (``rna``, ``dnam``; ``slides``: wsi)."""
     if "projects" in cohort:
-        return ("rna", "dnam", "wsi")
+        return MODALITIES
     given = {TABLE_MODALITIES[k] for k in cohort.get("tables", {}) if k in TABLE_MODALITIES}
-    return tuple(m for m in ("rna", "dnam", "wsi") if m in given)
+    return tuple(m for m in MODALITIES if m in given)
 
 
 def cohort_modality_sets(cfg: Mapping[str, Any], cohort: str) -> list[str]:
@@ -136,7 +138,7 @@ def available_modalities(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     """The modalities at least one cohort can bring: pretraining (multimodal and unimodal runs) uses only these,
     so that a run on own tables without slides trains no WSI encoder on nothing and imputes no WSI from it."""
     have = {m for c in cfg["cohorts"].values() for m in cohort_modalities(c)}
-    return tuple(m for m in ("rna", "dnam", "wsi") if m in have)
+    return tuple(m for m in MODALITIES if m in have)
 
 
 def _semantic_errors(cfg: Mapping[str, Any]) -> list[str]:

@@ -1,28 +1,11 @@
 """Patients, outer folds, and the pretraining dataset.
 
-Reads the stage outputs listed in docs/layout.md (``{R}`` is ``config["results"]``):
-``{R}/{cohort}/clinical.parquet`` (patient, project_id, vital_status, time, event), ``{R}/{cohort}/rna.parquet`` and
-``dnam.parquet`` (index patient, one column per feature), ``{R}/{cohort}/wsi_qc.tsv`` (patient, status; only ``ok``
-counts) with tiles ``{R}/{cohort}/wsi/{patient}.npy`` (uint8 [K, 256, 256, 3]).
-
-Who is where:
-- **splits** (:func:`make_splits`): patients with survival labels and RNA (the paper evaluates every patient with at
-  least RNA; a cohort with no RNA at all: any modality), 5 outer folds per cohort, stratified by project and event. ``fold`` is the fold in which the patient
-  is a test patient.
-- **pretraining of fold f** (:func:`pretraining_patients`): every patient with at least one of the run's
-  modalities except fold f's test patients; this includes patients without labels or without RNA (they are never
-  test patients, so no test patient is ever seen). Normalisers are fitted on exactly these patients.
-
-A sample is a patient's RNA, DNAm and ONE of its tiles, drawn per epoch from a seeded generator; the masking noise
-is drawn from the same per-sample generator, so an epoch's batches do not depend on the number of DDP ranks or on
-a resume. Tiles are read with ``np.load(mmap_mode="r")``: one tile in memory per sample.
+The method and its decisions: docs/design.md, ``imputmae.data``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +16,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from imputmae.model import MODALITIES
+from imputmae.files import atomic_write
+from imputmae.modalities import MODALITIES, vector_modalities
 
 __all__ = [
     "Normalizer", "make_normalizer", "restore_normalizer", "n_features", "load_patients", "select_split_patients",
@@ -112,7 +96,7 @@ def load_patients(results: str | Path, cohorts: Sequence[str]) -> pd.DataFrame:
             raise ValueError(f"{clin_path}: patient {dup.iloc[0]} appears more than once")
         clin = clin.set_index(clin["patient"].astype(str))[["project_id", "time", "event"]]
         idx = {m: _read_index(d / f"{m}.parquet") if (d / f"{m}.parquet").is_file() else pd.Index([])
-               for m in ("rna", "dnam")}
+               for m in vector_modalities()}
         wsi_ok: dict[str, str] = {}
         qc_path = d / "wsi_qc.tsv"
         if qc_path.is_file():
@@ -123,11 +107,11 @@ def load_patients(results: str | Path, cohorts: Sequence[str]) -> pd.DataFrame:
                     raise FileNotFoundError(f"{tiles}: {qc_path} marks patient {patient} ok but the tile file is "
                                             f"missing; rerun the wsi stage for {cohort}")
                 wsi_ok[patient] = str(tiles)
-        patients = sorted(set(clin.index) | set(idx["rna"]) | set(idx["dnam"]) | set(wsi_ok))
+        patients = sorted(set(clin.index).union(*map(set, idx.values())) | set(wsi_ok))
         df = pd.DataFrame({"patient": patients, "cohort": cohort})
         df = df.join(clin, on="patient")
-        df["has_rna"] = df["patient"].isin(idx["rna"])
-        df["has_dnam"] = df["patient"].isin(idx["dnam"])
+        for m, index in idx.items():
+            df[f"has_{m}"] = df["patient"].isin(index)
         df["has_wsi"] = df["patient"].isin(list(wsi_ok))
         df["wsi_path"] = df["patient"].map(wsi_ok)
         frames.append(df)
@@ -189,18 +173,8 @@ def make_splits(patients: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame
 
 
 def write_splits(splits: pd.DataFrame, path: str | Path) -> Path:
-    """Write atomically (temporary name in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        splits.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write atomically (:func:`imputmae.files.atomic_write`)."""
+    return atomic_write(path, lambda tmp: splits.to_parquet(tmp, index=False))
 
 
 def read_splits(path: str | Path) -> pd.DataFrame:
@@ -268,7 +242,7 @@ class OmicsArrays:
     patients: list[str]
     rna: np.ndarray          # float32 [N, L_rna_padded], zeros where absent
     dnam: np.ndarray         # float32 [N, L_dnam_padded], zeros where absent
-    available: np.ndarray    # bool [N, 3], column order MODALITIES
+    available: np.ndarray    # bool [N, M], column order MODALITIES
     wsi_paths: list[str | None]
 
 
@@ -279,9 +253,10 @@ def build_arrays(patients: pd.DataFrame, omics: Mapping[str, pd.DataFrame], norm
     ``widths`` gives the padded length of a modality without normaliser (a unimodal run): zeros of that width.
     """
     ids = patients["patient"].astype(str).tolist()
-    avail = np.zeros((len(ids), 3), dtype=bool)
+    avail = np.zeros((len(ids), len(MODALITIES)), dtype=bool)
     arrays = {}
-    for j, kind in enumerate(("rna", "dnam")):
+    for kind in vector_modalities():
+        j = MODALITIES.index(kind)
         if kind in normalizers:
             df = omics[kind]
             present = pd.Index(ids).isin(df.index) & patients[f"has_{kind}"].to_numpy()
@@ -295,7 +270,7 @@ def build_arrays(patients: pd.DataFrame, omics: Mapping[str, pd.DataFrame], norm
         else:
             arr = np.zeros((len(ids), int((widths or {}).get(kind, 0))), dtype=np.float32)
         arrays[kind] = arr
-    avail[:, 2] = patients["has_wsi"].to_numpy()
+    avail[:, MODALITIES.index("wsi")] = patients["has_wsi"].to_numpy()
     paths = [p if isinstance(p, str) else None for p in patients["wsi_path"].tolist()]
     return OmicsArrays(ids, arrays["rna"], arrays["dnam"], avail, paths)
 
@@ -308,9 +283,9 @@ class PatientDataset(Dataset):
     """One sample per patient: omics rows, one tile drawn per epoch, availability, and the masking noise.
 
     Item: ``rna`` [L_rna], ``dnam`` [L_dnam] float32; ``wsi`` [3, T, T] float32 in [0, 1] (zeros when absent or
-    not among ``modalities``); ``available`` [3] bool (restricted to ``modalities``); ``noise_<m>`` [N_m] float32
+    not among ``modalities``); ``available`` [M] bool (restricted to ``modalities``); ``noise_<m>`` [N_m] float32
     uniform noise for masking (one per model modality); ``index`` int; with ``modality_dropout`` > 0 also
-    ``hidden`` [3] bool: with that probability, one of the sample's present modalities (when it has two or more),
+    ``hidden`` [M] bool: with that probability, one of the sample's present modalities (when it has two or more),
     chosen uniformly, is hidden from the encoder but kept as a target (see :meth:`MultimodalMAE.forward_encoder`).
 
     Randomness per item comes from ``np.random.default_rng([seed, epoch, index])``: the same item in the same
@@ -349,7 +324,7 @@ class PatientDataset(Dataset):
         rng = np.random.default_rng([self.seed, 0 if self.fixed_tile else self.epoch, i])
         avail = self.a.available[i] & self.mask
         item: dict[str, Any] = {"rna": torch.from_numpy(self.a.rna[i]), "dnam": torch.from_numpy(self.a.dnam[i])}
-        if avail[2]:
+        if avail[MODALITIES.index("wsi")]:
             tile = self._tile(i, rng)
             item["wsi"] = torch.from_numpy(tile).permute(2, 0, 1).float().div_(255.0)
         else:
@@ -360,7 +335,7 @@ class PatientDataset(Dataset):
                 noise_rng = np.random.default_rng([self.seed, self.epoch, i, k])
                 item[f"noise_{m}"] = torch.from_numpy(noise_rng.random(self.n_patches[m], dtype=np.float32))
         if self.modality_dropout > 0:
-            hidden = np.zeros(3, dtype=bool)
+            hidden = np.zeros(len(MODALITIES), dtype=bool)
             hide_rng = np.random.default_rng([self.seed, self.epoch, i, 9])
             present = np.flatnonzero(avail)
             if len(present) >= 2 and hide_rng.random() < self.modality_dropout:

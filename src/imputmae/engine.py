@@ -1,4 +1,4 @@
-"""Pretraining loop, checkpoints, learning-rate schedule, DDP, and the Table 4 evaluation.
+"""Pretraining loop, checkpoints, learning-rate schedule and DDP (Table 4's evaluation: :mod:`imputmae.table4`).
 
 Shaped like facebookresearch/mae (``train_one_epoch`` in engine_pretrain.py, separate from ``main``) and nanoGPT
 (DDP from ``RANK``/``WORLD_SIZE``, ``raw_model = model.module``, a pure ``get_lr``).
@@ -18,7 +18,6 @@ import math
 import os
 import random
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,14 +30,16 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from imputmae import data as _data
+from imputmae.files import atomic_write
 from imputmae.data import (PatientDataset, build_arrays, collate, fit_normalizers, load_omics, load_patients,
                            n_features, pretraining_patients, read_splits)
-from imputmae.model import (MODALITIES, MAEConfig, MultimodalMAE, load_checkpoint, load_pretrained,
-                            load_vit_mae_weights, save_checkpoint)
+from imputmae.checkpoint import load_checkpoint, save_checkpoint
+from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.model import MAEConfig, MultimodalMAE
+from imputmae.vit_mae import load_vit_mae_weights
 
 __all__ = ["EXIT_PREEMPTED", "get_lr", "param_groups", "train_one_epoch", "pretrain", "run_modalities",
-           "folds_to_run", "evaluate_reconstruction", "evaluate_imputation", "ridge_imputation", "table4", "write_loss_plot"]
+           "folds_to_run", "write_loss_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -185,26 +186,14 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(history[0]))
             w.writeheader()
             w.writerows(history)
     if history:
-        _atomic_write(path, write)
+        atomic_write(path, write)
 
 
 def write_loss_plot(path: str | Path, history: Sequence[Mapping[str, Any]], title: str = "") -> None:
@@ -224,7 +213,7 @@ def write_loss_plot(path: str | Path, history: Sequence[Mapping[str, Any]], titl
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -235,7 +224,7 @@ def _train_means(arrays: Any, dataset: PatientDataset, modalities: Sequence[str]
         if m not in modalities:
             continue
         have = arrays.available[:, j]
-        if m == "wsi":
+        if is_image(m):
             total, n = torch.zeros(3, dataset.tile_size, dataset.tile_size, dtype=torch.float64), 0
             for i in np.flatnonzero(have):
                 total += dataset[int(i)]["wsi"].double()
@@ -281,11 +270,11 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     patients = load_patients(results, sorted(cfg["cohorts"]))
     splits = read_splits(results / "splits.parquet")
     train = pretraining_patients(patients, splits, fold, modalities)
-    omics = {k: load_omics(results, sorted(cfg["cohorts"]), k) for k in ("rna", "dnam") if k in modalities}
+    omics = {k: load_omics(results, sorted(cfg["cohorts"]), k) for k in vector_modalities(modalities)}
     normalizers = fit_normalizers(omics, train["patient"].tolist(), cfg)
     arrays = build_arrays(train, omics, normalizers)
     lengths = {k: n_features(normalizers[k], getattr(arrays, k).shape[1]) if k in normalizers else 0
-               for k in ("rna", "dnam")}
+               for k in vector_modalities()}
     mcfg = MAEConfig.from_config(cfg, rna_len=lengths["rna"], dnam_len=lengths["dnam"], modalities=modalities)
     dataset = PatientDataset(arrays, modalities=modalities, n_patches={m: mcfg.n_patches(m) for m in modalities},
                              tile_size=mcfg.tile_size, seed=pc["seed"], modality_dropout=pc["modality_dropout"])
@@ -407,177 +396,3 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
             signal.signal(signal.SIGTERM, old_handler)
     return {"status": status, "epoch": history[-1]["epoch"] if history else start_epoch, "step": step,
             "history": history}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Table 4
-
-
-def _loader(dataset: PatientDataset, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-
-
-@torch.no_grad()
-def evaluate_reconstruction(model: MultimodalMAE, dataset: PatientDataset, device: torch.device,
-                            batch_size: int = 64) -> dict[str, float]:
-    """Masked-patch MSE per modality over ``dataset`` (its seeded noise and fixed tiles), present modalities only.
-
-    Pools squared errors over all masked elements of all patients (Eq. 2 over the test set)."""
-    model.eval().to(device)
-    sse = {m: 0.0 for m in model.modalities}
-    n = {m: 0.0 for m in model.modalities}
-    for batch in _loader(dataset, batch_size):
-        noise = {m: batch.pop(f"noise_{m}").to(device) for m in model.modalities}
-        batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
-        enc = model.forward_encoder(batch, model.cfg.mask_ratio, noise)
-        preds = model.forward_decoder(enc)
-        for m in model.modalities:
-            e = enc[m]
-            s, c = model.reconstruction_error(m, e["x"], preds[m], e["mask"] * e["present"][:, None])
-            sse[m] += s.item()
-            n[m] += c.item()
-    return {m: sse[m] / n[m] if n[m] else float("nan") for m in model.modalities}
-
-
-@torch.no_grad()
-def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_means: Mapping[str, torch.Tensor],
-                        device: torch.device, batch_size: int = 64, views: int = 8) -> dict[str, dict[str, float]]:
-    """Remove each modality in turn from patients that have it and at least one other, impute it from the others
-    (:meth:`MultimodalMAE.impute` with ``views``), and compare (MSE over real input elements, [0, 1] space) with
-    imputing the training mean.
-
-    Returns {m: {"model": mse, "mean": mse, "ratio": model/mean, "n_patients": k}}.
-    """
-    model.eval().to(device)
-    out = {}
-    for m in model.modalities:
-        j = MODALITIES.index(m)
-        others = [MODALITIES.index(o) for o in model.modalities if o != m]
-        if not others:
-            continue
-        sse_model = sse_mean = count = 0.0
-        patients = 0
-        for batch in _loader(dataset, batch_size):
-            batch = {k: v.to(device) for k, v in batch.items() if k != "index" and not k.startswith("noise_")}
-            avail = batch["available"]
-            rows = avail[:, j] & avail[:, others].any(1)
-            if not bool(rows.any()):
-                continue
-            truth = batch[m][rows].float()
-            cut = {k: (v[rows] if torch.is_tensor(v) else v) for k, v in batch.items()}
-            cut["available"] = cut["available"].clone()
-            cut["available"][:, j] = False
-            cut[m] = torch.zeros_like(cut[m])
-            recon = model.impute(cut, views=views)[m]
-            if m == "wsi":
-                w = torch.ones_like(truth)
-            else:
-                recon = recon[:, : truth.shape[1]]
-                real = torch.arange(truth.shape[1], device=device) < getattr(model.cfg, f"{m}_len")
-                w = real.float().expand_as(truth)
-            mean = train_means[m].to(device)[..., : truth.shape[-1]] if m != "wsi" else train_means[m].to(device)
-            sse_model += (((recon - truth) ** 2) * w).sum().item()
-            sse_mean += (((mean.expand_as(truth) - truth) ** 2) * w).sum().item()
-            count += w.sum().item()
-            patients += int(rows.sum())
-        if count:
-            out[m] = {"model": sse_model / count, "mean": sse_mean / count,
-                      "ratio": sse_model / sse_mean if sse_mean else float("nan"), "n_patients": patients}
-    return out
-
-
-def ridge_imputation(model: MultimodalMAE, train: Any, test: Any, train_means: Mapping[str, torch.Tensor]
-                     ) -> dict[str, float]:
-    """An independent reference for whole-modality imputation: scikit-learn ``RidgeCV`` from the other omics
-    modality, fitted on the training patients; the training mean where the test patient lacks that modality.
-
-    Scored on the rows :func:`evaluate_imputation` uses (patients with the modality and at least one other).
-    ``train``/``test``: :class:`imputmae.data.OmicsArrays`. Returns {m: MSE over real elements} for RNA and DNAm.
-    """
-    from sklearn.linear_model import RidgeCV
-
-    out = {}
-    for m, o in (("rna", "dnam"), ("dnam", "rna")):
-        if m not in model.modalities or o not in model.modalities:
-            continue
-        j, k = MODALITIES.index(m), MODALITIES.index(o)
-        others = [MODALITIES.index(x) for x in model.modalities if x != m]
-        n_m, n_o = getattr(model.cfg, f"{m}_len"), getattr(model.cfg, f"{o}_len")
-        fit_rows = train.available[:, j] & train.available[:, k]
-        rows = test.available[:, j] & test.available[:, others].any(1)
-        if fit_rows.sum() < 3 or not rows.any():
-            continue
-        ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(getattr(train, o)[fit_rows, :n_o],
-                                                            getattr(train, m)[fit_rows, :n_m])
-        truth = getattr(test, m)[rows, :n_m]
-        pred = np.broadcast_to(train_means[m].numpy()[:n_m], truth.shape).copy()
-        has_o = test.available[rows, k]
-        if has_o.any():
-            pred[has_o] = ridge.predict(getattr(test, o)[rows][has_o, :n_o])
-        out[m] = float(((np.clip(pred, 0, 1) - truth) ** 2).mean())
-    return out
-
-
-def _test_dataset(cfg: Mapping[str, Any], model: MultimodalMAE, normalizer_states: Mapping[str, Any], fold: int,
-                  patients: pd.DataFrame, splits: pd.DataFrame, omics: Mapping[str, pd.DataFrame]) -> PatientDataset:
-    test = patients[patients["patient"].isin(set(splits.loc[splits["fold"] == fold, "patient"]))]
-    test = test.reset_index(drop=True)
-    norms = {k: _data.restore_normalizer(v) for k, v in normalizer_states.items()}
-    arrays = build_arrays(test, omics, norms)
-    # evaluation noise and tile: seeded by the pretraining seed + 1000 (never a training draw), fixed per patient
-    return PatientDataset(arrays, modalities=model.modalities,
-                          n_patches={m: model.cfg.n_patches(m) for m in model.modalities},
-                          tile_size=model.cfg.tile_size, seed=cfg["pretrain"]["seed"] + 1000, fixed_tile=True)
-
-
-def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str | Path], device: str = "cpu"
-           ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Table 4 from pretrained checkpoints {(run, fold): path}.
-
-    Returns (table: rows ``Multimodal pretraining``/``Unimodal pretraining``, columns WSI, RNA, DNAm: mean over folds
-    of the test patients' masked-patch MSE; per_fold: long form run, fold, modality, mse; imputation: per
-    modality the multimodal model's error imputing the whole modality from the others vs the training mean).
-    """
-    dev = torch.device(device)
-    results = Path(cfg["results"])
-    patients = load_patients(results, sorted(cfg["cohorts"]))
-    splits = read_splits(results / "splits.parquet")
-    omics_cache: dict[str, pd.DataFrame] = {}
-    rows, imp_rows = [], []
-    for (run, fold), path in sorted(checkpoints.items()):
-        model, norm_states, meta = load_pretrained(path)
-        for k in norm_states:
-            if k not in omics_cache:
-                omics_cache[k] = load_omics(results, sorted(cfg["cohorts"]), k)
-        ds = _test_dataset(cfg, model, norm_states, fold, patients, splits, {k: omics_cache[k] for k in norm_states})
-        for m, mse in evaluate_reconstruction(model, ds, dev).items():
-            rows.append({"run": run, "fold": fold, "modality": m, "mse": mse, "n_test": len(ds)})
-        if run == "multimodal":
-            means = meta["extra"]["train_means"]
-            train = patients[patients["patient"].isin(set(meta["extra"]["train_patients"]))].reset_index(drop=True)
-            train_arrays = build_arrays(train, {k: omics_cache[k] for k in norm_states},
-                                        {k: _data.restore_normalizer(v) for k, v in norm_states.items()})
-            ridge = ridge_imputation(model, train_arrays, ds.a, means)
-            for m, r in evaluate_imputation(model, ds, means, dev).items():
-                imp_rows.append({"fold": fold, "modality": m, **r, "ridge": ridge.get(m, float("nan"))})
-    per_fold = pd.DataFrame(rows)
-    names = {"wsi": "WSI", "rna": "RNA", "dnam": "DNAm"}
-    table = pd.DataFrame(index=["Multimodal pretraining", "Unimodal pretraining"], columns=["WSI", "RNA", "DNAm"],
-                         dtype=float)
-    if len(per_fold):
-        mm = per_fold[per_fold["run"] == "multimodal"].groupby("modality")["mse"].mean()
-        uni = per_fold[(per_fold["run"] != "multimodal") & (per_fold["run"] == per_fold["modality"])]
-        uni = uni.groupby("modality")["mse"].mean()
-        for m, v in mm.items():
-            table.loc["Multimodal pretraining", names[m]] = v
-        for m, v in uni.items():
-            table.loc["Unimodal pretraining", names[m]] = v
-    table.index.name = "Pretraining"
-    imputation = pd.DataFrame(imp_rows)
-    if len(imputation):
-        imputation = (imputation.groupby("modality")
-                      .agg(model_mse=("model", "mean"), train_mean_mse=("mean", "mean"), ridge_mse=("ridge", "mean"),
-                           n_patients=("n_patients", "sum"), folds=("fold", "nunique")).reset_index())
-        imputation["ratio"] = imputation["model_mse"] / imputation["train_mean_mse"]
-        imputation["ridge_ratio"] = imputation["ridge_mse"] / imputation["train_mean_mse"]
-    return table, per_fold, imputation

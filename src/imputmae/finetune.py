@@ -44,14 +44,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE, save_atomic
+from imputmae.choices import CIndexName, CutScheme, MissingInputs, SelectOn
+from imputmae.files import atomic_write
+from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.model import MAEConfig, MultimodalMAE
 from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
 
@@ -65,7 +68,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ModSet = Literal["rna", "dnam", "wsi", "all"]
+ModSet = str                # one of imputmae.modalities.MODALITY_SETS
+
 FORMAT = "imputmae-survival-2"
 CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
                "val_fraction", "members", "select_on", "seed")   # the config's finetune keys FinetuneConfig takes
@@ -76,7 +80,7 @@ class FinetuneConfig:
     """Fine-tuning hyperparameters (config ``finetune.*``; ``cindex`` from ``evaluation.cindex``)."""
 
     modset: ModSet = "all"
-    missing: Literal["impute", "zero"] = "impute"
+    missing: MissingInputs = "impute"
     epochs: int = 20
     batch_size: int = 24
     lr: float = 1e-4
@@ -84,14 +88,14 @@ class FinetuneConfig:
     warmup_epochs: int = 5
     dropout: float = 0.1
     n_bins: int = 20
-    cut_scheme: Literal["equidistant", "quantiles"] = "equidistant"
+    cut_scheme: CutScheme = "equidistant"
     val_fraction: float = 0.2
     members: int = 1                         # 1: one validation split (paper); K > 1: K inner folds, K models averaged
     seed: int = 0
     n_sub: int = 10
     fusion_heads: int | None = None          # None: the encoders' number of heads
-    cindex: Literal["antolini", "adj_antolini", "harrell"] = "antolini"   # validation (and reported) C-index
-    select_on: Literal["cindex", "nll"] = "cindex"                          # what picks each member's epoch
+    cindex: CIndexName = "antolini"                                        # validation (and reported) C-index
+    select_on: SelectOn = "cindex"                                          # what picks each member's epoch
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
@@ -115,7 +119,7 @@ class PatientInputs:
     tiles: dict[str, np.ndarray] = field(default_factory=dict)
 
     def has(self, patient: str, m: str) -> bool:
-        return patient in self.tiles if m == "wsi" else patient in self.omics.get(m, {})
+        return patient in self.tiles if is_image(m) else patient in self.omics.get(m, {})
 
     def patients(self) -> list[str]:
         out = set(self.tiles)
@@ -131,7 +135,7 @@ def _tiles_to_tensor(tiles: np.ndarray) -> Tensor:
 
 @torch.no_grad()
 def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str],
-                    modalities: Sequence[str], missing: Literal["impute", "zero"] = "impute",
+                    modalities: Sequence[str], missing: MissingInputs = "impute",
                     max_tiles: int | None = None) -> tuple[dict[str, dict[str, Tensor]], dict[str, np.ndarray]]:
     """Every patient's model input for each of ``modalities``, imputing the missing ones with the decoder.
 
@@ -150,7 +154,7 @@ def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
             raise ValueError(f"patient {p}: no modality available")
         tiles = _tiles_to_tensor(inputs.tiles[p][:max_tiles]).to(dev) if have["wsi"] else None
         omics = {m: torch.from_numpy(np.asarray(inputs.omics[m][p], np.float32)).to(dev)
-                 for m in ("rna", "dnam") if have[m]}
+                 for m in vector_modalities() if have[m]}
         need = [m for m in modalities if not have[m]]
         recon: dict[str, Tensor] = {}
         if need and missing == "impute":
@@ -161,10 +165,10 @@ def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
             if tiles is not None:
                 batch["wsi"] = tiles
             out = mae.impute(batch)
-            recon = {m: out[m].mean(0) if m != "wsi" else out[m][:1] for m in need}
+            recon = {m: out[m].mean(0) if not is_image(m) else out[m][:1] for m in need}
         for m in modalities:
             if have[m]:
-                data[m][p] = tiles if m == "wsi" else omics[m]
+                data[m][p] = tiles if is_image(m) else omics[m]
             elif m in recon:
                 data[m][p] = recon[m]
                 imputed[m][i] = True
@@ -201,7 +205,7 @@ def _frozen_hidden(enc: nn.Module, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str], modalities: Sequence[str],
-                    missing: Literal["impute", "zero"] = "impute", chunk: int = 64,
+                    missing: MissingInputs = "impute", chunk: int = 64,
                     max_tiles: int | None = None) -> FrozenFeatures:
     """Impute (when asked) and run the frozen layers once per patient; see :class:`FrozenFeatures`."""
     from tqdm.auto import tqdm
@@ -218,7 +222,7 @@ def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
                 h[m].append(None)
                 continue
             x = data[m][p]
-            x = x if m == "wsi" else x[None]
+            x = x if is_image(m) else x[None]
             x = mae._input({m: x}, m)
             h[m].append(torch.cat([_frozen_hidden(enc, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]))
         present[m] = np.array([t is not None for t in h[m]])
@@ -308,14 +312,14 @@ def baseline_hazard_logits(idx_durations: np.ndarray, events: np.ndarray, n_bins
     return torch.from_numpy(np.log(h / (1 - h))).float()
 
 
-def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
+def _collate(frozen: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
              ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     out = {}
     for m in modalities:
-        hs = [ff.h[m][i] for i in idx]
+        hs = [frozen.h[m][i] for i in idx]
         ref = next((t for t in hs if t is not None), None)
         if ref is None:  # nobody in the batch has m (missing="zero"): shapes from anyone; embeddings zeroed below
-            ref = next((t for t in ff.h[m] if t is not None), None)
+            ref = next((t for t in frozen.h[m] if t is not None), None)
             if ref is None:
                 raise ValueError(f"no patient has {m}")
         K = max((t.shape[0] for t in hs if t is not None), default=1)
@@ -325,16 +329,16 @@ def _collate(ff: FrozenFeatures, idx: np.ndarray, modalities: Sequence[str]
             if t is not None:
                 h[j, : t.shape[0]] = t
                 mask[j, : t.shape[0]] = 1
-        out[m] = (h, mask, torch.from_numpy(ff.present[m][idx]).to(ref.device))
+        out[m] = (h, mask, torch.from_numpy(frozen.present[m][idx]).to(ref.device))
     return out
 
 
 @torch.no_grad()
-def predict_features(model: SurvivalModel | SurvivalEnsemble, ff: FrozenFeatures, idx: np.ndarray,
+def predict_features(model: SurvivalModel | SurvivalEnsemble, frozen: FrozenFeatures, idx: np.ndarray,
                      batch_size: int = 64) -> Tensor:
     """In eval mode: a model's hazard logits, an ensemble's survival curves; [len(idx), T]."""
     model.eval()
-    outs = [model(_collate(ff, idx[i:i + batch_size], model.modalities)).float().cpu()
+    outs = [model(_collate(frozen, idx[i:i + batch_size], model.modalities)).float().cpu()
             for i in range(0, len(idx), batch_size)]
     head = model.head if isinstance(model, SurvivalModel) else model.members[0].head
     return torch.cat(outs) if outs else torch.zeros(0, head.out_features)
@@ -389,12 +393,12 @@ def _cindex(name: str, surv: np.ndarray, cuts: np.ndarray, t: np.ndarray, e: np.
     return concordance_td(t, e, grid, times, name)
 
 
-def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray, val_idx: np.ndarray,
+def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.ndarray, val_idx: np.ndarray,
                    idx_durations: np.ndarray, label_events: np.ndarray, durations: np.ndarray,
                    events: np.ndarray, cuts: np.ndarray, cfg: FinetuneConfig) -> dict[str, Any]:
     """Train on ``fit_idx``; after each epoch score the validation patients; keep the best epoch's weights.
 
-    Arrays over ``ff.patients``: idx_durations/label_events (from :func:`discretize`, for the loss) and the
+    Arrays over ``frozen.patients``: idx_durations/label_events (from :func:`discretize`, for the loss) and the
     observed durations/events (for the validation C-index). Returns {best_epoch, best_val (the selection score: the
     C-index, or minus the NLL), val_surv (the best epoch's validation curves [len(val_idx), T]), history}.
     """
@@ -414,7 +418,7 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
         total, n = 0.0, 0
         for i in range(0, len(perm), cfg.batch_size):
             b = perm[i:i + cfg.batch_size]
-            phi = model(_collate(ff, b, model.modalities))
+            phi = model(_collate(frozen, b, model.modalities))
             bt = torch.from_numpy(b).to(dev)
             loss = nll_logistic_hazard(phi, y_idx[bt], y_ev[bt])
             if not torch.isfinite(loss):
@@ -424,7 +428,7 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
             opt.step()
             sched.step()
             total, n = total + loss.item() * len(b), n + len(b)
-        phi = predict_features(model, ff, val_idx)
+        phi = predict_features(model, frozen, val_idx)
         surv = hazard_to_survival(phi).numpy()
         val = _cindex(cfg.cindex, surv, cuts, durations[val_idx], events[val_idx], cfg.n_sub)
         vt = torch.from_numpy(val_idx)
@@ -437,7 +441,7 @@ def train_survival(model: SurvivalModel, ff: FrozenFeatures, fit_idx: np.ndarray
             best = {"epoch": epoch, "val": val_score, "state": copy.deepcopy(model.state_dict()), "surv": surv}
     model.load_state_dict(best["state"])
     if best["surv"] is None:  # no epoch scored (every score NaN): the curves of the weights kept
-        best["surv"] = hazard_to_survival(predict_features(model, ff, val_idx)).numpy()
+        best["surv"] = hazard_to_survival(predict_features(model, frozen, val_idx)).numpy()
     return {"best_epoch": int(best["epoch"]), "best_val": float(best["val"]), "val_surv": best["surv"],
             "history": history}
 
@@ -477,18 +481,18 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     cuts = fit_cuts(t_tr, e_tr, cfg.n_bins, cfg.cut_scheme)                      # training patients only
     members_split = inner_splits(train, e_tr, cfg)                                # from training patients only
     everyone = train + test
-    ff = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)
+    frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)
     t_cache = time.perf_counter() - t0
-    pos = ff.index(everyone)
+    pos = frozen.index(everyone)
     t_all = clinical.loc[everyone, "time"].to_numpy(float)
     e_all = clinical.loc[everyone, "event"].to_numpy(float)
     idx_d, ev = discretize(cuts, t_all, e_all)
-    # arrays over ff.patients
-    n = len(ff.patients)
-    idx_full, ev_full, t_full = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n)
-    idx_full[pos], ev_full[pos], t_full[pos] = idx_d, e_all, t_all
-    ev_lab = np.zeros(n, np.float32)
-    ev_lab[pos] = ev
+    # arrays over frozen.patients
+    n = len(frozen.patients)
+    idx_durations_all, events_all, durations_all = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n)
+    idx_durations_all[pos], events_all[pos], durations_all[pos] = idx_d, e_all, t_all
+    label_events_all = np.zeros(n, np.float32)
+    label_events_all[pos] = ev
     where = dict(zip(everyone, pos))
     train_idx = np.array([where[p] for p in train])
     test_idx = np.array([where[p] for p in test])
@@ -500,10 +504,10 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
         val_idx = np.array([where[p] for p in val])
         model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
         with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
-            model.head.bias.copy_(baseline_hazard_logits(idx_full[fit_idx], ev_lab[fit_idx], len(cuts)))
+            model.head.bias.copy_(baseline_hazard_logits(idx_durations_all[fit_idx], label_events_all[fit_idx], len(cuts)))
         model = model.to(device)
         # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
-        info = train_survival(model, ff, fit_idx, val_idx, idx_full, ev_lab, t_full, ev_full, cuts,
+        info = train_survival(model, frozen, fit_idx, val_idx, idx_durations_all, label_events_all, durations_all, events_all, cuts,
                               replace(cfg, seed=cfg.seed + k))
         val_surv[val_idx] = info["val_surv"]
         val_member.update({p: k for p in val})
@@ -514,30 +518,30 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     ensemble = SurvivalEnsemble(members)
     t_train = time.perf_counter() - t0 - t_cache
     vidx = np.array([where[p] for p in train if p in val_member])
-    validation = _cindex(cfg.cindex, val_surv[vidx], cuts, t_full[vidx], ev_full[vidx], cfg.n_sub)
+    validation = _cindex(cfg.cindex, val_surv[vidx], cuts, durations_all[vidx], events_all[vidx], cfg.n_sub)
     all_idx = np.concatenate([train_idx, test_idx])
-    surv = predict_features(ensemble, ff, all_idx).numpy()
+    surv = predict_features(ensemble, frozen, all_idx).numpy()
     s_te = surv[len(train_idx):]
-    metrics: dict[str, Any] = evaluate_survival(s_te, cuts, t_full[test_idx], ev_full[test_idx], cfg.n_sub,
+    metrics: dict[str, Any] = evaluate_survival(s_te, cuts, durations_all[test_idx], events_all[test_idx], cfg.n_sub,
                                                 t_tr, e_tr)
     risk = risk_from_survival(surv)
     metrics.update(
         fold=int(fold), modset=cfg.modset, missing=cfg.missing, members=len(members), n_train=len(train_idx),
         n_fit=[len(m["fit_patients"]) for m in member_state], n_val=[len(m["val_patients"]) for m in member_state],
-        n_test=len(test_idx), n_test_events=int(ev_full[test_idx].sum()),
+        n_test=len(test_idx), n_test_events=int(events_all[test_idx].sum()),
         best_epochs=[m["best_epoch"] for m in member_state], best_vals=[m["best_val"] for m in member_state],
         select_on=cfg.select_on, n_validation=len(vidx), **{f"validation_{cfg.cindex}": validation},
         device=str(device), train_median_risk=float(np.median(risk[: len(train_idx)])),
-        n_test_imputed={m: int(ff.imputed[m][test_idx].sum()) for m in mods},
+        n_test_imputed={m: int(frozen.imputed[m][test_idx].sum()) for m in mods},
         seconds_cache=round(t_cache, 3), seconds_train=round(t_train, 3),
         history=[m.pop("history") for m in member_state])
-    pts = [ff.patients[i] for i in all_idx]
+    pts = [frozen.patients[i] for i in all_idx]
     pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(cuts))])
-    pred.insert(0, "event", ev_full[all_idx].astype(int))
-    pred.insert(0, "time", t_full[all_idx])
+    pred.insert(0, "event", events_all[all_idx].astype(int))
+    pred.insert(0, "time", durations_all[all_idx])
     pred.insert(0, "risk", risk)
     for m in mods:
-        pred.insert(0, f"imputed_{m}", ff.imputed[m][all_idx])
+        pred.insert(0, f"imputed_{m}", frozen.imputed[m][all_idx])
     pred.insert(0, "val_member", [val_member.get(p, -1) for p in pts])
     pred.insert(0, "split", ["train"] * len(train_idx) + ["test"] * len(test_idx))
     pred.insert(0, "fold", int(fold))
@@ -561,7 +565,7 @@ def save_survival_model(path: str | Path, result: FinetuneResult, mae: Multimoda
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "survival": result.model.state_dict(), "mae": mae.state_dict(),
              "mae_config": mae.cfg.to_dict(), "normalizers": dict(normalizers), **result.state}
-    return save_atomic(state, path)
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_survival_model(path: str | Path) -> tuple[SurvivalEnsemble, MultimodalMAE, dict[str, Any]]:
@@ -596,12 +600,12 @@ def predict_patients(model: SurvivalEnsemble, mae: MultimodalMAE, inputs: Patien
     patient, risk, high_risk (above the training median), imputed_* and s_0..s_{T-1}; cut times in ``attrs``.
     """
     patients = list(patients) if patients is not None else inputs.patients()
-    ff = frozen_features(mae, inputs, patients, model.modalities, state["config"]["missing"])
-    surv = predict_features(model, ff, np.arange(len(patients))).numpy()
+    frozen = frozen_features(mae, inputs, patients, model.modalities, state["config"]["missing"])
+    surv = predict_features(model, frozen, np.arange(len(patients))).numpy()
     risk = risk_from_survival(surv)
     out = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(surv.shape[1])])
     for m in reversed(model.modalities):
-        out.insert(0, f"imputed_{m}", ff.imputed[m])
+        out.insert(0, f"imputed_{m}", frozen.imputed[m])
     out.insert(0, "high_risk", risk > float(state["train_median_risk"]))
     out.insert(0, "risk", risk)
     out.insert(0, "patient", patients)
@@ -626,7 +630,7 @@ def normalizers_from_states(states: Mapping[str, Any]) -> dict[str, Any]:
     """{modality: OmicsNormalizer} from the states saved with a model (``imputmae.normalize``)."""
     from imputmae.normalize import OmicsNormalizer
 
-    return {m: OmicsNormalizer.from_state_dict(s) for m, s in states.items() if m in ("rna", "dnam") and s}
+    return {m: OmicsNormalizer.from_state_dict(s) for m, s in states.items() if m in vector_modalities() and s}
 
 
 def normalize_omics(normalizer: Any, df: pd.DataFrame, source: str = "table") -> dict[str, np.ndarray]:
@@ -664,7 +668,7 @@ def load_cohort_inputs(results: str | Path, cohort: str, normalizers: Mapping[st
     if patients is not None:
         table = table[table["patient"].isin(set(patients))]
     inp = PatientInputs(omics={})
-    for m in ("rna", "dnam"):
+    for m in vector_modalities():
         who = table.loc[table[f"has_{m}"], "patient"]
         if m not in normalizers or who.empty:
             continue
@@ -694,7 +698,7 @@ def read_user_inputs(paths: Sequence[str | Path], normalizers: Mapping[str, Any]
     for raw in paths:
         s = str(raw)
         forced = None
-        if s.split(":", 1)[0] in ("rna", "dnam", "wsi") and ":" in s:
+        if s.split(":", 1)[0] in MODALITIES and ":" in s:
             forced, s = s.split(":", 1)
         path = Path(s)
         if path.is_dir():
@@ -739,7 +743,7 @@ def imputed_tables(imputed: Mapping[str, Mapping[str, Tensor]], normalizers: Map
         if not d:
             continue
         pts = sorted(d)
-        if m == "wsi":
+        if is_image(m):
             out[m] = {p: (d[p].clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
                       for p in pts}
         else:

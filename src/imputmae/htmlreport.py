@@ -1,19 +1,6 @@
 """The pipeline's HTML report: one self-contained file from a results folder ``{R}`` (docs/layout.md).
 
-Sections, each shown only when its inputs exist (a line says "not produced" otherwise):
-
-- a header: the cohorts, the configuration files (name and SHA-256 of their content) and the package version;
-- Tables 2, 3 and 4 from their CSV files (``{R}/tables/``), with the captions and notes of the Markdown files
-  written beside them;
-- the Kaplan-Meier figures ``{R}/figures/km_{cohort}.png``;
-- the pretraining loss curves ``{R}/pretrain/{run}/fold{k}/loss.png``, one row per run;
-- quality control per cohort: slide counts by ``wsi_qc.tsv`` status, the patients whose slide is not usable,
-  every row of ``omics_qc.tsv`` and ``clinical_qc.tsv`` (the files and patients left out), and a few of the
-  per-patient tile/QC pictures ``{R}/{cohort}/wsi/{patient}.png``.
-
-No JavaScript, stylesheet or image is fetched: pictures are PNG data URIs (downscaled with OpenCV), and every text
-from the results is HTML-escaped. Nothing depends on the clock or on where the folder is: the same results and
-configuration give the same bytes (no timestamps, no absolute paths; a ``file`` column shows the file name only).
+The method and its decisions: docs/design.md, ``imputmae.htmlreport``.
 """
 
 from __future__ import annotations
@@ -31,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from imputmae import __version__
+from imputmae.modalities import MODALITIES
 
 __all__ = ["PRETRAIN_RUNS", "build_report", "find_cohorts", "png_data_uri", "html_table", "markdown_blocks",
            "read_tsv_table", "wsi_status_counts"]
 
 # Pretraining runs in the order Table 4 discusses them; any other run folder found is listed after them.
-PRETRAIN_RUNS: tuple[str, ...] = ("multimodal", "rna", "dnam", "wsi")
+PRETRAIN_RUNS: tuple[str, ...] = ("multimodal", *MODALITIES)
 # Columns holding a file path: the report shows the file name only (no absolute path, same bytes anywhere).
 _PATH_COLUMNS = frozenset({"file", "path", "local_path"})
 

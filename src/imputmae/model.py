@@ -1,61 +1,29 @@
-"""The impuTMAE multimodal masked autoencoder (paper Section 3, Table 1), in one module.
+"""The impuTMAE multimodal masked autoencoder (paper Section 3, Table 1): the model only.
 
-One encoder per modality (RNA and DNAm: a 1D convolution that cuts the vector into patches; WSI: a 16x16 2D
-convolution on 256x256 tiles), fixed sine-cosine positions added before masking, a CLS token (with its position)
-prepended after masking, pre-norm transformer blocks. The multimodal decoder projects each modality's latents,
-inserts mask tokens, unshuffles, adds decoder positions and a learned modality embedding, concatenates the
-modalities and runs shared transformer blocks; a head per modality (linear for omics, transposed convolution for
-WSI) predicts patches. The loss is, per modality, the MSE on the masked patches of the samples that have that
-modality, summed over modalities (Eq. 1-2).
-
-The training step (``forward(..., predict="masked")``) computes only what that loss reads, exactly: the patch
-convolutions (kernel = stride) run as the same linear maps on the kept patches only, and the decoder's last block
-and the heads run on the masked patches only (keys and values still from every token). Evaluation and
-:meth:`MultimodalMAE.impute` use the full predictions.
-
-A missing modality is fully masked: its encoder gets no tokens (in a batch that mixes modality sets the kept
-tokens are padded and ignored through a key-padding attention mask), its decoder slots are all mask tokens and it
-has no target. :meth:`MultimodalMAE.impute` reconstructs missing modalities from the present ones.
-
-Inputs (a batch dict; column order of ``available`` is :data:`MODALITIES`):
-    ``rna``: [B, L_rna] float in [0, 1] (zero-padded to whole patches), ``dnam``: [B, L_dnam] likewise,
-    ``wsi``: [B, 3, H, W] float in [0, 1] (the model normalises with ImageNet mean/std inside; WSI targets and
-    predictions live in that normalised space, as in MAE and transformers' ViTMAE), ``available``: [B, 3] bool.
-    A missing modality's tensor holds zeros.
-
-Naming follows facebookresearch/mae ``models_mae.py`` (``patchify``, ``random_masking``, ``forward_encoder``,
-``forward_decoder``, ``forward_loss``) and nanoGPT (a dataclass config). The WSI branch loads transformers'
-ViTMAE weights (:func:`load_vit_mae_weights`) from a local directory; nothing is downloaded.
+The method and its decisions: docs/design.md, ``imputmae.model``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "MODALITIES", "IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "MultimodalMAE", "Block", "random_masking",
-    "sincos_1d", "sincos_2d", "take_rows", "vit_mae_state_dict_to_ours", "load_vit_mae_weights",
-    "save_checkpoint", "save_atomic", "load_checkpoint", "load_pretrained",
-]
+from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.layers import (IMAGENET_MEAN, IMAGENET_STD, Block, WSIHead, patches_channel_first, patchify_image,
+                             random_masking, sincos_1d, sincos_2d, take_rows, unpatchify_image)
+
+
+__all__ = ["MODALITIES", "MAEConfig", "MultimodalMAE", "Encoder"]
 
 log = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("rna", "dnam", "wsi")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -88,8 +56,8 @@ class MAEConfig:
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad or not self.modalities:
             raise ValueError(f"modalities: got {list(self.modalities)}, expected a non-empty subset of {MODALITIES}")
-        for m in ("rna", "dnam"):
-            if m in self.modalities and getattr(self, f"{m}_len") <= 0:
+        for m in vector_modalities(self.modalities):
+            if getattr(self, f"{m}_len") <= 0:
                 raise ValueError(f"{m}_len: got {getattr(self, f'{m}_len')}, expected the number of {m} features (> 0)")
         if self.tile_size % self.wsi_patch_size:
             raise ValueError(f"wsi_patch_size {self.wsi_patch_size} does not divide tile_size {self.tile_size}")
@@ -118,127 +86,26 @@ class MAEConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def patch(self, m: str) -> int:
-        return {"rna": self.rna_patch, "dnam": self.dnam_patch, "wsi": self.wsi_patch_size}[m]
+        return self.wsi_patch_size if is_image(m) else getattr(self, f"{m}_patch")
 
     def n_patches(self, m: str) -> int:
-        if m == "wsi":
+        if is_image(m):
             return (self.tile_size // self.wsi_patch_size) ** 2
         return math.ceil(getattr(self, f"{m}_len") / self.patch(m))
 
     def patch_dim(self, m: str) -> int:
-        return 3 * self.wsi_patch_size ** 2 if m == "wsi" else self.patch(m)
+        return 3 * self.wsi_patch_size ** 2 if is_image(m) else self.patch(m)
 
     def input_len(self, m: str) -> int:
         """Length of the zero-padded omics input vector."""
         return self.n_patches(m) * self.patch(m)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# positions and masking
-
-
-def sincos_1d(dim: int, positions: Tensor) -> Tensor:
-    """Fixed sine-cosine embedding of ``positions`` [N] -> [N, dim] laid out ``[sin | cos]`` (MAE)."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
-    out = positions.to(torch.float64)[:, None] * omega[None]
-    return torch.cat([out.sin(), out.cos()], dim=1)
-
-
-def sincos_2d(dim: int, grid: int) -> Tensor:
-    """2D sine-cosine positions for a ``grid`` x ``grid`` patch grid, row-major -> [grid*grid, dim].
-
-    Layout ``[sin_col | cos_col | sin_row | cos_row]``: facebookresearch/mae's (and so vit-mae-base's) order.
-    """
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
-
-
 def _positions(cfg: MAEConfig, m: str, dim: int) -> Tensor:
     """[1, 1 + N_m, dim] float32, a zero row for the CLS token first."""
     n = cfg.n_patches(m)
-    pe = sincos_2d(dim, cfg.tile_size // cfg.wsi_patch_size) if m == "wsi" else sincos_1d(dim, torch.arange(n))
+    pe = sincos_2d(dim, cfg.tile_size // cfg.wsi_patch_size) if is_image(m) else sincos_1d(dim, torch.arange(n))
     return torch.cat([torch.zeros(1, dim, dtype=pe.dtype), pe]).float()[None]
-
-
-def random_masking(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample random masking by argsort of noise (MAE).
-
-    Args:
-        noise: [B, N] (uniform); the ``len_keep`` smallest values per row are kept.
-    Returns:
-        ids_keep [B, len_keep], mask [B, N] (1 = masked, 0 = kept), ids_restore [B, N] (unshuffles).
-    """
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    mask = torch.ones_like(noise)
-    mask[:, :len_keep] = 0
-    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
-
-
-def take_rows(x: Tensor, rows: Tensor) -> Tensor:
-    """Per-sample rows: x [B, N, ...] and rows [B, M] (indices into N) -> [B, M, ...], ``out[b, j] = x[b, rows[b, j]]``.
-
-    ``torch.gather`` along dim 1 with the index expanded over the trailing dims, as one ``index_select`` of whole
-    rows of the flattened [B*N, ...] tensor: on CPU several times faster, forward and backward (``index_add``)."""
-    B, N = x.shape[:2]
-    flat = (rows + N * torch.arange(B, device=rows.device)[:, None]).flatten()
-    return x.reshape(B * N, *x.shape[2:]).index_select(0, flat).view(B, rows.shape[1], *x.shape[2:])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# building blocks
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """x: [B, T, C]; attn_mask: [B, 1, 1, T] bool, True = may be attended to (key padding)."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
-
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float):
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim, eps=eps), Mlp(dim, mlp_hidden)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask)
-        return x + self.mlp(self.norm2(x))
-
-    def forward_rows(self, x: Tensor, rows: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """``block(x)`` at the rows ``rows`` only: x [B, T, C], rows [B, R] (indices into T) -> [B, R, C].
-
-        Exact: keys and values come from every row, queries, the projection and the MLP from the R rows (the
-        others' outputs are not computed). Used for the decoder's last block, whose unused rows are dropped."""
-        B, T, C = x.shape
-        heads = self.attn.heads
-        xs = take_rows(x, rows)                                                 # [B, R, C]
-        w, b = self.attn.qkv.weight, self.attn.qkv.bias
-        kv = F.linear(self.norm1(x), w[C:], b[C:]).view(B, T, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
-        q = F.linear(self.norm1(xs), w[:C], b[:C]).view(B, -1, heads, C // heads).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)
-        xs = xs + self.attn.proj(y.transpose(1, 2).reshape(B, -1, C))
-        return xs + self.mlp(self.norm2(xs))
 
 
 class Encoder(nn.Module):
@@ -247,7 +114,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: MAEConfig, m: str):
         super().__init__()
         D, p = cfg.hidden_size, cfg.patch(m)
-        self.proj = nn.Conv2d(3, D, p, stride=p) if m == "wsi" else nn.Conv1d(1, D, p, stride=p)
+        self.proj = nn.Conv2d(3, D, p, stride=p) if is_image(m) else nn.Conv1d(1, D, p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.register_buffer("pos_embed", _positions(cfg, m, D))
         depth = getattr(cfg, f"{m}_layers")
@@ -263,7 +130,7 @@ class Encoder(nn.Module):
         """Model input -> its patches [B, N, P_in] in the patch kernel's layout: WSI [B, 3, H, W] -> channel-first
         [B, N, 3*p*p] (a copy), omics [B, L] -> [B, N, p] (a view when x is contiguous)."""
         p = self.proj.kernel_size[0]
-        return _patches_cfirst(x, p) if x.dim() == 4 else x.reshape(x.shape[0], -1, p)
+        return patches_channel_first(x, p) if x.dim() == 4 else x.reshape(x.shape[0], -1, p)
 
     def embed_visible(self, patches: Tensor, ids_keep: Tensor) -> Tensor:
         """Tokens of the kept patches only: patches [B, N, P_in] (:meth:`patches` of x), ids_keep [B, K] ->
@@ -290,62 +157,6 @@ class Encoder(nn.Module):
         return self.norm(x)
 
 
-class WSIHead(nn.Module):
-    """Transposed 2D convolution (kernel = stride = patch) from decoder tokens to pixels, plus a per-pixel bias.
-
-    Equivalent to a linear layer from each token to its patch's ``p*p*3`` pixels (transformers' ``decoder_pred``).
-    """
-
-    def __init__(self, dim: int, patch: int):
-        super().__init__()
-        self.patch = patch
-        self.deconv = nn.ConvTranspose2d(dim, 3, patch, stride=patch, bias=False)
-        self.pixel_bias = nn.Parameter(torch.zeros(patch * patch * 3))
-
-    def forward(self, x: Tensor, channel_first: bool = False) -> Tensor:
-        """x: [B, N, D] (N = g*g, row-major) -> patches [B, N, p*p*3] in (row, col, channel) order, or in
-        (channel, row, col) order with ``channel_first`` (the same outputs, permuted: the order of the targets
-        the training loss cuts from the image, which is cheaper to produce).
-
-        With stride == kernel the transposed convolution writes each token to its own patch only, so it is one
-        linear layer with the kernel laid out as [p*p*3, D]; on CPU that is ~10x faster than
-        ``F.conv_transpose2d`` (:meth:`forward_conv`, the same numbers: tested)."""
-        w, p = self.deconv.weight, self.patch
-        if channel_first:
-            return F.linear(x, w.permute(1, 2, 3, 0).reshape(-1, w.shape[0]),
-                            self.pixel_bias.view(p, p, 3).permute(2, 0, 1).reshape(-1))
-        return F.linear(x, w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]), self.pixel_bias)   # [p*p*3, D]
-
-    def forward_conv(self, x: Tensor) -> Tensor:
-        """Reference path through ``nn.ConvTranspose2d`` on the token grid (slower on CPU)."""
-        B, N, D = x.shape
-        g = math.isqrt(N)
-        img = self.deconv(x.transpose(1, 2).reshape(B, D, g, g))
-        return _patchify_image(img, self.patch) + self.pixel_bias
-
-
-def _patchify_image(img: Tensor, p: int) -> Tensor:
-    """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C], each patch in (row, col, channel) order (MAE/transformers)."""
-    B, C, H, W = img.shape
-    x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(B, (H // p) * (W // p), p * p * C)
-
-
-def _patches_cfirst(img: Tensor, p: int) -> Tensor:
-    """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p], each patch in (channel, row, col) order: the patch convolution's
-    kernel layout, and a copy ~2x cheaper on CPU than :func:`_patchify_image`'s channel-last order."""
-    B, C, H, W = img.shape
-    x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(B, (H // p) * (W // p), C * p * p)
-
-
-def _unpatchify_image(x: Tensor, p: int) -> Tensor:
-    """Inverse of :func:`_patchify_image` for square images: [B, N, p*p*3] -> [B, 3, H, W]."""
-    B, N, _ = x.shape
-    g = math.isqrt(N)
-    return x.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the model
 
@@ -368,14 +179,13 @@ class MultimodalMAE(nn.Module):
             Block(Dd, cfg.decoder_heads, cfg.decoder_intermediate_size, cfg.norm_eps)
             for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(Dd, eps=cfg.norm_eps)
-        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.wsi_patch_size) if m == "wsi" else nn.Linear(Dd, cfg.patch(m))
+        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.wsi_patch_size) if is_image(m) else nn.Linear(Dd, cfg.patch(m))
                                     for m in self.modalities})
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        for m in ("rna", "dnam"):   # 1 where a patch element is a real feature, 0 where it is padding: [N_m, P_m]
-            if m in self.modalities:
-                valid = torch.arange(cfg.input_len(m)) < getattr(cfg, f"{m}_len")
-                self.register_buffer(f"element_weight_{m}", valid.float().view(cfg.n_patches(m), -1), persistent=False)
+        for m in vector_modalities(self.modalities):   # 1 where a patch element is a real feature, 0 padding: [N_m, P_m]
+            valid = torch.arange(cfg.input_len(m)) < getattr(cfg, f"{m}_len")
+            self.register_buffer(f"element_weight_{m}", valid.float().view(cfg.n_patches(m), -1), persistent=False)
         self.apply(self._init_weights)
         for m in self.modalities:
             w = self.encoders[m].proj.weight
@@ -386,9 +196,9 @@ class MultimodalMAE(nn.Module):
         # Small prediction heads, omics starting at 0.5 (quantile-normalised features are uniform on [0, 1]): the
         # first predictions sit near the targets' mean instead of thousands of Adam steps (of size lr) away.
         for m in self.modalities:
-            w = self.heads[m].deconv.weight if m == "wsi" else self.heads[m].weight
+            w = self.heads[m].deconv.weight if is_image(m) else self.heads[m].weight
             nn.init.normal_(w, std=0.02)
-            if m != "wsi":
+            if not is_image(m):
                 nn.init.constant_(self.heads[m].bias, 0.5)
 
     @staticmethod
@@ -406,7 +216,7 @@ class MultimodalMAE(nn.Module):
     def _input(self, batch: Mapping[str, Tensor], m: str) -> Tensor:
         """The modality's model input: omics padded to whole patches [B, L_pad]; WSI normalised [B, 3, H, W]."""
         x = batch[m].float()
-        if m == "wsi":
+        if is_image(m):
             return (x - self.pixel_mean).div_(self.pixel_std)   # in place on the new tensor: one image less
         pad = self.cfg.input_len(m) - x.shape[1]
         if pad < 0:
@@ -415,20 +225,20 @@ class MultimodalMAE(nn.Module):
 
     def patchify(self, m: str, x: Tensor) -> Tensor:
         """Model input (see :meth:`_input`) -> patches [B, N_m, P_m]."""
-        if m == "wsi":
-            return _patchify_image(x, self.cfg.wsi_patch_size)
+        if is_image(m):
+            return patchify_image(x, self.cfg.wsi_patch_size)
         return x.view(x.shape[0], self.cfg.n_patches(m), self.cfg.patch(m))
 
     def unpatchify(self, m: str, patches: Tensor) -> Tensor:
         """Patches [B, N_m, P_m] -> input space: omics [B, L_pad] in [0, 1]; WSI [B, 3, H, W] in [0, 1]."""
-        if m == "wsi":
-            img = _unpatchify_image(patches, self.cfg.wsi_patch_size) * self.pixel_std + self.pixel_mean
+        if is_image(m):
+            img = unpatchify_image(patches, self.cfg.wsi_patch_size) * self.pixel_std + self.pixel_mean
             return img.clamp(0, 1)
         return (patches.reshape(patches.shape[0], -1) * self.element_weight(m).flatten()).clamp(0, 1)
 
     def element_weight(self, m: str) -> Tensor:
         """[N_m, P_m]: 1 for real input elements, 0 for omics padding."""
-        if m == "wsi":
+        if is_image(m):
             return self.pixel_std.new_ones(self.cfg.n_patches(m), self.cfg.patch_dim(m))
         return getattr(self, f"element_weight_{m}")
 
@@ -454,7 +264,7 @@ class MultimodalMAE(nn.Module):
         ``x`` the model input (zeros where absent), ``patches`` x cut into patches [B, N, P] (WSI channel-first, see
         :meth:`Encoder.patches`; the training loss's targets, so that the image is cut once).
 
-        An optional ``batch["hidden"]`` [B, 3] bool hides present modalities from the encoder (fully masked, like a
+        An optional ``batch["hidden"]`` [B, M] bool hides present modalities from the encoder (fully masked, like a
         missing one) while keeping them as targets: modality dropout, which trains the imputation path."""
         B, device = self._batch_size(batch)
         out = {}
@@ -467,7 +277,7 @@ class MultimodalMAE(nn.Module):
             if m in batch:
                 x = self._input(batch, m)
             else:
-                shape = (B, 3, self.cfg.tile_size, self.cfg.tile_size) if m == "wsi" else (B, self.cfg.input_len(m))
+                shape = (B, 3, self.cfg.tile_size, self.cfg.tile_size) if is_image(m) else (B, self.cfg.input_len(m))
                 x = torch.zeros(shape, device=device)
             # nobody has the modality: the encoder sees only its CLS (no tokens at all)
             len_keep = int(N * (1 - mask_ratio)) if bool(valid.any()) else 0
@@ -539,7 +349,7 @@ class MultimodalMAE(nn.Module):
 
     def _head(self, m: str, h: Tensor, channel_first: bool) -> Tensor:
         """Decoder states [B, M, Dd] -> modality m's patches [B, M, P_m] (WSI optionally channel-first)."""
-        return self.heads[m](h, channel_first) if m == "wsi" else self.heads[m](h)
+        return self.heads[m](h, channel_first) if is_image(m) else self.heads[m](h)
 
     def loss_rows(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """The patches the loss can count, per modality [B, M_m]: the masked ones (M_m = N_m - K_m, in masking
@@ -563,9 +373,9 @@ class MultimodalMAE(nn.Module):
         ``rows`` must list every patch whose weight is nonzero); ``channel_first``: WSI pred in (channel, row, col)
         order, ``patches`` x already cut that way (optional: saves a copy). Omics padding is never counted.
         """
-        if m == "wsi":                                                          # every element is real
+        if is_image(m):                                                          # every element is real
             if channel_first:
-                target = patches if patches is not None else _patches_cfirst(x, self.cfg.wsi_patch_size)
+                target = patches if patches is not None else patches_channel_first(x, self.cfg.wsi_patch_size)
             else:
                 target = self.patchify(m, x)
             if rows is not None:
@@ -606,9 +416,9 @@ class MultimodalMAE(nn.Module):
         ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         enc = self.forward_encoder(batch, ratio, noise)
         rows = self.loss_rows(enc) if predict == "masked" else None
-        cf = predict == "masked"
-        preds = self.forward_decoder(enc, rows, channel_first=cf)
-        loss, losses = self.forward_loss(enc, preds, rows, channel_first=cf)
+        channel_first = predict == "masked"
+        preds = self.forward_decoder(enc, rows, channel_first=channel_first)
+        loss, losses = self.forward_loss(enc, preds, rows, channel_first=channel_first)
         return loss, preds, {m: enc[m]["mask"] for m in self.modalities}, losses
 
     @torch.no_grad()
@@ -621,7 +431,7 @@ class MultimodalMAE(nn.Module):
             patches = self.patchify(m, self._input({m: mean[None].to(self.pixel_std.device)}, m))[0]   # [N, P]
             ew = self.element_weight(m)
             bias = (patches * ew).sum(0) / ew.sum(0).clamp_min(1)
-            (self.heads[m].pixel_bias if m == "wsi" else self.heads[m].bias).copy_(bias)
+            (self.heads[m].pixel_bias if is_image(m) else self.heads[m].bias).copy_(bias)
 
     # -- uses of a trained model ---------------------------------------------------------------------------------
 
@@ -674,177 +484,10 @@ class MultimodalMAE(nn.Module):
         for m in self.modalities:
             recon = total[m] / len(draws)
             x = batch[m].float() if m in batch else torch.zeros_like(recon)
-            if m != "wsi":
+            if not is_image(m):
                 x = F.pad(x, (0, recon.shape[1] - x.shape[1]))
             shape = (-1,) + (1,) * (recon.dim() - 1)
             out[m] = torch.where(valid[m].view(shape), x, recon)
         return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# transformers ViTMAE -> ours (WSI branch)
-
-_HF_LEGACY = [  # transformers <= 4.x names (what save_pretrained and the Hub's safetensors hold) -> 5.x names
-    (r"^vit\.encoder\.layer\.", "vit.layers."),
-    (r"^decoder\.decoder_encoder\.layer\.", "decoder.decoder_layers."),
-    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
-    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
-    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
-    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
-]
-
-
-def _map_block(hf: Mapping[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-    out = {}
-    for t in ("weight", "bias"):
-        out[f"{dst}.attn.qkv.{t}"] = torch.cat([hf[f"{src}.attention.{n}_proj.{t}"] for n in "qkv"])
-        out[f"{dst}.attn.proj.{t}"] = hf[f"{src}.attention.o_proj.{t}"]
-        out[f"{dst}.norm1.{t}"] = hf[f"{src}.layernorm_before.{t}"]
-        out[f"{dst}.norm2.{t}"] = hf[f"{src}.layernorm_after.{t}"]
-        out[f"{dst}.mlp.fc1.{t}"] = hf[f"{src}.mlp.fc1.{t}"]
-        out[f"{dst}.mlp.fc2.{t}"] = hf[f"{src}.mlp.fc2.{t}"]
-    return out
-
-
-def vit_mae_state_dict_to_ours(hf_state: Mapping[str, Tensor], *, decoder: bool = True) -> dict[str, Tensor]:
-    """Rename a transformers ``ViTMAEForPreTraining`` state dict (either naming scheme) into our WSI branch's keys.
-
-    Encoder -> ``encoders.wsi.*``; with ``decoder``: ``decoder_embed.wsi``, ``mask_tokens.wsi``, ``decoder_pos_wsi``,
-    ``decoder_blocks.*``, ``decoder_norm``, ``heads.wsi`` (the linear ``decoder_pred`` becomes the transposed
-    convolution's kernel and the per-pixel bias). Shapes are not checked here (see :func:`load_vit_mae_weights`).
-    """
-    hf = {}
-    for k, v in hf_state.items():
-        for pat, rep in _HF_LEGACY:
-            k = re.sub(pat, rep, k)
-        hf[k] = v
-    out = {
-        "encoders.wsi.cls_token": hf["vit.embeddings.cls_token"],
-        "encoders.wsi.pos_embed": hf["vit.embeddings.position_embeddings"],
-        "encoders.wsi.proj.weight": hf["vit.embeddings.patch_embeddings.projection.weight"],
-        "encoders.wsi.proj.bias": hf["vit.embeddings.patch_embeddings.projection.bias"],
-        "encoders.wsi.norm.weight": hf["vit.layernorm.weight"],
-        "encoders.wsi.norm.bias": hf["vit.layernorm.bias"],
-    }
-    n_enc = len({k.split(".")[2] for k in hf if k.startswith("vit.layers.")})
-    for i in range(n_enc):
-        out.update(_map_block(hf, f"vit.layers.{i}", f"encoders.wsi.blocks.{i}"))
-    if decoder:
-        w = hf["decoder.decoder_pred.weight"]                                   # [p*p*3, Dd], rows (row, col, c)
-        p = math.isqrt(w.shape[0] // 3)
-        out.update({
-            "decoder_embed.wsi.weight": hf["decoder.decoder_embed.weight"],
-            "decoder_embed.wsi.bias": hf["decoder.decoder_embed.bias"],
-            "mask_tokens.wsi": hf["decoder.mask_token"],
-            "decoder_pos_wsi": hf["decoder.decoder_pos_embed"],
-            "decoder_norm.weight": hf["decoder.decoder_norm.weight"],
-            "decoder_norm.bias": hf["decoder.decoder_norm.bias"],
-            "heads.wsi.deconv.weight": w.T.reshape(-1, p, p, 3).permute(0, 3, 1, 2).contiguous(),  # [Dd, 3, p, p]
-            "heads.wsi.pixel_bias": hf["decoder.decoder_pred.bias"],
-        })
-        n_dec = len({k.split(".")[2] for k in hf if k.startswith("decoder.decoder_layers.")})
-        for i in range(n_dec):
-            out.update(_map_block(hf, f"decoder.decoder_layers.{i}", f"decoder_blocks.{i}"))
-    return out
-
-
-def load_vit_mae_weights(model: MultimodalMAE, directory: str | Path) -> dict[str, list[str]]:
-    """Initialise the WSI branch from a local transformers ViTMAE directory (``config.json`` +
-    ``model.safetensors``, e.g. facebook/vit-mae-base). Nothing is downloaded.
-
-    The encoder must match in shape (hidden size, heads, MLP, layers, patch size); decoder weights load only where
-    they match (vit-mae-base's decoder is 512 wide: it loads into a 512-wide decoder only). Position tables
-    computed for another image size (vit-mae-base: 224 px) are kept as ours: both are the same fixed sine-cosine
-    function, evaluated on our grid. The WSI modality embedding is zeroed so that the WSI-only path equals
-    transformers' model. Returns {"loaded": [...], "kept": [...]} (our keys left as initialised).
-    """
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    weights, config_file = directory / "model.safetensors", directory / "config.json"
-    if not weights.is_file() or not config_file.is_file():
-        raise FileNotFoundError(f"{directory}: expected config.json and model.safetensors of a transformers ViTMAE "
-                                "model (e.g. a local copy of facebook/vit-mae-base); nothing is downloaded")
-    hf_cfg = json.loads(config_file.read_text())
-    if "wsi" not in model.modalities:
-        raise ValueError("load_vit_mae_weights: the model has no WSI branch")
-    if hf_cfg.get("norm_pix_loss"):
-        log.warning("%s: trained with norm_pix_loss; our WSI loss uses plain (ImageNet-normalised) pixels", directory)
-    eps = hf_cfg.get("layer_norm_eps", 1e-12)
-    if eps != model.cfg.norm_eps:
-        log.warning("layer_norm_eps: checkpoint %g, ours %g (outputs differ by O(eps))", eps, model.cfg.norm_eps)
-    ours = vit_mae_state_dict_to_ours(load_file(str(weights)))
-    own = model.state_dict()
-    enc = {k: v for k, v in ours.items() if k.startswith("encoders.wsi.") and k != "encoders.wsi.pos_embed"}
-    bad = [f"{k} {tuple(v.shape)} vs ours {tuple(own[k].shape) if k in own else None}"
-           for k, v in enc.items() if k not in own or own[k].shape != v.shape]
-    if bad or len(enc) != sum(k.startswith("encoders.wsi.") and k != "encoders.wsi.pos_embed" for k in own):
-        raise ValueError(f"{directory}: the WSI encoder does not match the configured size: {bad[:3]}")
-    load = {k: v for k, v in ours.items() if k in own and own[k].shape == v.shape}
-    missing, unexpected = model.load_state_dict(load, strict=False)
-    assert not unexpected, unexpected
-    with torch.no_grad():
-        model.modality_embed[model.modalities.index("wsi")].zero_()
-    log.info("vit-mae weights: loaded %d tensors, kept %d of ours", len(load), len(missing))
-    return {"loaded": sorted(load), "kept": sorted(missing)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int,
-                    epoch: int, model_config: MAEConfig | Mapping[str, Any], normalizers: Mapping[str, Any],
-                    extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically (temporary file in the same folder, then rename).
-
-    Everything stored loads with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts.
-    ``normalizers`` are the normalisers' ``state_dict()`` values; ``model_config`` a :class:`MAEConfig` or its dict.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = model.module if hasattr(model, "module") else model
-    cfg = model_config.to_dict() if isinstance(model_config, MAEConfig) else dict(model_config)
-    state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
-             "step": int(step), "epoch": int(epoch), "model_config": cfg, "normalizers": dict(normalizers),
-             "extra": dict(extra or {}), "format": "imputmae-mae-1"}
-    return save_atomic(state, path)
-
-
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary name in ``path``'s folder, renamed when complete (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    ck = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ck, dict) or ck.get("format") != "imputmae-mae-1":
-        raise ValueError(f"{path}: not an imputmae pretraining checkpoint")
-    return ck
-
-
-def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> tuple[MultimodalMAE, dict[str, Any], dict[str, Any]]:
-    """-> (model in eval mode, normaliser states {modality: state_dict}, meta {step, epoch, model_config, extra})."""
-    ck = load_checkpoint(path, map_location)
-    model = MultimodalMAE(MAEConfig.from_dict(ck["model_config"]))
-    model.load_state_dict(ck["model"])
-    model.eval()
-    meta = {k: ck[k] for k in ("step", "epoch", "model_config", "extra")}
-    return model, ck["normalizers"], meta

@@ -1,35 +1,6 @@
 """The fitted omics normaliser (paper Section 4), fitted on training patients only and saved with each model.
 
-``OmicsNormalizer(kind).fit(train)`` then ``.transform(any) -> float32 [N, L_padded]``. Steps, in order, each
-fitted on the training patients only:
-
-1. NaN filled with the training median of the feature (DNAm betas masked by SeSAMe; any user NaN). A feature
-   never observed in training is filled with 0.
-2. RNA only: keep genes whose standard deviation (ddof=1) over the training patients exceeds ``min_std`` (0.1),
-   computed on the raw FPKM-UQ values, as DRIM does (its notebook filters ``describe()``'s std of the raw matrix;
-   the paper says "variance > 0.1" and reports DRIM's 16,304 genes). DNAm keeps every probe (25,978).
-3. RNA only: ``log1p``.
-4. Per-patient upper-quartile scaling: each row divided by its own 75th percentile (over the kept features); a
-   row whose 75th percentile is not > 0 is left unscaled (logged). Per row, so nothing is fitted.
-5. Quantile transform to a uniform output, as scikit-learn's ``QuantileTransformer(output_distribution=
-   "uniform")`` does it (linear percentiles at ``linspace(0, 1, Q)``, made non-decreasing, then the average of the
-   forward and backward interpolation so that ties map to the middle of their range; values within 1e-7 of or
-   beyond the training range go to 0 or 1), written in torch. ``Q = min(n_quantiles, n_train)`` (logged when
-   smaller); quantiles use all training patients (no subsampling) and are stored as float64 (or float32).
-6. Min-max to [0, 1] with the training minimum and maximum of step 5's output; other patients are clipped.
-7. Zero-padding of the feature axis to a whole number of patches (RNA 256, DNAm 512 by default).
-
-``mode="identity"`` (a bring-your-own cohort with ``normalize: false``) does step 1 and step 7 only.
-
-The output for a training patient depends only on that patient and the fitted state, which depends only on the
-training patients: adding or changing other patients changes neither (tests/test_normalize.py proves it).
-
-``inverse_transform`` maps back to the original feature space of the kept features: min-max is undone exactly
-(for values in [0, 1]); the quantile step by linear interpolation between the stored quantiles (exact at the
-quantiles, piecewise linear between them, and values clipped at the training range stay clipped); the per-row
-scale is exact when the caller passes :meth:`OmicsNormalizer.upper_quartiles` of the original rows, otherwise the
-training median of that scale is used (an approximation); ``expm1`` undoes ``log1p``. Filtered genes and filled
-NaN are not restored.
+The method and its decisions: docs/design.md, ``imputmae.normalize``.
 """
 
 from __future__ import annotations

@@ -32,13 +32,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+
+from imputmae.choices import OnMalformed
+from imputmae.files import atomic_write
 
 __all__ = [
     "MalformedFileError",
@@ -62,7 +64,6 @@ __all__ = [
     "write_matrix",
     "read_matrix",
     "matrix_is_normalized",
-    "write_atomic_text",
     "write_star_counts",
     "write_sesame_betas",
 ]
@@ -76,7 +77,6 @@ QC_COLUMNS: tuple[str, ...] = ("patient", "modality", "file", "reason")
 # A beta file that lacks more than this fraction of the probe set is taken as truncated (or another array).
 MAX_MISSING_PROBE_FRACTION = 0.5
 
-OnMalformed = Literal["error", "qc"]
 
 
 class MalformedFileError(ValueError):
@@ -300,6 +300,18 @@ def _compact(matrix: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return matrix[: int(ok.sum())]
 
 
+def _malformed_qc_row(err: MalformedFileError, patient: str, modality: str, path: str,
+                      on_malformed: OnMalformed) -> dict[str, str]:
+    """The QC row of a malformed file (``on_malformed="qc"``: logged, the modality missing for ``patient``), or
+    ``err`` raised, naming the patient (``on_malformed="error"``)."""
+    err = err.with_patient(patient)
+    if on_malformed == "error":
+        raise err
+    log.warning("%s", err)
+    return dict(patient=patient, modality=modality, file=path,
+                reason=err.reason + (f" (line {err.line})" if err.line else ""))
+
+
 def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", gene_type: str = "protein_coding",
                      on_malformed: OnMalformed = "error", threads: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Patient-by-gene float32 matrix from STAR - Counts files.
@@ -323,12 +335,7 @@ def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", ge
     failed = np.zeros(n, dtype=bool)
 
     def fail(i: int, err: MalformedFileError) -> None:
-        err = err.with_patient(patients[i])
-        if on_malformed == "error":
-            raise err
-        log.warning("%s", err)
-        qc.append(dict(patient=patients[i], modality="rna", file=paths[i],
-                       reason=err.reason + (f" (line {err.line})" if err.line else "")))
+        qc.append(_malformed_qc_row(err, patients[i], "rna", paths[i], on_malformed))
         failed[i] = True
 
     # The reference gene list: the majority of the first three files that parse.
@@ -563,12 +570,7 @@ def build_dnam_matrix(files: pd.DataFrame, probes: Sequence[str], on_malformed: 
     failed = np.zeros(n, dtype=bool)
     for i, res in enumerate(results):
         if isinstance(res, MalformedFileError):
-            err = res.with_patient(patients[i])
-            if on_malformed == "error":
-                raise err
-            log.warning("%s", err)
-            qc.append(dict(patient=patients[i], modality="dnam", file=paths[i],
-                           reason=err.reason + (f" (line {err.line})" if err.line else "")))
+            qc.append(_malformed_qc_row(res, patients[i], "dnam", paths[i], on_malformed))
             failed[i] = True
         elif res:
             log.info("dnam: %s (patient %s) lacks %d probes of the set: NaN", paths[i], patients[i], res)
@@ -755,14 +757,6 @@ def read_slide_table(path: str | Path) -> pd.DataFrame:
 NORMALIZED_KEY = "imputmae.normalized"
 
 
-def write_atomic_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
 
 def write_matrix(frame: pd.DataFrame, path: str | Path, normalized: bool = False,
                  metadata: dict[str, str] | None = None) -> None:
@@ -773,17 +767,13 @@ def write_matrix(frame: pd.DataFrame, path: str | Path, normalized: bool = False
     """
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, preserve_index=True)
     meta = dict(table.schema.metadata or {})
     meta[NORMALIZED_KEY.encode()] = b"true" if normalized else b"false"
     for k, v in (metadata or {}).items():
         meta[f"imputmae.{k}".encode()] = str(v).encode()
     table = table.replace_schema_metadata(meta)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_matrix(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from imputmae.files import atomic_write
+from imputmae.choices import CIndexName
+from imputmae.modalities import MODALITY_SETS, label
 from imputmae.survival import concordance_harrell
+from imputmae.tables import latex_lines, markdown_lines, write_texts
 
-__all__ = ["LITERATURE_TABLE3", "MODEL_NAMES", "table3", "table3_markdown", "table3_latex", "oracle_cindex",
+__all__ = ["LITERATURE_TABLE3", "MODEL_NAMES", "table3", "table3_markdown", "table3_latex", "write_table3", "oracle_cindex",
            "km_split", "plot_km"]
 
 # Table 3 of the paper (TCGA, C-index mean +- std), quoted as printed, not rerun: (model, modality) -> cohort -> text.
@@ -29,13 +32,13 @@ LITERATURE_TABLE3: dict[tuple[str, str], dict[str, str]] = {
     ("impuTMAE", "all"): {"BRCA": "0.592 ± 0.04", "UCEC": "0.75 ± 0.032", "GBMLGG": "0.870 ± 0.003"},
 }
 MODEL_NAMES = {"impuTMAE": "impuTMAE (ours)", "cox_pca": "Cox-PCA (ours)"}
-MODSET_NAMES = {"rna": "RNA", "dnam": "DNAm", "wsi": "WSI", "all": "all"}
+MODSET_NAMES = {m: label(m) for m in MODALITY_SETS}
 CINDEX_NAMES = {"antolini": "Antolini's time-dependent C-index", "adj_antolini":
                 "Antolini's time-dependent C-index, tie-adjusted (pycox adj_antolini)",
                 "harrell": "Harrell's C-index"}
 
 
-def table3(metrics: pd.DataFrame, cindex: Literal["antolini", "adj_antolini", "harrell"] = "antolini",
+def table3(metrics: pd.DataFrame, cindex: CIndexName = "antolini",
            cohorts: Sequence[str] | None = None, literature: bool = True,
            oracle: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 3 as a frame: rows (model, modality), columns cohorts, cells "mean ± std (n folds)".
@@ -47,7 +50,7 @@ def table3(metrics: pd.DataFrame, cindex: Literal["antolini", "adj_antolini", "h
     if cindex not in metrics.columns:
         raise ValueError(f"metrics have no {cindex!r} column")
     cohorts = list(cohorts) if cohorts is not None else sorted(metrics["cohort"].unique())
-    order = {m: i for i, m in enumerate(["rna", "dnam", "wsi", "all"])}
+    order = {m: i for i, m in enumerate(MODALITY_SETS)}
     rows = []
     for (model, modset), g in sorted(metrics.groupby(["model", "modset"]),
                                      key=lambda kv: (kv[0][0] != "impuTMAE", kv[0][0], order.get(kv[0][1], 9))):
@@ -83,20 +86,29 @@ def _caption(cindex: str) -> str:
 
 def table3_markdown(table: pd.DataFrame, cindex: str, notes: Sequence[str] = ()) -> str:
     """GitHub markdown: caption, the table, then note lines."""
-    cols = list(table.columns)
-    lines = [_caption(cindex), "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in table.itertuples(index=False)]
+    lines = [_caption(cindex), "", *markdown_lines(table, rule="compact", cell=str)]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def _latex_cell(text: str) -> str:
+    return text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
 
 
 def table3_latex(table: pd.DataFrame, cindex: str) -> str:
     """A booktabs tabular with the caption as a comment line."""
-    cols = list(table.columns)
-    esc = lambda s: str(s).replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-    out = [f"% {_caption(cindex)}", r"\begin{tabular}{" + "l" * 3 + "c" * (len(cols) - 3) + "}", r"\toprule",
-           " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
-    out += [" & ".join(esc(x) for x in r) + r" \\" for r in table.itertuples(index=False)]
-    return "\n".join(out + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+    colspec = "l" * 3 + "c" * (len(table.columns) - 3)
+    lines = [f"% {_caption(cindex)}", *latex_lines(table, colspec=colspec, escape=_latex_cell, cell=str)]
+    return "\n".join(lines) + "\n"
+
+
+def write_table3(out_dir: str | Path, table: pd.DataFrame, metrics: pd.DataFrame, cindex: str,
+                 notes: Sequence[str] = ()) -> list[Path]:
+    """``table3.csv``, ``table3.md``, ``table3.tex`` (:func:`imputmae.tables.write_texts`) and ``table3_folds.csv``
+    (one row per model, modality set, cohort and fold) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return write_texts(out_dir / "table3", {"csv": table.to_csv(index=False), "md": table3_markdown(table, cindex, notes),
+                                            "tex": table3_latex(table, cindex)}) + \
+        write_texts(out_dir / "table3_folds", {"csv": metrics.to_csv(index=False)})
 
 
 def oracle_cindex(oracle: pd.DataFrame, splits: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
@@ -155,10 +167,6 @@ def plot_km(groups: pd.DataFrame, title: str, out_png: str | Path) -> float:
     if fitted:   # the numbers at risk under the curves, as survival papers show them
         add_at_risk_counts(*fitted, ax=ax, rows_to_show=["At risk"], fig=fig)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.stem + ".part.png")
-    fig.savefig(tmp)
+    atomic_write(out_png, fig.savefig)
     plt.close(fig)
-    tmp.replace(out_png)
     return p

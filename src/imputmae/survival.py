@@ -1,29 +1,6 @@
 """Discrete-time survival: label cuts, the logistic-hazard loss, survival curves and the metrics of Table 3.
 
-Pure functions in the style of pycox (``preprocessing/label_transforms.py``, ``models/loss.py``,
-``evaluation/eval_surv.py``); our own code, cross-checked against pycox, scikit-survival and lifelines in
-``tests/test_survival.py``.
-
-Conventions (written down once, used everywhere):
-
-* Labels (pycox ``LabTransDiscreteTime`` semantics). ``cuts`` are T increasing times, fitted on training patients
-  only: ``equidistant`` = ``linspace(0, max training duration, T)``; ``quantiles`` = times where the training
-  Kaplan-Meier curve crosses T equally spaced survival levels. An **event** at time t goes to the first cut
-  ``>= t`` ("right cut"); a **censoring** at t goes to the last cut ``<= t`` ("left cut"); any duration beyond the
-  last cut is **censored at the last cut** (also for test patients, whose times may exceed the training maximum).
-* Loss: negative log-likelihood of the logistic hazard, Gorgi Zadeh & Schmid (2021), Eq. 3 of the paper, with the
-  **pycox censoring convention**: ``h_k = sigmoid(phi_k)`` is the hazard at cut k; a patient with index k
-  contributes ``-sum_{j<k} log(1 - h_j) - [event] log h_k - [censored] log(1 - h_k)``. A censoring moved to its
-  left cut t_k is credited with surviving *up to and including* t_k, i.e. only the part of its interval before the
-  censoring time. (The mahmoodlab NLL instead bins times into intervals and credits a censored patient with
-  surviving its whole interval, which overstates survival; Gorgi Zadeh & Schmid show both conventions are
-  consistent only if the discretisation matches; we use pycox's, as DRIM does.)
-* Survival curve: ``S(t_k) = prod_{j<=k} (1 - h_j)``, computed as ``exp(cumsum(log(1 - h + eps)))``.
-* Evaluation grid: like DRIM (pycox ``model.interpolate(10)``, scheme ``const_pdf``), the curve is **linearly
-  interpolated between cuts** with ``n_sub`` points per interval before scoring; a duration between grid points
-  reads the curve at the grid point just before it (pycox ``steps='post'``).
-* Risk for Harrell's C-index and the Kaplan-Meier split: ``risk = -sum_k S(t_k)`` (minus the area under the curve
-  at the cuts, a restricted-mean-survival proxy; higher = worse prognosis).
+The method and its decisions: docs/design.md, ``imputmae.survival``.
 """
 
 from __future__ import annotations
@@ -32,11 +9,14 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
+
+from imputmae.choices import CutScheme
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "CIndexMethod",
     "fit_cuts",
     "discretize",
     "kaplan_meier",
@@ -54,8 +34,7 @@ __all__ = [
     "bootstrap_ci",
 ]
 
-CutScheme = Literal["equidistant", "quantiles"]
-CIndexMethod = Literal["antolini", "adj_antolini"]
+CIndexMethod = Literal["antolini", "adj_antolini"]      # pycox's concordance_td methods
 
 
 def _as_1d(x, name: str, dtype=np.float64) -> np.ndarray:

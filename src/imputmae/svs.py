@@ -8,12 +8,14 @@ pyramid levels, tiled, each a power-of-two downsample.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
+
+from imputmae.files import atomic_write
 
 __all__ = ["write_aperio_svs", "aperio_description"]
 
@@ -50,8 +52,11 @@ def write_aperio_svs(path: str | Path, image: np.ndarray, *, mpp: float | None, 
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
+    return atomic_write(path, lambda tmp: _write_svs(tmp, image, tile, app_mag, mpp, quality, extra, n_levels))
+
+
+def _write_svs(tmp: Path, image: np.ndarray, tile: int, app_mag: float, mpp: float, quality: int,
+               extra: Mapping[str, str] | None, n_levels: int) -> None:
     h, w = image.shape[:2]
     desc = aperio_description(w, h, tile, app_mag, mpp, quality, extra)
     opts = dict(photometric="rgb", compression="jpeg", compressionargs={"level": quality}, metadata=None,
@@ -70,5 +75,3 @@ def write_aperio_svs(path: str | Path, image: np.ndarray, *, mpp: float | None, 
             lh, lw = level.shape[:2]
             tif.write(level, tile=(tile, tile),
                       description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> {lw}x{lh}", **opts)
-    os.replace(tmp, path)
-    return path

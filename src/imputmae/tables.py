@@ -7,15 +7,23 @@ LaTeX, each through a temporary name renamed when complete.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
-__all__ = ["TableFormat", "write_table", "to_markdown", "to_latex", "project_label", "table2", "tables_selection"]
+from imputmae.files import atomic_write_text
+from imputmae.gdc import usable_downloads
+
+__all__ = ["TableFormat", "MarkdownRule", "write_table", "write_texts", "markdown_lines", "latex_lines", "latex_escape",
+           "to_markdown", "to_latex", "project_label", "table2", "tables_selection"]
 
 TableFormat = Literal["csv", "md", "tex"]
+MarkdownRule = Literal["aligned", "plain", "compact"]
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
 def _cell(v: object) -> str:
@@ -24,15 +32,44 @@ def _cell(v: object) -> str:
     return "" if v is None else str(v)
 
 
-def to_markdown(df: pd.DataFrame, caption: str | None = None, note: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table (numbers right-aligned, floats with 2 decimals), caption above, note below."""
-    cols = [str(c) for c in df.columns]
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def markdown_lines(df: pd.DataFrame, *, rule: MarkdownRule = "aligned",
+                   cell: Callable[[object], str] = _cell) -> list[str]:
+    """The lines of a GitHub-flavoured Markdown table of ``df`` (header, rule, one line per row).
+
+    ``rule``: ``aligned`` right-aligns numeric columns (``| ---: |``), ``plain`` aligns nothing (``| --- |``),
+    ``compact`` is ``|---|`` (Tables 3 and 4 keep the rule they were published with). ``cell`` renders a value.
+    """
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    if rule == "compact":
+        sep = "|" + "---|" * len(df.columns)
+    else:
+        sep = "| " + " | ".join("---:" if n and rule == "aligned" else "---" for n in numeric) + " |"
+    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |", sep]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return lines
+
+
+def latex_lines(df: pd.DataFrame, *, colspec: str | None = None, escape: Callable[[str], str] = latex_escape,
+                cell: Callable[[object], str] = _cell) -> list[str]:
+    """The lines of a booktabs ``tabular`` of ``df``: ``colspec`` (default: ``r`` numeric, ``l`` otherwise), rules,
+    header and rows, every cell through ``escape``."""
+    if colspec is None:
+        colspec = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    lines = [r"\begin{tabular}{" + colspec + "}", r"\toprule", " & ".join(escape(str(c)) for c in df.columns) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(escape(cell(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
+def to_markdown(df: pd.DataFrame, caption: str | None = None, note: str | None = None) -> str:
+    """A Markdown table (numbers right-aligned, floats with 2 decimals), bold caption above, note below."""
     lines = [f"**{caption}**", ""] if caption else []
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("| " + " | ".join("---:" if n else "---" for n in numeric) + " |")
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    lines += markdown_lines(df)
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -40,51 +77,35 @@ def to_markdown(df: pd.DataFrame, caption: str | None = None, note: str | None =
 
 def to_latex(df: pd.DataFrame, caption: str | None = None, note: str | None = None) -> str:
     """A ``tabular`` in a ``table`` float (booktabs rules), floats with 2 decimals; special characters escaped."""
-    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
-               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-    def esc(s: str) -> str:
-        return "".join(special.get(ch, ch) for ch in s)
-
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
     lines = [r"\begin{table}[t]", r"\centering"]
     if caption:
-        lines.append(rf"\caption{{{esc(caption)}}}")
-    lines += [r"\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}", r"\toprule",
-              " & ".join(esc(str(c)) for c in df.columns) + r" \\", r"\midrule"]
-    for row in df.itertuples(index=False):
-        lines.append(" & ".join(esc(_cell(v)) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+    lines += latex_lines(df)
     if note:
-        lines.append(rf"\par\smallskip{{\footnotesize {esc(note)}}}")
+        lines.append(rf"\par\smallskip{{\footnotesize {latex_escape(note)}}}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
+def write_texts(prefix: str | os.PathLike[str], texts: Mapping[str, str]) -> list[Path]:
+    """Write each rendered table ``texts[ext]`` to ``<prefix>.<ext>`` atomically; returns the paths written."""
+    prefix = Path(prefix)
+    return [atomic_write_text(prefix.with_name(f"{prefix.name}.{ext}"), text) for ext, text in texts.items()]
+
+
 def write_table(df: pd.DataFrame, prefix: str | os.PathLike[str], formats: Sequence[TableFormat] = ("csv", "md"),
                 caption: str | None = None, note: str | None = None) -> list[Path]:
-    """Write ``df`` to ``<prefix>.<format>`` for each format, each through ``<name>.tmp`` then a rename.
+    """Write ``df`` to ``<prefix>.<format>`` for each format (:func:`write_texts`).
 
     CSV holds the values at full precision (no caption); Markdown and LaTeX round floats to 2 decimals and carry
     ``caption`` and ``note``. Returns the paths written.
     """
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = prefix.with_name(f"{prefix.name}.{fmt}")
-        tmp = path.with_name(path.name + ".tmp")
-        if fmt == "csv":
-            df.to_csv(tmp, index=False)
-        elif fmt == "md":
-            tmp.write_text(to_markdown(df, caption, note))
-        elif fmt == "tex":
-            tmp.write_text(to_latex(df, caption, note))
-        else:
-            raise ValueError(f"unknown table format {fmt!r}; expected csv, md or tex")
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+    render = {"csv": lambda: df.to_csv(index=False), "md": lambda: to_markdown(df, caption, note),
+              "tex": lambda: to_latex(df, caption, note)}
+    bad = [f for f in formats if f not in render]
+    if bad:
+        raise ValueError(f"unknown table format {bad[0]!r}; expected csv, md or tex")
+    return write_texts(prefix, {fmt: render[fmt]() for fmt in formats})
 
 
 def project_label(project_id: str) -> str:
@@ -121,8 +142,9 @@ def table2(selected: Mapping[str, pd.DataFrame], clinical: Mapping[str, pd.DataF
     rows = []
     for cohort, sel in selected.items():
         if downloads is not None and cohort in downloads and len(downloads[cohort]):
-            failed = set(downloads[cohort].loc[downloads[cohort]["status"] == "failed", "file_id"])
-            sel = sel[~sel["file_id"].isin(failed)]
+            report = downloads[cohort]
+            unusable = set(report.loc[~usable_downloads(report["status"]), "file_id"])
+            sel = sel[~sel["file_id"].isin(unusable)]
         clin = set(clinical[cohort]["patient"]) if cohort in clinical else set()
 
         def has(mod: str, project: str | None = None) -> set[str]:

@@ -1,33 +1,6 @@
 """Whole-slide images: slide choice, Otsu tissue mask, HSV tile selection, QC picture.
 
-The method is the one the paper follows (DRIM's, after CLAM's ``segmentTissue``; shared/notes/peers.md), in
-bounded memory and the same for the same seed:
-
-1. :func:`open_slide`: open with OpenSlide; microns per pixel from ``openslide.mpp-x``, else from the objective
-   power (``openslide.objective-power``, which OpenSlide fills from Aperio's ``AppMag``: mpp = 10 / power, so
-   20x -> 0.5, 40x -> 0.25 um/px), else ``default_mpp`` with a warning, else :class:`SlideError`.
-2. :func:`tissue_mask`: a thumbnail at about ``downsample`` x (the pyramid level nearest it, reduced by an
-   integer factor strip by strip when finer, so a one-level slide never sits in memory whole); pen ink (HSV
-   saturation >= ``pen_saturation``) set to background; median blur on S; Otsu threshold; specks removed and holes
-   filled below half a tile footprint. A slide whose Otsu classes differ by less than ``min_separation``
-   saturation levels (glass only: Otsu splits noise) has no tissue.
-3. :func:`sample_candidates`: ``n`` top-left corners drawn (seeded, without replacement) from the thumbnail
-   positions whose tile footprint is at least ``min_tissue_fraction`` tissue and at most ``max_pen_fraction`` pen,
-   with probability proportional to the footprint's tissue fraction (box sums on an integral image).
-4. :func:`select_tiles`: each candidate read with OpenSlide ``read_region`` in threads (one shared handle:
-   OpenSlide is thread-safe and releases the GIL; its tile cache is then shared), ``read_size = round(tile_size *
-   target_mpp / mpp)`` level-0 pixels (40x: 512 -> 256) read from level 0, or from a level whose downsample divides
-   ``read_size`` exactly (a 40x slide's 2x level gives the 256 px directly), resized with ``cv2.INTER_AREA``;
-   a candidate with more than ``max_pen_fraction`` marker ink (:func:`ink_fraction`: saturated green-to-blue
-   pixels, which H&E does not have) is rejected; the rest scored by :func:`hsv_score` (pen pixels, S >=
-   ``pen_saturation``, never count); the top ``keep`` by score, ties to the earlier-drawn candidate.
-5. :func:`tile_patient`: all of a patient's slides; the one with the largest tissue area (um^2) that yields
-   ``keep`` tiles is chosen (largest first; the next only when one fails to read or falls short), the others are
-   recorded with their area or reason. Fewer than ``keep`` tiles: the tiles found are returned but the status is
-   ``only N tiles``, and downstream the patient's WSI counts as missing.
-
-A slide that cannot be opened, read, or has no tissue raises or returns a :class:`SlideError` reason, never a
-crash of the cohort; anything else (a bug of ours) propagates.
+The method and its decisions: docs/design.md, ``imputmae.wsi``.
 """
 
 from __future__ import annotations
@@ -441,7 +414,7 @@ def select_tiles(slide: Slide, tm: TissueMask, settings: TileSettings, progress:
     # Candidates lie inside the slide; a slide whose thumbnail read was all opaque has no holes to composite.
     opaque = not tm.transparent
 
-    def work(i: int) -> tuple[int, float, np.ndarray]:
+    def read_and_score(i: int) -> tuple[int, float, np.ndarray]:
         tile = read_tile(handle, cand.x[i], cand.y[i], level, level_read, st.tile_size, opaque=opaque)
         hsv = cv2.cvtColor(tile, cv2.COLOR_RGB2HSV)
         return *_measure(hsv, st.score_s_min, st.score_v_min, st.score_v_max, st.pen_saturation), tile
@@ -454,7 +427,7 @@ def select_tiles(slide: Slide, tm: TissueMask, settings: TileSettings, progress:
         with ThreadPoolExecutor(max_workers=st.threads) as pool:
             for start in range(0, n, BATCH):
                 for i, (score, ink, tile) in zip(range(start, min(n, start + BATCH)),
-                                                 pool.map(work, range(start, min(n, start + BATCH)))):
+                                                 pool.map(read_and_score, range(start, min(n, start + BATCH)))):
                     if ink > st.max_pen_fraction:
                         ink_rejected.append(i)
                         continue

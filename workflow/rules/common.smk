@@ -18,6 +18,8 @@ from snakemake.settings.types import DeploymentMethod  # noqa: E402
 
 from imputmae.config import (ConfigError, available_modalities, cohort_modalities,  # noqa: E402
                               cohort_modality_sets, last_cohorts, validate_config)
+from imputmae.gdc import usable_downloads  # noqa: E402
+from imputmae.modalities import MODALITIES, MODALITY_SETS, is_image  # noqa: E402
 
 # `cohorts` comes whole from the last --configfile (or --config) naming any, as `imputmae config check` reads it:
 # `--configfile my.yaml` with `cohorts: {MINE: ...}` runs MINE alone, not beside config.yaml's TCGA cohorts.
@@ -89,7 +91,7 @@ def stage_config(*sections):
 # ------------------------------------------------------------------------------------------- GDC stage
 import pandas as pd  # noqa: E402
 
-GDC_MODALITIES = ["rna", "dnam", "wsi"]
+GDC_MODALITIES = list(MODALITIES)
 
 
 def gdc_request_args():
@@ -127,7 +129,7 @@ def downloaded_files(cohort, modality):
     ``downloaded`` or ``present``), read after the gdc_download checkpoint; ``local_path`` from the report."""
     table = pd.read_csv(checkpoints.gdc_download.get(cohort=cohort, modality=modality).output[0], sep="\t",
                          dtype={"file_id": str, "local_path": str, "status": str})
-    ok = table[table["status"].isin(["downloaded", "present"])].set_index("file_id")["local_path"]
+    ok = table[usable_downloads(table["status"])].set_index("file_id")["local_path"]
     rows = selected_files(cohort, modality)
     rows = rows[rows["file_id"].isin(ok.index)].copy()
     rows["local_path"] = rows["file_id"].map(ok)
@@ -213,14 +215,18 @@ def finetune_checkpoint(wildcards):
     return f"{RESULTS}/pretrain/multimodal/fold{fold}/checkpoint.pt"
 
 
+def modality_tables(cohort):
+    """{name: path} of each registry modality's stage output for ``cohort``: a vector modality's matrix
+    ``<m>.parquet`` (always written: empty for a cohort without it), an image modality's QC table ``<m>_qc.tsv``
+    (which lists its tile files) when the cohort can have that modality."""
+    return {f"{m}_qc" if is_image(m) else m: f"{RESULTS}/{cohort}/{m}_qc.tsv" if is_image(m)
+            else f"{RESULTS}/{cohort}/{m}.parquet" for m in MODALITIES
+            if not is_image(m) or m in COHORT_MODALITIES[cohort]}
+
+
 def cohort_stage_outputs(wildcards):
     """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort (its WSI QC
     table only when the cohort has slides)."""
     c = wildcards.cohort
-    return {
-        "splits": f"{RESULTS}/splits.parquet",
-        "clinical": f"{RESULTS}/{c}/clinical.parquet",
-        "rna": f"{RESULTS}/{c}/rna.parquet",
-        "dnam": f"{RESULTS}/{c}/dnam.parquet",
-        **({"wsi_qc": f"{RESULTS}/{c}/wsi_qc.tsv"} if c in WSI_COHORTS else {}),
-    }
+    return {"splits": f"{RESULTS}/splits.parquet", "clinical": f"{RESULTS}/{c}/clinical.parquet",
+            **modality_tables(c)}

@@ -27,7 +27,7 @@ rule finetune:
         cindex=config["evaluation"]["cindex"],
         out_dir=lambda wildcards, output: str(Path(output.metrics).parent),
     wildcard_constraints:
-        modset="rna|dnam|wsi|all",
+        modset="|".join(MODALITY_SETS),
     log:
         "logs/finetune/{cohort}/{modset}/fold{fold}.log",
     benchmark:

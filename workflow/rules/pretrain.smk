@@ -13,9 +13,8 @@ PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"][
 # (pooled_input: ancient() while workflow/scripts/rerun_cohort.py rebuilds one cohort, so these jobs are kept)
 STAGE_TABLES = {
     "clinical": pooled_input(expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS)),
-    "rna": pooled_input(expand(f"{RESULTS}/{{cohort}}/rna.parquet", cohort=COHORTS)),
-    "dnam": pooled_input(expand(f"{RESULTS}/{{cohort}}/dnam.parquet", cohort=COHORTS)),
-    "wsi_qc": pooled_input(expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=WSI_COHORTS)),
+    **{key: pooled_input([modality_tables(c)[key] for c in COHORTS if key in modality_tables(c)])
+       for key in dict.fromkeys(k for c in COHORTS for k in modality_tables(c))},
 }
 
 
@@ -49,7 +48,7 @@ rule pretrain:
         out_dir=subpath(output.checkpoint, parent=True),
         launch=train_launcher,  # torchrun over the job's GPUs when it holds more than one
     wildcard_constraints:
-        run="multimodal|rna|dnam|wsi",
+        run="|".join(["multimodal", *MODALITIES]),
     log:
         "logs/pretrain/{run}/fold{fold}.log",
     benchmark:

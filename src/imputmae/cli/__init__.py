@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from imputmae import __version__
 from imputmae.config import ConfigError
@@ -23,14 +21,6 @@ SUBCOMMANDS: tuple[str, ...] = ("config_cmd", "demo", "gdc", "omics", "wsi", "mo
 
 class UserError(Exception):
     """A problem the user can fix (bad input, missing file): printed as one line, exit status 2."""
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` to ``.{name}.part`` beside ``path``, then rename it to ``path``: a reader never sees a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

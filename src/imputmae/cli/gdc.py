@@ -11,7 +11,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from imputmae.cli import UserError, atomic_write
+from imputmae.cli import UserError
+from imputmae.files import atomic_write
+from imputmae.modalities import MODALITIES, vector_modalities
 
 log = logging.getLogger("imputmae.gdc")
 
@@ -52,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--report", default=None,
                    help="TSV report, one row per file (default: DEST/download_report.tsv, or download_<modality>.tsv "
                         "with --modality)")
-    d.add_argument("--modality", choices=["rna", "dnam", "wsi"], help="only this modality (parquet manifests)")
+    d.add_argument("--modality", choices=MODALITIES, help="only this modality (parquet manifests)")
     d.add_argument("--workers", type=int, default=4)
     d.add_argument("--strict", action="store_true", help="exit 1 when any file failed (default: record, go on)")
     d.add_argument("--no-progress", action="store_true")
@@ -83,24 +85,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     t2.set_defaults(func=_table2)
 
 
-def _transport(args: argparse.Namespace):
-    from imputmae.gdc import GDCError, open_transport
+def _gdc(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, with a GDCError (a request or a file that could not be made right) as a UserError."""
+    from imputmae.gdc import GDCError
 
     try:
-        return open_transport(api=args.api, mirror=args.mirror, timeout_s=args.timeout,
-                              token_file=getattr(args, "token_file", None))
+        return call(*args, **kwargs)
     except GDCError as exc:
         raise UserError(str(exc)) from None
+
+
+def _transport(args: argparse.Namespace):
+    from imputmae.gdc import open_transport
+
+    return _gdc(open_transport, api=args.api, mirror=args.mirror, timeout_s=args.timeout,
+                token_file=getattr(args, "token_file", None))
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    from imputmae.gdc import GDCError, fetch_manifest, write_parquet
+    from imputmae.gdc import fetch_manifest, write_parquet
 
-    try:
-        df, meta = fetch_manifest(_transport(args), args.project, page_size=args.page_size, retries=args.retries,
-                                  backoff_s=args.backoff)
-    except GDCError as exc:
-        raise UserError(str(exc)) from None
+    df, meta = _gdc(fetch_manifest, _transport(args), args.project, page_size=args.page_size, retries=args.retries,
+                    backoff_s=args.backoff)
     if df.empty:
         raise UserError(f"no RNA-seq, DNAm or diagnostic-slide files for {args.project} at {meta['gdc_source']}; "
                         "check the project ids")
@@ -110,12 +116,9 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from imputmae.gdc import GDCError, read_manifest, select_files, write_parquet
+    from imputmae.gdc import read_manifest, select_files, write_parquet
 
-    try:
-        manifest, meta = read_manifest(args.manifest)
-    except GDCError as exc:
-        raise UserError(str(exc)) from None
+    manifest, meta = _gdc(read_manifest, args.manifest)
     if "modality" not in manifest.columns:
         raise UserError(f"{args.manifest}: not a `gdc manifest` parquet (no modality column)")
     out = select_files(manifest, args.sample_types, args.download_dir)
@@ -124,12 +127,9 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from imputmae.gdc import GDCError, download_files, read_manifest
+    from imputmae.gdc import download_files, read_manifest
 
-    try:
-        manifest, _ = read_manifest(args.manifest)
-    except GDCError as exc:
-        raise UserError(str(exc)) from None
+    manifest, _ = _gdc(read_manifest, args.manifest)
     if args.modality:
         if "modality" not in manifest.columns:
             raise UserError(f"{args.manifest}: --modality needs our parquet manifest (this one has no modality column)")
@@ -154,19 +154,16 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _clinical(args: argparse.Namespace) -> int:
-    from imputmae.gdc import GDCError, fetch_clinical, write_parquet
+    from imputmae.gdc import fetch_clinical, write_parquet
 
-    try:
-        clinical, qc, meta = fetch_clinical(_transport(args), args.project, page_size=args.page_size,
-                                            retries=args.retries, backoff_s=args.backoff)
-    except GDCError as exc:
-        raise UserError(str(exc)) from None
+    clinical, qc, meta = _gdc(fetch_clinical, _transport(args), args.project, page_size=args.page_size,
+                              retries=args.retries, backoff_s=args.backoff)
     if clinical.empty:
         raise UserError(f"no usable clinical rows for {args.project} ({len(qc)} dropped; see the log)")
     from imputmae.cli.omics import beside
 
-    path = Path(args.qc) if args.qc else beside(args.out, "_qc.tsv")
-    atomic_write(path, lambda tmp: qc.to_csv(tmp, sep="\t", index=False))
+    atomic_write(Path(args.qc) if args.qc else beside(args.out, "_qc.tsv"),
+                 lambda tmp: qc.to_csv(tmp, sep="\t", index=False))
     write_parquet(clinical, args.out, meta)
     return 0
 
@@ -189,7 +186,7 @@ def _table2(args: argparse.Namespace) -> int:
         selected[cohort] = pd.read_parquet(sel)
         clinical[cohort] = pd.read_parquet(clin)
         if args.with_downloads:
-            reports = [results / cohort / "gdc" / f"download_{m}.tsv" for m in ("rna", "dnam", "wsi")]
+            reports = [results / cohort / "gdc" / f"download_{m}.tsv" for m in MODALITIES]
             missing = [str(r) for r in reports if not r.is_file()]
             if missing:
                 raise UserError(f"table2 --with-downloads: {', '.join(missing)} missing; run `imputmae gdc download`")
@@ -199,7 +196,7 @@ def _table2(args: argparse.Namespace) -> int:
         if not (d / "clinical.parquet").is_file():
             raise UserError(f"table2: {d / 'clinical.parquet'} is missing; run `imputmae omics tables` for {cohort}")
         have = {m: pd.read_parquet(d / f"{m}.parquet", columns=[]).index.astype(str)
-                for m in ("rna", "dnam") if (d / f"{m}.parquet").is_file()}
+                for m in vector_modalities() if (d / f"{m}.parquet").is_file()}
         if (d / "wsi_qc.tsv").is_file():
             have["wsi"] = pd.read_csv(d / "wsi_qc.tsv", sep="\t", dtype={"patient": str})["patient"].unique()
         selected[cohort] = tables_selection(have, cohort)

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from imputmae.modalities import MODALITIES
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain",
                        help="pretrain the multimodal MAE (or a unimodal one) on one fold's training patients")
     _add_config(p)
-    p.add_argument("--run", required=True, choices=["multimodal", "rna", "dnam", "wsi"])
+    p.add_argument("--run", required=True, choices=["multimodal", *MODALITIES])
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--out-dir", help="default {results}/pretrain/{run}/fold{fold}")
     p.add_argument("--resume", action="store_true", help="continue from out-dir/checkpoint.pt when present")
@@ -105,7 +107,8 @@ def _table4(args: argparse.Namespace) -> int:
     import torch
 
     from imputmae.cli import UserError
-    from imputmae.engine import folds_to_run, table4
+    from imputmae.engine import folds_to_run
+    from imputmae.table4 import table4, write_table4
 
     cfg = _config(args)
     if args.threads:
@@ -125,44 +128,3 @@ def _table4(args: argparse.Namespace) -> int:
     write_table4(out, table, per_fold, imputation, n_folds=len(folds_to_run(cfg)))
     print(table.to_string())
     return 0
-
-
-def write_table4(out: Path, table, per_fold, imputation, *, n_folds: int) -> None:
-    """table4.csv (the paper's layout), table4_folds.csv, table4_imputation.csv, table4.md; each atomically."""
-    import os
-    import tempfile
-
-    out.mkdir(parents=True, exist_ok=True)
-
-    def atomic(path: Path, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-
-    atomic(out / "table4.csv", table.to_csv(float_format="%.6g"))
-    atomic(out / "table4_folds.csv", per_fold.to_csv(index=False, float_format="%.6g"))
-    atomic(out / "table4_imputation.csv", imputation.to_csv(index=False, float_format="%.6g"))
-    fmt = lambda v: "n/a" if v != v else f"{v:.4g}"   # noqa: E731
-    lines = [f"# Table 4: reconstruction MSE on held-out test patients (mean over {n_folds} fold(s))", "",
-             "Masked-patch MSE (50% of patches masked, fixed seeded noise) on each fold's test patients that have",
-             "the modality. RNA and DNAm in the normalised [0, 1] space; WSI in ImageNet-normalised pixels (the",
-             "space the model is trained in, as in MAE).", "",
-             "| Pretraining | WSI | RNA | DNAm |", "| --- | --- | --- | --- |"]
-    for name, row in table.iterrows():
-        lines.append(f"| {name} | {fmt(row['WSI'])} | {fmt(row['RNA'])} | {fmt(row['DNAm'])} |")
-    lines += ["", "Paper (Table 4): multimodal 0.028 / 0.0039 / 0.0085; unimodal 0.0165 / 0.0092 / 0.0087.", ""]
-    if len(imputation):
-        lines += ["## Whole-modality imputation (multimodal model)", "",
-                  "Each modality removed from test patients that have it and at least one other; reconstructed by",
-                  "the decoder from the others (shown masked as in pretraining, 8 seeded draws averaged), against",
-                  "imputing the training patients' mean ([0, 1] space), and an independent reference:",
-                  "scikit-learn RidgeCV from the other omics modality fitted on the",
-                  "training patients (training mean where that modality is absent; omics targets only).", "",
-                  "| Modality | decoder MSE | training-mean MSE | decoder / mean | ridge MSE | ridge / mean | patients |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for _, r in imputation.iterrows():
-            lines.append(f"| {r['modality']} | {fmt(r['model_mse'])} | {fmt(r['train_mean_mse'])} | "
-                         f"{fmt(r['ratio'])} | {fmt(r['ridge_mse'])} | {fmt(r['ridge_ratio'])} | "
-                         f"{int(r['n_patients'])} |")
-    atomic(out / "table4.md", "\n".join(lines) + "\n")

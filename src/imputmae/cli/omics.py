@@ -12,6 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from imputmae.choices import ON_MALFORMED_CHOICES
+
 log = logging.getLogger("imputmae.omics")
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--qc", default=None,
                        help=f"QC table (patient, modality, file, reason), TSV (default: beside --out, {modality}_qc.tsv "
                        f"for {modality}.parquet)")
-        q.add_argument("--on-malformed", choices=["error", "qc"], default="error")
+        q.add_argument("--on-malformed", choices=ON_MALFORMED_CHOICES, default="error")
         q.add_argument("--threads", type=int, default=2)
 
     r = osub.add_parser("rna", help="patient x gene FPKM-UQ matrix from GDC STAR - Counts files")
@@ -87,6 +89,8 @@ def _file_table(args: argparse.Namespace, modality: str):
         files = files[files["modality"] == args.modality]
     if "path" not in files.columns and "local_path" in files.columns:
         files = files.rename(columns={"local_path": "path"})
+    from imputmae.gdc import usable_downloads
+
     qc = []
     if args.report:  # the GDC stage's download report: a failed download's modality is missing for its patient
         rep = pd.read_csv(args.report, sep="\t", dtype=str, keep_default_na=False)
@@ -99,7 +103,7 @@ def _file_table(args: argparse.Namespace, modality: str):
         status = files["file_id"].map(rep["status"]) if "status" in rep.columns else pd.Series("", index=files.index)
         reason = files["file_id"].map(rep["reason"]) if "reason" in rep.columns else pd.Series("", index=files.index)
         absent = ~files["file_id"].isin(rep.index)
-        bad = absent | (status.fillna("").str.lower() == "failed")
+        bad = absent | ~usable_downloads(status)
         for i in np.flatnonzero(bad.to_numpy()):
             row = files.iloc[i]
             why = "not in the download report" if absent.iloc[i] else f"download failed: {reason.iloc[i] or 'no reason given'}"
@@ -126,11 +130,12 @@ def beside(out: str | Path, suffix: str) -> Path:
 def _write_qc(path: str, qc_frames, modality: str) -> None:
     import pandas as pd
 
-    from imputmae.omics import QC_COLUMNS, write_atomic_text
+    from imputmae.files import atomic_write_text
+    from imputmae.omics import QC_COLUMNS
 
     qc = pd.concat([f for f in qc_frames if len(f)], ignore_index=True) if any(len(f) for f in qc_frames) else \
         pd.DataFrame(columns=list(QC_COLUMNS))
-    write_atomic_text(path, qc[list(QC_COLUMNS)].to_csv(sep="\t", index=False))
+    atomic_write_text(path, qc[list(QC_COLUMNS)].to_csv(sep="\t", index=False))
     if len(qc):
         log.warning("%s: %d file(s) in the QC table %s (modality missing for those patients)", modality, len(qc),
                     path)
@@ -159,8 +164,8 @@ def _run_dnam(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from imputmae.cli import UserError
-    from imputmae.omics import (MalformedFileError, build_dnam_matrix, dnam_probe_set, read_probe_list,
-                                write_atomic_text, write_matrix)
+    from imputmae.files import atomic_write_text
+    from imputmae.omics import MalformedFileError, build_dnam_matrix, dnam_probe_set, read_probe_list, write_matrix
 
     files, pre_qc = _file_table(args, "dnam")
     try:
@@ -174,7 +179,7 @@ def _run_dnam(args: argparse.Namespace) -> int:
         matrix, qc = build_dnam_matrix(files, probes, on_malformed=args.on_malformed, threads=args.threads)
     except (MalformedFileError, ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
-    write_atomic_text(args.probes_out or beside(args.out, "_probes.txt"), "".join(p + "\n" for p in probes))
+    atomic_write_text(args.probes_out or beside(args.out, "_probes.txt"), "".join(p + "\n" for p in probes))
     write_matrix(matrix, args.out, normalized=False, metadata=dict(modality="dnam", source="gdc"))
     _write_qc(args.qc or beside(args.out, "_qc.tsv"), [pd.DataFrame(pre_qc), probe_qc, qc], "dnam")
     nan = float(matrix.isna().to_numpy().mean()) if matrix.size else 0.0
@@ -187,8 +192,8 @@ def _run_tables(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from imputmae.cli import UserError
-    from imputmae.omics import (QC_COLUMNS, read_clinical_table, read_feature_table, unlabelled_patients,
-                                write_atomic_text, write_matrix)
+    from imputmae.files import atomic_write, atomic_write_text
+    from imputmae.omics import QC_COLUMNS, read_clinical_table, read_feature_table, unlabelled_patients, write_matrix
 
     if not (args.rna or args.dnam):
         raise UserError("give --rna and/or --dnam with --clinical")
@@ -213,12 +218,10 @@ def _run_tables(args: argparse.Namespace) -> int:
         write_matrix(mat, out / f"{m}.parquet", normalized=not args.normalize,
                      metadata=dict(modality=m, source="tables", table=str(getattr(args, m) or "")))
         log.info("%s: %d patients x %d features (normalize: %s)", m, *mat.shape, args.normalize)
-    write_atomic_text(out / "dnam_probes.txt", "".join(p + "\n" for p in mats.get("dnam", pd.DataFrame()).columns))
-    write_atomic_text(out / "omics_qc.tsv", "\t".join(QC_COLUMNS) + "\n")
-    write_atomic_text(out / "clinical_qc.tsv", clinical_qc.to_csv(sep="\t", index=False))
-    tmp = out / ".clinical.parquet.tmp"
-    clinical.to_parquet(tmp, index=False)
-    tmp.replace(out / "clinical.parquet")
+    atomic_write_text(out / "dnam_probes.txt", "".join(p + "\n" for p in mats.get("dnam", pd.DataFrame()).columns))
+    atomic_write_text(out / "omics_qc.tsv", "\t".join(QC_COLUMNS) + "\n")
+    atomic_write_text(out / "clinical_qc.tsv", clinical_qc.to_csv(sep="\t", index=False))
+    atomic_write(out / "clinical.parquet", lambda tmp: clinical.to_parquet(tmp, index=False))
     log.info("clinical: %d patients, %d events", len(clinical), int(clinical["event"].sum()))
     return 0
 
@@ -226,9 +229,10 @@ def _run_tables(args: argparse.Namespace) -> int:
 def _run_qc(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from imputmae.omics import QC_COLUMNS, write_atomic_text
+    from imputmae.files import atomic_write_text
+    from imputmae.omics import QC_COLUMNS
 
     frames = [pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False) for p in args.inputs]
     qc = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(QC_COLUMNS))
-    write_atomic_text(args.out, qc.reindex(columns=list(QC_COLUMNS)).to_csv(sep="\t", index=False))
+    atomic_write_text(args.out, qc.reindex(columns=list(QC_COLUMNS)).to_csv(sep="\t", index=False))
     return 0

@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from imputmae.cli import UserError, atomic_write
+from imputmae.cli import UserError
+from imputmae.files import atomic_write
 
 log = logging.getLogger("imputmae.report")
 

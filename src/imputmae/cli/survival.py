@@ -11,11 +11,14 @@ import json
 import logging
 from pathlib import Path
 
-from imputmae.cli import UserError, atomic_write
+from imputmae.choices import CINDEX_CHOICES, MISSING_CHOICES
+from imputmae.cli import UserError
+from imputmae.files import atomic_write
+from imputmae.modalities import MODALITIES, MODALITY_SETS, is_image
 
 log = logging.getLogger("imputmae.survival")
 
-MODSETS = ("rna", "dnam", "wsi", "all")
+MODSETS = MODALITY_SETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modset", required=True, choices=MODSETS)
     p.add_argument("--fold", required=True, type=int)
     p.add_argument("--params", default="{}", help="the config's finetune section as JSON (defaults: the paper's)")
-    p.add_argument("--cindex", default="antolini", choices=("antolini", "adj_antolini", "harrell"),
+    p.add_argument("--cindex", default="antolini", choices=CINDEX_CHOICES,
                    help="the validation C-index (config evaluation.cindex)")
-    p.add_argument("--missing", default="impute", choices=("impute", "zero"),
+    p.add_argument("--missing", default="impute", choices=MISSING_CHOICES,
                    help="missing modalities: imputed by the pretrained decoder (paper) or zero embeddings")
     p.add_argument("--out", required=True, help="output folder: predictions.parquet, metrics.json, model.pt")
     p.add_argument("--threads", type=int, default=None)
@@ -47,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohorts", nargs="+", required=True)
     p.add_argument("--modsets", nargs="+", default=list(MODSETS), choices=MODSETS)
     p.add_argument("--folds", type=int, required=True, help="number of outer folds")
-    p.add_argument("--cindex", default="antolini", choices=("antolini", "adj_antolini", "harrell"))
+    p.add_argument("--cindex", default="antolini", choices=CINDEX_CHOICES)
     p.add_argument("--oracle", default=None, help="the demo's oracle.parquet: adds the oracle C-index row")
     p.add_argument("--no-literature", action="store_true", help="leave out the rows quoted from the paper")
     p.add_argument("--km-modset", default="all", choices=MODSETS, help="the model whose risk splits the KM curves")
@@ -94,7 +97,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     from imputmae.finetune import (CONFIG_KEYS, FinetuneConfig, load_cohort_inputs, normalizers_from_states,
                                    run_finetune, save_survival_model)
-    from imputmae.model import load_pretrained
+    from imputmae.checkpoint import load_pretrained
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,7 +140,7 @@ def _cox(args: argparse.Namespace) -> int:
     _, clinical = _fold_patients(args.results, args.cohort, int(splits["fold"].min()))
     p = json.loads(args.params)
     kw = {k: p[k] for k in ("n_components", "penalizer", "n_bins", "cut_scheme", "seed") if k in p}
-    features = {m: load_modality_features(args.results, args.cohort, m) for m in ("rna", "dnam", "wsi")}
+    features = {m: load_modality_features(args.results, args.cohort, m) for m in MODALITIES}
     for modset in args.modsets:
         if modset != "all" and features[modset].empty:  # e.g. own tables without slides: a record, not a crash
             reason = f"no patient of {args.cohort} has {modset}"
@@ -166,8 +169,7 @@ def _cox(args: argparse.Namespace) -> int:
 def _table3(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from imputmae.report import (MODSET_NAMES, km_split, oracle_cindex, plot_km, table3, table3_latex,
-                                 table3_markdown)
+    from imputmae.report import MODSET_NAMES, km_split, oracle_cindex, plot_km, table3, table3_markdown, write_table3
 
     R = Path(args.results)
     absent = set()
@@ -218,11 +220,7 @@ def _table3(args: argparse.Namespace) -> int:
         notes.append("oracle: Harrell's C-index of the demo generator's true risk on the same test folds (an upper "
                      "reference; equal to plain Antolini for non-crossing curves).")
     table = table3(metrics, args.cindex, args.cohorts, literature=not args.no_literature, oracle=oracle)
-    out = R / "tables"
-    atomic_write(out / "table3.csv", lambda t: table.to_csv(t, index=False))
-    atomic_write(out / "table3.md", lambda t: t.write_text(table3_markdown(table, args.cindex, notes)))
-    atomic_write(out / "table3.tex", lambda t: t.write_text(table3_latex(table, args.cindex)))
-    atomic_write(out / "table3_folds.csv", lambda t: metrics.to_csv(t, index=False))
+    write_table3(R / "tables", table, metrics, args.cindex, notes)
     for cohort in args.cohorts:
         preds = pd.concat(km_frames.get(cohort, [])) if km_frames.get(cohort) else None
         if preds is None:
@@ -279,7 +277,7 @@ def _impute(args: argparse.Namespace) -> int:
     tables = imputed_tables(impute_patients(mae, inputs), normalizers)
     out = Path(args.out)
     for m, t in tables.items():
-        if m == "wsi":
+        if is_image(m):
             for p, tiles in t.items():
                 atomic_write(out / "wsi" / f"{p}.npy", lambda f, tiles=tiles: _save_npy(f, tiles))
         else:

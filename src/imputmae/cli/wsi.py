@@ -11,10 +11,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
 from imputmae.cli import UserError
+from imputmae.files import atomic_write
 
 log = logging.getLogger("imputmae.wsi")
 
@@ -103,36 +103,26 @@ def _tiles(args: argparse.Namespace) -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     result = tile_patient(args.slides, patient, st, progress=not args.no_progress, unavailable=unavailable)
 
-    def tmp(suffix: str) -> Path:
-        return prefix.with_name(f"{prefix.name}{suffix}.part{os.getpid()}")
+    def save_tiles(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(result.tiles))
 
-    written: list[tuple[Path, Path]] = []
-    npy = tmp(".npy")
-    with open(npy, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(result.tiles))
-    written.append((npy, prefix.with_name(prefix.name + ".npy")))
+    atomic_write(prefix.with_name(prefix.name + ".npy"), save_tiles)
 
     table = pa.Table.from_pandas(result.table, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"imputmae.wsi.settings"] = json.dumps(dataclasses.asdict(st), sort_keys=True).encode()
     meta[b"imputmae.wsi.slides"] = result.slides.to_json(orient="records").encode()
     meta[b"imputmae.wsi.qc"] = json.dumps(result.qc, default=float).encode()
-    pqt = tmp(".parquet")
-    pq.write_table(table.replace_schema_metadata(meta), pqt)
-    written.append((pqt, prefix.with_name(prefix.name + ".parquet")))
-
-    png = tmp(".png")
+    atomic_write(prefix.with_name(prefix.name + ".parquet"),
+                 lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))
     ok, buf = cv2.imencode(".png", cv2.cvtColor(draw_qc(result), cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("cv2.imencode failed on the QC picture")
-    png.write_bytes(buf.tobytes())
-    written.append((png, prefix.with_name(prefix.name + ".png")))
-
-    qc = tmp(".qc.tsv")
-    pd.DataFrame([result.qc], columns=QC_COLUMNS).to_csv(qc, sep="\t", index=False, float_format="%.6g")
-    written.append((qc, prefix.with_name(prefix.name + ".qc.tsv")))
-    for src, dst in written:
-        os.replace(src, dst)
+    atomic_write(prefix.with_name(prefix.name + ".png"), lambda tmp: tmp.write_bytes(buf.tobytes()))
+    qc_row = pd.DataFrame([result.qc], columns=QC_COLUMNS)
+    atomic_write(prefix.with_name(prefix.name + ".qc.tsv"),
+                 lambda tmp: qc_row.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
     q = result.qc
     log.info("%s: %s: %s, %d tiles (%s slide(s): %s)", patient, q["slide"] or "-", q["status"], q["n_tiles"],
              q["n_slides"], q["slides"])
@@ -162,11 +152,7 @@ def _qc(args: argparse.Namespace) -> int:
     if len(dup):
         raise UserError(f"patient(s) {sorted(dup)[:5]} appear in more than one QC file; give each patient once")
     table = table.sort_values("patient", kind="stable").reset_index(drop=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(f"{out.name}.part{os.getpid()}")
-    table.to_csv(part, sep="\t", index=False, float_format="%.6g")
-    os.replace(part, out)
+    out = atomic_write(args.out, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
     n_ok = int((table["status"] == "ok").sum())
     log.info("%s: %d patients, %d ok, %d not (WSI missing downstream)", out, len(table), n_ok, len(table) - n_ok)
     return 0
