@@ -15,3 +15,15 @@ def demo_mirror(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "mirror"
     write_demo(out, seed=0, n_patients=SMALL_DEMO)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (``pytestmark = pytest.mark.usefixtures("one_thread")``): small models on a
+    shared 2-core machine run 10-100x slower with two threads per process spinning against other processes."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -381,7 +381,7 @@ def test_snakemake_builds_a_tables_cohort_and_plans_the_gdc_rules(tmp_path):
     t = _byo_tables(tmp_path)
     shutil.copy(root / "config.yaml", tmp_path / "config.yaml")
     overlay = dict(results=str(tmp_path / "res"), cohorts=dict(MINE=dict(
-        tables={k: str(v) for k, v in t.items()}, normalize=False)))
+        tables={k: str(v) for k, v in t.items()}, normalize=False), BRCA=dict(projects=["TCGA-BRCA"])))
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     smk = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(tmp_path / "overlay.yaml"), "--cores", "1"]

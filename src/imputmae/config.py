@@ -16,7 +16,10 @@ from typing import Any
 import jsonschema
 import yaml
 
-__all__ = ["ConfigError", "load_schema", "merge_config", "validate_config", "load_config", "MODEL_SIZES", "model_dims"]
+from imputmae.modalities import MODALITIES
+
+__all__ = ["ConfigError", "load_schema", "merge_config", "validate_config", "load_config", "MODEL_SIZES", "model_dims",
+           "cohort_modalities", "cohort_modality_sets", "available_modalities", "last_cohorts"]
 
 
 class ConfigError(ValueError):
@@ -40,6 +43,17 @@ def merge_config(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[s
             out[key] = merge_config(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
+    return out
+
+
+def last_cohorts(merged: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``merged`` with ``cohorts`` taken whole from the last of ``layers`` that names any: a list of cohorts is a
+    choice, not a setting to merge, so ``--configfile my.yaml`` with ``cohorts: {MINE: ...}`` runs MINE alone (name
+    TCGA cohorts beside it to run them too), where a key-by-key merge would add config.yaml's three TCGA cohorts."""
+    out = dict(merged)
+    for layer in layers:
+        if isinstance(layer, Mapping) and isinstance(layer.get("cohorts"), Mapping) and layer["cohorts"]:
+            out["cohorts"] = copy.deepcopy(dict(layer["cohorts"]))
     return out
 
 
@@ -103,6 +117,33 @@ def model_dims(model_cfg: Mapping[str, Any]) -> dict[str, int]:
     return dims
 
 
+# A cohort given as tables: which table key brings which modality.
+TABLE_MODALITIES: dict[str, str] = {"rna": "rna", "dnam": "dnam", "slides": "wsi"}
+
+
+def cohort_modalities(cohort: Mapping[str, Any]) -> tuple[str, ...]:
+    """The modalities a cohort's configuration can bring, in (rna, dnam, wsi) order: all three for GDC projects
+    (a patient may still lack any of them); for tables, those given (``rna``, ``dnam``; ``slides``: wsi)."""
+    if "projects" in cohort:
+        return MODALITIES
+    given = {TABLE_MODALITIES[k] for k in cohort.get("tables", {}) if k in TABLE_MODALITIES}
+    return tuple(m for m in MODALITIES if m in given)
+
+
+def cohort_modality_sets(cfg: Mapping[str, Any], cohort: str) -> list[str]:
+    """The ``finetune.modality_sets`` that ``cohort`` is fine-tuned on: ``all``, and each single modality it can
+    have (a cohort without slides has no ``wsi`` row in Table 3)."""
+    have = cohort_modalities(cfg["cohorts"][cohort])
+    return [s for s in cfg["finetune"]["modality_sets"] if s == "all" or s in have]
+
+
+def available_modalities(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The modalities at least one cohort can bring: pretraining (multimodal and unimodal runs) uses only these,
+    so that a run on own tables without slides trains no WSI encoder on nothing and imputes no WSI from it."""
+    have = {m for c in cfg["cohorts"].values() for m in cohort_modalities(c)}
+    return tuple(m for m in MODALITIES if m in have)
+
+
 def _semantic_errors(cfg: Mapping[str, Any]) -> list[str]:
     """Cross-key rules, for the sections present (a stage may be handed only the sections it reads)."""
     errs: list[str] = []
@@ -156,12 +197,14 @@ def validate_config(config: Mapping[str, Any], sections: Sequence[str] | None = 
 
 
 def load_config(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read YAML files in order, merge each over the previous (then ``overrides``), and validate.
+    """Read YAML files in order, merge each over the previous (then ``overrides``), and validate; ``cohorts``
+    comes whole from the last file naming any (:func:`last_cohorts`), as in the workflow.
 
     Raises:
         ConfigError: a file that does not exist or is not a YAML mapping, or any validation problem.
     """
     merged: dict[str, Any] = {}
+    layers: list[Mapping[str, Any]] = []
     for p in paths:
         path = Path(p)
         if not path.is_file():
@@ -173,6 +216,8 @@ def load_config(paths: Sequence[str | Path], overrides: Mapping[str, Any] | None
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: {path}: expected a mapping of keys at the top level")
         merged = merge_config(merged, data)
+        layers.append(data)
     if overrides:
         merged = merge_config(merged, overrides)
-    return validate_config(merged)
+        layers.append(overrides)
+    return validate_config(last_cohorts(merged, layers))

@@ -123,8 +123,12 @@ def load_patients(results: str | Path, cohorts: Sequence[str]) -> pd.DataFrame:
 
 
 def select_split_patients(patients: pd.DataFrame) -> pd.DataFrame:
-    """Patients that enter the splits: survival labels (time and event) and RNA."""
-    keep = patients["has_rna"] & patients["time"].notna() & patients["event"].notna()
+    """Patients that enter the splits: survival labels (time and event) and RNA; in a cohort without any RNA (own
+    tables of DNAm, or slides, only), survival labels and any modality."""
+    any_modality = patients["has_rna"] | patients["has_dnam"] | patients["has_wsi"]
+    cohort_has_rna = patients.groupby("cohort")["has_rna"].transform("any")
+    measured = patients["has_rna"].where(cohort_has_rna, any_modality)
+    keep = measured & patients["time"].notna() & patients["event"].notna()
     return patients.loc[keep].reset_index(drop=True)
 
 

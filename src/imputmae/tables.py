@@ -7,7 +7,7 @@ LaTeX, each through a temporary name renamed when complete.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +17,7 @@ from imputmae.files import atomic_write_text
 from imputmae.gdc import usable_downloads
 
 __all__ = ["TableFormat", "MarkdownRule", "write_table", "write_texts", "markdown_lines", "latex_lines", "latex_escape",
-           "to_markdown", "to_latex", "project_label", "table2"]
+           "to_markdown", "to_latex", "project_label", "table2", "tables_selection"]
 
 TableFormat = Literal["csv", "md", "tex"]
 MarkdownRule = Literal["aligned", "plain", "compact"]
@@ -161,3 +161,12 @@ def table2(selected: Mapping[str, pd.DataFrame], clinical: Mapping[str, pd.DataF
     out = pd.DataFrame(rows, columns=["Cohort", "DNAm", "Clinical", "WSI", "RNA count"])
     out["RNA count"] = out["RNA count"].astype("int64")
     return out
+
+
+def tables_selection(patients: Mapping[str, Iterable[str]], cohort: str) -> pd.DataFrame:
+    """A cohort given as tables in the shape of ``gdc select``'s rows, so that :func:`table2` counts it as it does a
+    GDC cohort: one row per (patient, modality) in ``patients`` (modality -> patient ids: the RNA and DNAm
+    matrices' rows, the patients with a slide), ``project_id`` the cohort's name, ``file_id`` ``<modality>:<patient>``.
+    """
+    rows = [(str(p), cohort, m, f"{m}:{p}") for m, ids in patients.items() for p in ids]
+    return pd.DataFrame(rows, columns=["patient", "project_id", "modality", "file_id"])

@@ -5,6 +5,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 # Rules run the CLI from this checkout's sources, installed or not, in whatever environment runs the job
 # (the project venv, or a stage's conda env from envs/ under --use-conda).
 SRC = str(Path(workflow.basedir) / "src")
@@ -13,9 +15,15 @@ if SRC not in sys.path:
 
 from snakemake.settings.types import DeploymentMethod  # noqa: E402
 
-from imputmae.config import ConfigError, validate_config  # noqa: E402
+from imputmae.config import (ConfigError, available_modalities, cohort_modalities,  # noqa: E402
+                              cohort_modality_sets, last_cohorts, validate_config)
 from imputmae.gdc import usable_downloads  # noqa: E402
 from imputmae.modalities import MODALITIES, MODALITY_SETS, is_image  # noqa: E402
+
+# `cohorts` comes whole from the last --configfile (or --config) naming any, as `imputmae config check` reads it:
+# `--configfile my.yaml` with `cohorts: {MINE: ...}` runs MINE alone, not beside config.yaml's TCGA cohorts.
+_LAYERS = [yaml.safe_load(Path(f).read_text()) or {} for f in workflow.config_settings.configfiles]
+config.update(last_cohorts(config, [*_LAYERS, dict(workflow.config_settings.config)]))
 
 try:
     validate_config(config)
@@ -31,6 +39,21 @@ RESULTS = config["results"]
 COHORTS = sorted(config["cohorts"])
 GDC_COHORTS = [c for c in COHORTS if "projects" in config["cohorts"][c]]
 TABLE_COHORTS = [c for c in COHORTS if "tables" in config["cohorts"][c]]
+# The modalities each cohort can bring (GDC: all three; tables: those given) and the cohorts with slides, the only
+# ones with a WSI stage (wsi_qc.tsv): a cohort without slides simply has no WSI.
+COHORT_MODALITIES = {c: cohort_modalities(config["cohorts"][c]) for c in COHORTS}
+WSI_COHORTS = [c for c in COHORTS if "wsi" in COHORT_MODALITIES[c]]
+# Pretraining (and so fine-tuning's imputation) uses only the modalities some cohort brings.
+_AVAILABLE = available_modalities(config)
+for _key in ("modalities", "unimodal"):
+    _dropped = [m for m in config["pretrain"][_key] if m not in _AVAILABLE]
+    if _dropped:
+        logger.info(f"pretrain.{_key}: no cohort has {', '.join(_dropped)} (every cohort is given as tables without it); "
+                    f"pretraining without it")
+        config["pretrain"][_key] = [m for m in config["pretrain"][_key] if m in _AVAILABLE]
+if not config["pretrain"]["modalities"]:
+    raise WorkflowError(f"config: pretrain.modalities: no cohort has any of them (the cohorts bring "
+                        f"{', '.join(_AVAILABLE)})")
 
 # Each rule file appends the final outputs (paths, or functions of wildcards returning paths) to TARGETS.
 TARGETS = []
@@ -148,13 +171,16 @@ def finetune_checkpoint(wildcards):
 
 def modality_tables(cohort):
     """{name: path} of each registry modality's stage output for ``cohort``: a vector modality's matrix
-    ``<m>.parquet``, an image modality's QC table ``<m>_qc.tsv`` (which lists its tile files)."""
+    ``<m>.parquet`` (always written: empty for a cohort without it), an image modality's QC table ``<m>_qc.tsv``
+    (which lists its tile files) when the cohort can have that modality."""
     return {f"{m}_qc" if is_image(m) else m: f"{RESULTS}/{cohort}/{m}_qc.tsv" if is_image(m)
-            else f"{RESULTS}/{cohort}/{m}.parquet" for m in MODALITIES}
+            else f"{RESULTS}/{cohort}/{m}.parquet" for m in MODALITIES
+            if not is_image(m) or m in COHORT_MODALITIES[cohort]}
 
 
 def cohort_stage_outputs(wildcards):
-    """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort."""
+    """The stage outputs of docs/layout.md that fine-tuning and the baseline read for one cohort (its WSI QC
+    table only when the cohort has slides)."""
     c = wildcards.cohort
     return {"splits": f"{RESULTS}/splits.parquet", "clinical": f"{RESULTS}/{c}/clinical.parquet",
             **modality_tables(c)}

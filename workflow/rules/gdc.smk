@@ -1,5 +1,5 @@
 # GDC acquisition: manifest (checkpoint) -> per-patient selection (checkpoint) -> verified downloads (checkpoint)
-# labels -> Table 2. Only cohorts given as GDC projects (GDC_COHORTS) have these rules; cohorts given as tables
+# labels -> Table 2. Only cohorts given as GDC projects (GDC_COHORTS) have the acquisition rules; cohorts given as tables
 # bring their own matrices and labels.
 #
 # Other rule files use these helpers (defined in common.smk, section GDC stage):
@@ -116,27 +116,34 @@ if GDC_COHORTS:
             "python -m imputmae gdc clinical {params.projects} --out {output.clinical} --qc {output.qc} "
             "--page-size {params.page_size} {params.source} {params.request} > {log} 2>&1"
 
-    rule table2:
-        input:
-            selected=expand(f"{RESULTS}/{{cohort}}/gdc/selected.parquet", cohort=GDC_COHORTS),
-            clinical=expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=GDC_COHORTS),
-        output:
-            csv=f"{RESULTS}/tables/table2.csv",
-            md=f"{RESULTS}/tables/table2.md",
-        params:
-            results=lambda w, output: str(Path(output.csv).parent.parent),
-            cohorts=" ".join(f"--cohort {c}" for c in GDC_COHORTS),
-            prefix=lambda w, output: output.csv.removesuffix(".csv"),
-        log:
-            "logs/table2/table2.log",
-        benchmark:
-            "benchmarks/table2/table2.tsv"
-        conda:
-            "../../envs/gdc.yaml"
-        threads: 1
-        shell:
-            "python -m imputmae tables table2 --results {params.results:q} {params.cohorts} --out {params.prefix:q} "
-            "> {log} 2>&1"
-
-    TARGETS.extend([rules.table2.output.csv, rules.table2.output.md])
     TARGETS.extend(download_report(c, m) for c in GDC_COHORTS for m in GDC_MODALITIES)
+
+
+# Table 2: every cohort, GDC projects (availability at the GDC) or own tables (their matrices and slide table).
+rule table2:
+    input:
+        selected=expand(f"{RESULTS}/{{cohort}}/gdc/selected.parquet", cohort=GDC_COHORTS),
+        clinical=expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS),
+        # cohorts given as tables: their matrices, and the WSI QC table of those with slides
+        tables=expand(f"{RESULTS}/{{cohort}}/{{m}}.parquet", cohort=TABLE_COHORTS, m=["rna", "dnam"]),
+        wsi_qc=expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=[c for c in TABLE_COHORTS if c in WSI_COHORTS]),
+    output:
+        csv=f"{RESULTS}/tables/table2.csv",
+        md=f"{RESULTS}/tables/table2.md",
+    params:
+        results=lambda w, output: str(Path(output.csv).parent.parent),
+        cohorts=" ".join([f"--cohort {c}" for c in GDC_COHORTS] + [f"--table-cohort {c}" for c in TABLE_COHORTS]),
+        prefix=lambda w, output: output.csv.removesuffix(".csv"),
+    log:
+        "logs/table2/table2.log",
+    benchmark:
+        "benchmarks/table2/table2.tsv"
+    conda:
+        "../../envs/gdc.yaml"
+    threads: 1
+    shell:
+        "python -m imputmae tables table2 --results {params.results:q} {params.cohorts} --out {params.prefix:q} "
+        "> {log} 2>&1"
+
+
+TARGETS.extend([rules.table2.output.csv, rules.table2.output.md])

@@ -9,11 +9,12 @@ PRETRAIN_RUNS = ["multimodal"] + list(config["pretrain"]["unimodal"])
 PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"]["per_fold"] else [0]
 
 
-# Every cohort's labels, omics matrices and WSI QC table (the QC table lists the tile files).
+# Every cohort's labels, omics matrices and, for the cohorts with slides, WSI QC table (it lists the tile files).
 # (pooled_input: ancient() while workflow/scripts/rerun_cohort.py rebuilds one cohort, so these jobs are kept)
 STAGE_TABLES = {
     "clinical": pooled_input(expand(f"{RESULTS}/{{cohort}}/clinical.parquet", cohort=COHORTS)),
-    **{key: pooled_input([modality_tables(c)[key] for c in COHORTS]) for key in modality_tables(COHORTS[0])},
+    **{key: pooled_input([modality_tables(c)[key] for c in COHORTS if key in modality_tables(c)])
+       for key in dict.fromkeys(k for c in COHORTS for k in modality_tables(c))},
 }
 
 

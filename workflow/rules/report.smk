@@ -12,12 +12,12 @@ REPORT_CONFIGS = [f for f in workflow.configfiles if f not in workflow.config_se
 
 rule report:
     input:
-        table2=[rules.table2.output.csv, rules.table2.output.md] if GDC_COHORTS else [],
+        table2=[rules.table2.output.csv, rules.table2.output.md],
         table3=[rules.table3.output.csv, rules.table3.output.md],
         table4=[rules.table4.output.csv, rules.table4.output.md, rules.table4.output.imputation],
         km=rules.table3.output.km,
         loss=expand(rules.pretrain.output.plot, run=PRETRAIN_RUNS, fold=PRETRAIN_FOLDS),
-        wsi_qc=expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=GDC_COHORTS),
+        wsi_qc=expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=WSI_COHORTS),
         clinical_qc=expand(f"{RESULTS}/{{cohort}}/clinical_qc.tsv", cohort=GDC_COHORTS),
         omics_qc=expand(f"{RESULTS}/{{cohort}}/omics_qc.tsv", cohort=COHORTS),
         configs=REPORT_CONFIGS,

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("cohort")
     args, smk = ap.parse_known_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from imputmae.config import load_config
+    from imputmae.config import cohort_modalities, cohort_modality_sets, load_config
 
     opts = argparse.ArgumentParser(add_help=False)
     opts.add_argument("--configfile", "--configfiles", nargs="+", default=[])
@@ -77,16 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     c = f"{results}/{args.cohort}"
     data = [f"{c}/{name}" for name in ("rna.parquet", "dnam.parquet", "dnam_probes.txt", "omics_qc.tsv",
                                        "clinical.parquet")]
+    if "wsi" in cohort_modalities(cfg["cohorts"][args.cohort]):
+        data.append(f"{c}/wsi_qc.tsv")
     if "projects" in cfg["cohorts"][args.cohort]:
-        data += [f"{c}/wsi_qc.tsv"] + [f"{c}/gdc/download_{m}.tsv" for m in ("rna", "dnam", "wsi")]
+        data += [f"{c}/gdc/download_{m}.tsv" for m in ("rna", "dnam", "wsi")]
     models, folds = [], range(cfg["splits"]["n_folds"])
-    if "finetune" in rules:
+    if "finetune" in rules:  # the sets the cohort has (own tables without slides: no wsi run)
         models += [f"{results}/finetune/{args.cohort}/{m}/fold{f}/metrics.json"
-                   for m in cfg["finetune"]["modality_sets"] for f in folds]
+                   for m in cohort_modality_sets(cfg, args.cohort) for f in folds]
     if "cox_baseline" in rules:
         models += [f"{results}/baselines/cox/{args.cohort}/{m}/fold{f}/metrics.json"
                    for m in cfg["finetune"]["modality_sets"] for f in folds]
-    if "table2" in rules and "projects" in cfg["cohorts"][args.cohort]:
+    if "table2" in rules:
         models.append(f"{results}/tables/table2.csv")
     data_rules = sorted(DATA_RULES & rules)
     calls = [[*snakemake, *data, "--forcerun", *data_rules, *smk]]

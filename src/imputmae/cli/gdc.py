@@ -13,7 +13,7 @@ from pathlib import Path
 
 from imputmae.cli import UserError
 from imputmae.files import atomic_write
-from imputmae.modalities import MODALITIES
+from imputmae.modalities import MODALITIES, vector_modalities
 
 log = logging.getLogger("imputmae.gdc")
 
@@ -71,7 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = t.add_subparsers(dest="tables_command", metavar="TABLE", required=True)
     t2 = tsub.add_parser("table2", help="modality availability among patients with RNA-seq")
     t2.add_argument("--results", required=True, help="results folder ({R}); reads {R}/<cohort>/gdc/... and clinical")
-    t2.add_argument("--cohort", action="append", required=True, dest="cohorts", help="cohort name (repeat)")
+    t2.add_argument("--cohort", action="append", default=[], dest="cohorts", help="GDC cohort name (repeat)")
+    t2.add_argument("--table-cohort", action="append", default=[], dest="table_cohorts",
+                    help="a cohort given as tables (repeat): its patients from {R}/<cohort>/rna.parquet, dnam.parquet "
+                         "and, with slides, wsi_qc.tsv (every row: a patient with a slide)")
     t2.add_argument("--out", required=True, help="output prefix, e.g. results/tables/table2")
     t2.add_argument("--with-downloads", action="store_true",
                     help="also read {R}/<cohort>/gdc/download_{rna,dnam,wsi}.tsv: failed downloads count as missing")
@@ -159,9 +162,11 @@ def _clinical(args: argparse.Namespace) -> int:
 def _table2(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from imputmae.tables import table2, write_table
+    from imputmae.tables import table2, tables_selection, write_table
 
     results = Path(args.results)
+    if not args.cohorts and not args.table_cohorts:
+        raise UserError("table2: give at least one --cohort (GDC) or --table-cohort (own tables)")
     selected, clinical, downloads = {}, {}, {}
     for cohort in args.cohorts:
         sel = results / cohort / "gdc" / "selected.parquet"
@@ -177,12 +182,29 @@ def _table2(args: argparse.Namespace) -> int:
             if missing:
                 raise UserError(f"table2 --with-downloads: {', '.join(missing)} missing; run `imputmae gdc download`")
             downloads[cohort] = pd.concat([pd.read_csv(r, sep="\t", dtype={"file_id": str}) for r in reports])
+    for cohort in args.table_cohorts:
+        d = results / cohort
+        if not (d / "clinical.parquet").is_file():
+            raise UserError(f"table2: {d / 'clinical.parquet'} is missing; run `imputmae omics tables` for {cohort}")
+        have = {m: pd.read_parquet(d / f"{m}.parquet", columns=[]).index.astype(str)
+                for m in vector_modalities() if (d / f"{m}.parquet").is_file()}
+        if (d / "wsi_qc.tsv").is_file():
+            have["wsi"] = pd.read_csv(d / "wsi_qc.tsv", sep="\t", dtype={"patient": str})["patient"].unique()
+        selected[cohort] = tables_selection(have, cohort)
+        clinical[cohort] = pd.read_parquet(d / "clinical.parquet")
     df = table2(selected, clinical, downloads)
-    note = ("Among patients with a selected RNA-seq file (gdc/selected.parquet): % with a selected DNAm file, with a "
-            "usable survival label (clinical.parquet) and with at least one diagnostic slide. "
-            + ("Files whose download failed count as missing. " if args.with_downloads else
-               "Availability at the GDC, before downloads. ")
-            + "WSI availability is before slide QC: the WSI stage may still drop slides (wsi_qc.tsv).")
+    notes = []
+    if args.cohorts:
+        notes.append("Among patients with a selected RNA-seq file (gdc/selected.parquet): % with a selected DNAm file, "
+                     "with a usable survival label (clinical.parquet) and with at least one diagnostic slide. "
+                     + ("Files whose download failed count as missing. " if args.with_downloads else
+                        "Availability at the GDC, before downloads. ")
+                     + "WSI availability is before slide QC: the WSI stage may still drop slides (wsi_qc.tsv).")
+    if args.table_cohorts:
+        notes.append(f"Cohorts given as tables ({', '.join(args.table_cohorts)}): among the patients of the RNA "
+                     f"matrix, % in the DNAm matrix, in the clinical table and with a slide in the slide table, "
+                     f"before slide QC (no slide table: 0%).")
+    note = " ".join(notes)
     write_table(df, args.out, ("csv", "md"),
                 caption="Table 2: Modality availability (%) among patients with RNA-seq data.", note=note)
     print(df.to_string(index=False))

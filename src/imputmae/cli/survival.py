@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--oracle", default=None, help="the demo's oracle.parquet: adds the oracle C-index row")
     p.add_argument("--no-literature", action="store_true", help="leave out the rows quoted from the paper")
     p.add_argument("--km-modset", default="all", choices=MODSETS, help="the model whose risk splits the KM curves")
+    p.add_argument("--not-applicable", action="append", default=[], metavar="COHORT:MODSET",
+                   help="a cell not fine-tuned because the cohort has no such modality (own tables without it)")
     p.set_defaults(func=_table3)
 
     for name, helptext in [("predict", "risk and survival curve for new patients from whatever modalities they have"),
@@ -140,6 +142,15 @@ def _cox(args: argparse.Namespace) -> int:
     kw = {k: p[k] for k in ("n_components", "penalizer", "n_bins", "cut_scheme", "seed") if k in p}
     features = {m: load_modality_features(args.results, args.cohort, m) for m in MODALITIES}
     for modset in args.modsets:
+        if modset != "all" and features[modset].empty:  # e.g. own tables without slides: a record, not a crash
+            reason = f"no patient of {args.cohort} has {modset}"
+            log.warning("%s cox-pca %s: %s; its metrics say so", args.cohort, modset, reason)
+            for fold in sorted(splits["fold"].unique()):
+                _write_json(Path(args.out) / modset / f"fold{fold}" / "metrics.json",
+                            {"cohort": args.cohort, "modset": modset, "model": "cox_pca", "fold": int(fold),
+                             "n_test": 0, "reason": reason,
+                             **{k: float("nan") for k in ("antolini", "adj_antolini", "harrell", "ibs")}})
+            continue
         try:
             results = run_cox_pca_folds(features, clinical, splits, modset, **kw)
         except ValueError as exc:
@@ -157,12 +168,21 @@ def _cox(args: argparse.Namespace) -> int:
 def _table3(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from imputmae.report import km_split, oracle_cindex, plot_km, table3, table3_markdown, write_table3
+    from imputmae.report import MODSET_NAMES, km_split, oracle_cindex, plot_km, table3, table3_markdown, write_table3
 
     R = Path(args.results)
+    absent = set()
+    for item in args.not_applicable:
+        cohort, sep, modset = item.partition(":")
+        if not sep or cohort not in args.cohorts or modset not in args.modsets:
+            raise UserError(f"--not-applicable {item}: expected COHORT:MODSET with a cohort of --cohorts and a "
+                            f"modality set of --modsets")
+        absent.add((cohort, modset))
     rows, km_frames = [], {}
     for cohort in args.cohorts:
         for modset in args.modsets:
+            if (cohort, modset) in absent:
+                continue
             for fold in range(args.folds):
                 for model, d in [("impuTMAE", R / "finetune" / cohort / modset / f"fold{fold}"),
                                  ("cox_pca", R / "baselines" / "cox" / cohort / modset / f"fold{fold}")]:
@@ -189,6 +209,8 @@ def _table3(args: argparse.Namespace) -> int:
                  f"inner fold of the fold's training patients, their survival curves averaged")
     notes = [f"Modality sets: a single modality uses the patients who have it; 'all' uses every patient, missing "
              f"modalities imputed by the pretrained decoder. {selection}; label cuts fitted on training patients."]
+    notes += [f"{c}: no {MODSET_NAMES.get(m, m)} (the cohort's tables have none), not fine-tuned."
+              for c, m in sorted(absent)]
     oracle = None
     if args.oracle:
         splits = _read_table(R / "splits.parquet", "the outer-fold splits")
