@@ -64,7 +64,7 @@ def synthetic_fold(cfg: dict, n: int, n_tiles: int, seed: int = 0):
 def demo_fold(cfg: dict, results: Path):
     """Fold 0 of the first cohort of a finished demo run."""
     from imputmae.finetune import load_cohort_inputs, normalizers_from_states
-    from imputmae.model import load_pretrained
+    from imputmae.checkpoint import load_pretrained
 
     splits = pd.read_parquet(results / "splits.parquet")
     cohort = sorted(splits["cohort"].unique())[0]
