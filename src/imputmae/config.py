@@ -94,11 +94,14 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 # Table 1 of the paper. The paper prints 756 for the big hidden size; 756 does not split evenly over
 # facebook/vit-mae-base's 768-wide weights that the big WSI encoder is initialised from, so we read it as 768.
+# Big decoder: Table 1 prints 756 wide, 8 layers, 16 heads, 2048; 756 is not a multiple of 16 heads, and Section 5
+# initialises the decoder from vit-mae-base too, whose decoder is 512 wide with 8 layers, 16 heads, 2048: so 512
+# (each modality's decoder_embed projects 768 -> 512, as MAE's does).
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "small": dict(hidden_size=256, num_heads=4, intermediate_size=1024, rna_layers=6, dnam_layers=6, wsi_layers=4,
                   decoder_hidden_size=256, decoder_layers=3, decoder_heads=4, decoder_intermediate_size=512),
     "big": dict(hidden_size=768, num_heads=12, intermediate_size=3072, rna_layers=6, dnam_layers=6, wsi_layers=12,
-                decoder_hidden_size=768, decoder_layers=8, decoder_heads=16, decoder_intermediate_size=2048),
+                decoder_hidden_size=512, decoder_layers=8, decoder_heads=16, decoder_intermediate_size=2048),
     # CPU-sized for the demo and tests; not a paper configuration.
     "tiny": dict(hidden_size=64, num_heads=4, intermediate_size=128, rna_layers=2, dnam_layers=2, wsi_layers=2,
                  decoder_hidden_size=64, decoder_layers=1, decoder_heads=4, decoder_intermediate_size=128),

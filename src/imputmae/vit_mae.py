@@ -1,5 +1,5 @@
-"""transformers' ViTMAE weights (``facebook/vit-mae-base``, either naming scheme) into our WSI branch, from a local
-directory (nothing is downloaded).
+"""transformers' ViTMAE weights (``facebook/vit-mae-base``, either naming scheme) into our WSI encoder and the
+decoder, from a local directory (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from imputmae.model import MultimodalMAE
 
-__all__ = ["vit_mae_state_dict_to_ours", "load_vit_mae_weights"]
+__all__ = ["vit_mae_state_dict_to_ours", "vit_mae_new_keys", "match_vit_mae", "load_vit_mae_weights"]
 
 
 log = logging.getLogger(__name__)
@@ -87,15 +87,61 @@ def vit_mae_state_dict_to_ours(hf_state: Mapping[str, Tensor], *, decoder: bool 
     return out
 
 
+# Our keys that a ViTMAE checkpoint provides (the WSI branch and the shared decoder) ...
+_WSI_BRANCH = ("encoders.wsi.", "decoder_embed.wsi.", "mask_tokens.wsi", "decoder_pos_wsi", "decoder_blocks.",
+               "decoder_norm.", "heads.wsi.")
+# ... and, of those, the fixed sine-cosine tables: ours are kept when the checkpoint's image size differs
+_POSITIONS = ("encoders.wsi.pos_embed", "decoder_pos_wsi")
+
+
+def vit_mae_new_keys(own_keys: Iterable[str], same_grid: bool) -> list[str]:
+    """Our state-dict keys that a ViTMAE checkpoint does not provide (they keep our initialisation): the RNA and
+    DNAm branches (encoders, ``decoder_embed``, mask tokens, positions, heads), ``modality_embed`` and, unless the
+    checkpoint was trained at our tile size (``same_grid``; vit-mae-base: 224 px), the two WSI position tables."""
+    own_keys = list(own_keys)
+    new = [k for k in own_keys if not k.startswith(_WSI_BRANCH)]
+    if not same_grid:
+        new += [k for k in own_keys if k in _POSITIONS]
+    return sorted(new)
+
+
+def match_vit_mae(own: Mapping[str, Tensor], hf_state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Our state dict (shapes only are read) and a transformers ``ViTMAEForPreTraining`` state dict -> (the tensors
+    to load, under our keys; the keys that stay new, :func:`vit_mae_new_keys`).
+
+    Every key of our WSI encoder and decoder must be provided with our shape (the decoder too: ``decoder_embed``
+    projects the encoders' width onto the checkpoint's decoder width, 768 -> 512 for vit-mae-base).
+
+    Raises:
+        ValueError: naming the first mismatching keys and the ``model.*`` settings to change.
+    """
+    ours = vit_mae_state_dict_to_ours(hf_state)
+    same_grid = all(k in own and own[k].shape == ours[k].shape for k in _POSITIONS)
+    new = vit_mae_new_keys(own, same_grid)
+    load = {k: v for k, v in ours.items() if k not in new}
+    bad = [f"{k} {tuple(v.shape)} vs ours {tuple(own[k].shape) if k in own else None}"
+           for k, v in load.items() if k not in own or own[k].shape != v.shape]
+    bad += [f"{k}: not in the checkpoint" for k in sorted(set(own) - set(load) - set(new))]
+    if bad:
+        if any(b.startswith("encoders.wsi.") for b in bad):
+            what = ("the WSI encoder does not match the configured size (model.size, hidden_size, num_heads, "
+                    "intermediate_size, wsi_layers, wsi_patch_size)")
+        else:
+            what = ("the decoder does not match the configured size (model.decoder_hidden_size, decoder_layers, "
+                    "decoder_intermediate_size; vit-mae-base's: 512, 8, 2048, model.size big's)")
+        raise ValueError(f"{what}: {'; '.join(bad[:3])}")
+    return load, new
+
+
 def load_vit_mae_weights(model: MultimodalMAE, directory: str | Path) -> dict[str, list[str]]:
-    """Initialise the WSI branch from a local transformers ViTMAE directory (``config.json`` +
+    """Initialise the WSI encoder and the decoder from a local transformers ViTMAE directory (``config.json`` +
     ``model.safetensors``, e.g. facebook/vit-mae-base). Nothing is downloaded.
 
-    The encoder must match in shape (hidden size, heads, MLP, layers, patch size); decoder weights load only where
-    they match (vit-mae-base's decoder is 512 wide: it loads into a 512-wide decoder only). Position tables
-    computed for another image size (vit-mae-base: 224 px) are kept as ours: both are the same fixed sine-cosine
-    function, evaluated on our grid. The WSI modality embedding is zeroed so that the WSI-only path equals
-    transformers' model. Returns {"loaded": [...], "kept": [...]} (our keys left as initialised).
+    Encoder and decoder must match the checkpoint in shape and heads (:func:`match_vit_mae`); loaded with
+    ``strict=False`` and an assertion that exactly :func:`vit_mae_new_keys` stayed new (MAE's main_finetune.py).
+    Position tables computed for another image size (vit-mae-base: 224 px) are kept as ours: both are the same
+    fixed sine-cosine function, evaluated on our grid. The WSI modality embedding is zeroed so that the WSI-only
+    path equals transformers' model. Returns {"loaded": [...], "kept": [...]} (our keys left as initialised).
     """
     from safetensors.torch import load_file
 
@@ -107,24 +153,23 @@ def load_vit_mae_weights(model: MultimodalMAE, directory: str | Path) -> dict[st
     hf_cfg = json.loads(config_file.read_text())
     if "wsi" not in model.modalities:
         raise ValueError("load_vit_mae_weights: the model has no WSI branch")
+    for theirs, default, key in (("num_attention_heads", 12, "num_heads"),
+                                 ("decoder_num_attention_heads", 16, "decoder_heads")):
+        if hf_cfg.get(theirs, default) != getattr(model.cfg, key):
+            raise ValueError(f"{directory}: model.{key}: got {getattr(model.cfg, key)}, the checkpoint has "
+                             f"{hf_cfg.get(theirs, default)} ({theirs} in config.json)")
     if hf_cfg.get("norm_pix_loss"):
         log.warning("%s: trained with norm_pix_loss; our WSI loss uses plain (ImageNet-normalised) pixels", directory)
     eps = hf_cfg.get("layer_norm_eps", 1e-12)
     if eps != model.cfg.norm_eps:
         log.warning("layer_norm_eps: checkpoint %g, ours %g (outputs differ by O(eps))", eps, model.cfg.norm_eps)
-    ours = vit_mae_state_dict_to_ours(load_file(str(weights)))
-    own = model.state_dict()
-    enc = {k: v for k, v in ours.items() if k.startswith("encoders.wsi.") and k != "encoders.wsi.pos_embed"}
-    bad = [f"{k} {tuple(v.shape)} vs ours {tuple(own[k].shape) if k in own else None}"
-           for k, v in enc.items() if k not in own or own[k].shape != v.shape]
-    if bad or len(enc) != sum(k.startswith("encoders.wsi.") and k != "encoders.wsi.pos_embed" for k in own):
-        raise ValueError(f"{directory}: the WSI encoder does not match the configured size: {bad[:3]}")
-    load = {k: v for k, v in ours.items() if k in own and own[k].shape == v.shape}
+    try:
+        load, new = match_vit_mae(model.state_dict(), load_file(str(weights)))
+    except ValueError as exc:
+        raise ValueError(f"{directory}: {exc}") from None
     missing, unexpected = model.load_state_dict(load, strict=False)
-    assert not unexpected, unexpected
+    assert not unexpected and sorted(missing) == new, (unexpected, sorted(set(missing) ^ set(new)))
     with torch.no_grad():
         model.modality_embed[model.modalities.index("wsi")].zero_()
-    log.info("vit-mae weights: loaded %d tensors, kept %d of ours", len(load), len(missing))
-    return {"loaded": sorted(load), "kept": sorted(missing)}
-
-
+    log.info("vit-mae weights: loaded %d tensors, kept %d of ours", len(load), len(new))
+    return {"loaded": sorted(load), "kept": new}
