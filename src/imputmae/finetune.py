@@ -55,7 +55,7 @@ from imputmae.choices import CIndexName, CutScheme, MissingInputs, SelectOn
 from imputmae.files import atomic_write
 from imputmae.modalities import MODALITIES, is_image, vector_modalities
 from imputmae.model import MAEConfig, MultimodalMAE
-from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_to_survival, nll_logistic_hazard,
+from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
 
 __all__ = [
@@ -471,14 +471,8 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     mods = cfg.modalities(mae.modalities)
     train = [p for p in select_patients(inputs, train, cfg.modset) if p in clinical.index]
     test = [p for p in select_patients(inputs, test, cfg.modset) if p in clinical.index]
-    leak = set(train) & set(test)
-    if leak:
-        raise ValueError(f"patients in both train and test: {sorted(leak)[:5]}")
-    if len(train) < 4 or not test:
-        raise ValueError(f"{cfg.modset}: {len(train)} training and {len(test)} test patients have the modality")
-    t_tr = clinical.loc[train, "time"].to_numpy(float)
-    e_tr = clinical.loc[train, "event"].to_numpy(float)
-    cuts = fit_cuts(t_tr, e_tr, cfg.n_bins, cfg.cut_scheme)                      # training patients only
+    t_tr, e_tr, cuts = fold_cuts(clinical, train, test, cfg.n_bins, cfg.cut_scheme,      # training patients only
+                                 f"{cfg.modset} (patients with the modality)")
     members_split = inner_splits(train, e_tr, cfg)                                # from training patients only
     everyone = train + test
     frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)

@@ -87,6 +87,24 @@ def fit_cuts(durations, events, n_bins: int = 20, scheme: CutScheme = "equidista
     return cuts
 
 
+def fold_cuts(clinical, train: list[str], test: list[str], n_bins: int, scheme: CutScheme,
+              what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fold's training labels and label cuts, fitted on the training patients only.
+
+    clinical: a DataFrame indexed by patient with ``time`` (days) and ``event`` (0/1); ``train``/``test``: the fold's
+    patients with inputs and a label. Refuses a patient in both sets and a fold too small to fit (``what`` says which
+    run and why, in the error). Returns (training durations [N_train], training events [N_train], cuts [n_bins]).
+    """
+    leak = set(train) & set(test)
+    if leak:
+        raise ValueError(f"patients in both train and test: {sorted(leak)[:5]}")
+    if len(train) < 4 or not test:
+        raise ValueError(f"{what}: {len(train)} training and {len(test)} test patients")
+    durations = clinical.loc[train, "time"].to_numpy(float)
+    events = clinical.loc[train, "event"].to_numpy(float)
+    return durations, events, fit_cuts(durations, events, n_bins, scheme)
+
+
 def discretize(cuts, durations, events) -> tuple[np.ndarray, np.ndarray]:
     """Map (durations [N], events [N]) to (idx_durations [N] int64, events [N] float32) on ``cuts`` [T].
 

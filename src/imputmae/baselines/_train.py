@@ -37,7 +37,7 @@ from imputmae.baselines.cmta import CMTA, CMTAConfig
 from imputmae.baselines.mome import MoME, MoMEConfig
 from imputmae.baselines.multisurv import MultiSurv, MultiSurvConfig
 from imputmae.model import MODALITIES
-from imputmae.survival import (discretize, evaluate_survival, fit_cuts, hazard_to_survival, nll_logistic_hazard,
+from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
 
 __all__ = ["BASELINES", "PUBLISHED", "BaselineConfig", "BaselineResult", "build_baseline", "count_parameters",
@@ -168,14 +168,8 @@ def train_baseline(bi: BaselineInputs, clinical: pd.DataFrame, train: Sequence[s
     known = set(bi.patients) & set(clinical.index)
     train = [p for p in train if p in known]
     test = [p for p in test if p in known]
-    leak = set(train) & set(test)
-    if leak:
-        raise ValueError(f"patients in both train and test: {sorted(leak)[:5]}")
-    if len(train) < 4 or not test:
-        raise ValueError(f"{cfg.name}: {len(train)} training and {len(test)} test patients with inputs and labels")
-    t_tr = clinical.loc[train, "time"].to_numpy(float)
-    e_tr = clinical.loc[train, "event"].to_numpy(float)
-    cuts = fit_cuts(t_tr, e_tr, cfg.n_bins, cfg.cut_scheme)                      # training patients only
+    t_tr, e_tr, cuts = fold_cuts(clinical, train, test, cfg.n_bins, cfg.cut_scheme,      # training patients only
+                                 f"{cfg.name} (patients with inputs and labels)")
     fit, val = split_validation(train, e_tr, cfg.val_fraction, cfg.seed)         # from training patients only
     everyone = train + test
     idx = bi.index(everyone)
