@@ -175,6 +175,15 @@ def complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
     return data, imputed
 
 
+def patient_rows(order: Sequence[str], patients: Sequence[str], what: str) -> np.ndarray:
+    """Row positions [len(patients)] (int64) of ``patients`` in ``order``; a KeyError names the absent ones."""
+    pos = {p: i for i, p in enumerate(order)}
+    absent = [p for p in patients if p not in pos]
+    if absent:
+        raise KeyError(f"no {what} for patients {absent[:5]}")
+    return np.array([pos[p] for p in patients], dtype=np.int64)
+
+
 @dataclass
 class FrozenFeatures:
     """Hidden states entering each encoder's last block, per patient: h[m][i] = [K_i, 1 + N_m, D] (K = 1 for omics,
@@ -186,11 +195,7 @@ class FrozenFeatures:
     imputed: dict[str, np.ndarray]
 
     def index(self, patients: Sequence[str]) -> np.ndarray:
-        pos = {p: i for i, p in enumerate(self.patients)}
-        missing = [p for p in patients if p not in pos]
-        if missing:
-            raise KeyError(f"no features for patients {missing[:5]}")
-        return np.array([pos[p] for p in patients], dtype=np.int64)
+        return patient_rows(self.patients, patients, "features")
 
 
 def _frozen_hidden(enc: nn.Module, x: Tensor) -> Tensor:

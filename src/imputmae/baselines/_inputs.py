@@ -65,11 +65,9 @@ class BaselineInputs:
         return int(self.tiles[0].shape[1])
 
     def index(self, patients: Sequence[str]) -> np.ndarray:
-        pos = {p: i for i, p in enumerate(self.patients)}
-        absent = [p for p in patients if p not in pos]
-        if absent:
-            raise KeyError(f"no baseline inputs for patients {absent[:5]}")
-        return np.array([pos[p] for p in patients], dtype=np.int64)
+        from imputmae.finetune import patient_rows
+
+        return patient_rows(self.patients, patients, "baseline inputs")
 
 
 @torch.no_grad()
