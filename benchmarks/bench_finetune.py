@@ -137,7 +137,7 @@ def time_cached_vs_uncached(mae, inputs, clinical, train, cfg: FinetuneConfig) -
         torch.manual_seed(0)
         model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, encoders=mae.encoders)
         opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        from imputmae.finetune import _collate
+        from imputmae.finetune import collate_batch as _collate
 
         t0 = time.perf_counter()
         ff = frozen_features(mae, inputs, train, mods) if cached else None

@@ -235,7 +235,7 @@ def test_ensemble_averages_its_members_and_scores_out_of_fold():
     assert len(res.model.members) == 3 and len(res.metrics["best_epochs"]) == 3
     assert sorted(pred.index[pred["val_member"] >= 0]) == sorted(train)
     ff = frozen_features(mae, inp, train + test, ("rna", "dnam", "wsi"))
-    from imputmae.finetune import _collate
+    from imputmae.finetune import collate_batch as _collate
     idx = ff.index(train + test)
     feats = _collate(ff, idx, ("rna", "dnam", "wsi"))
     with torch.no_grad():

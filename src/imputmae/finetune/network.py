@@ -1,0 +1,98 @@
+"""The survival network on the pretrained encoders (paper Section 3.3): each modality's last encoder block
+(trainable) and final norm (frozen), one fusion self-attention layer over the modality tokens, and a linear head to
+T logistic-hazard logits; :class:`SurvivalEnsemble` averages K members' survival curves (docs/finetune.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from imputmae.model import MAEConfig, MultimodalMAE
+from imputmae.survival import hazard_to_survival
+
+def cls_through_block(block: nn.Module, h: Tensor) -> Tensor:
+    """The CLS row of ``block(h)`` computed alone: h [B, 1 + N, D] -> [B, D]. Exact (:meth:`Block.forward_rows`: only
+    the CLS query attends, only the CLS row goes through the MLP), and O(N) instead of O(N^2) attention and N times
+    less MLP work: only the CLS token is used downstream."""
+    return block.forward_rows(h, torch.zeros(h.shape[0], 1, dtype=torch.long, device=h.device))[:, 0]
+
+
+class SurvivalModel(nn.Module):
+    """Last encoder blocks (trainable) + fusion self-attention + linear hazard head; see the module docstring."""
+
+    def __init__(self, mae_cfg: MAEConfig, modalities: Sequence[str], n_bins: int, dropout: float = 0.1,
+                 fusion_heads: int | None = None, encoders: nn.ModuleDict | None = None):
+        super().__init__()
+        D = mae_cfg.hidden_size
+        self.modalities = tuple(modalities)
+        self.mae_cfg = mae_cfg
+        # Only each modality's last block and (frozen) final norm; copied from the pretrained encoders when given.
+        src = encoders if encoders is not None else MultimodalMAE(
+            MAEConfig.from_dict({**mae_cfg.to_dict(), "modalities": list(self.modalities)})).encoders
+        self.last_blocks = nn.ModuleDict({m: copy.deepcopy(src[m].blocks[-1]) for m in self.modalities})
+        self.final_norms = nn.ModuleDict({m: copy.deepcopy(src[m].norm) for m in self.modalities})
+        for p in self.final_norms.parameters():
+            p.requires_grad_(False)
+        self.modality_embed = nn.Parameter(torch.zeros(len(self.modalities), D))
+        self.dropout = nn.Dropout(dropout)
+        self.fusion_norm = nn.LayerNorm(D)
+        self.fusion = nn.MultiheadAttention(D, fusion_heads or mae_cfg.num_heads, dropout=dropout, batch_first=True)
+        self.head_norm = nn.LayerNorm(D)
+        self.head = nn.Linear(D, n_bins)
+        nn.init.normal_(self.modality_embed, std=0.02)
+
+    def embed_modality(self, m: str, h: Tensor, tile_mask: Tensor | None = None) -> Tensor:
+        """h: [B, K, 1 + N, D] frozen hidden states, tile_mask [B, K] (1 = real tile) -> CLS mean over tiles [B, D]."""
+        B, K, T, D = h.shape
+        cls = self.final_norms[m](cls_through_block(self.last_blocks[m], h.reshape(B * K, T, D))).reshape(B, K, D)
+        if tile_mask is None:
+            return cls.mean(1)
+        w = tile_mask.to(cls.dtype)[..., None]
+        return (cls * w).sum(1) / w.sum(1).clamp_min(1)
+
+    def forward(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """feats[m] = (h [B, K, 1+N, D], tile_mask [B, K], present [B] bool) -> hazard logits phi [B, T]."""
+        tokens = []
+        for i, m in enumerate(self.modalities):
+            h, tile_mask, present = feats[m]
+            e = self.embed_modality(m, h, tile_mask) * present[:, None].to(h.dtype)
+            tokens.append(e + self.modality_embed[i])
+        x = self.dropout(torch.stack(tokens, dim=1))                          # [B, M, D]
+        y = self.fusion_norm(x)
+        x = x + self.fusion(y, y, y, need_weights=False)[0]
+        return self.head(self.dropout(self.head_norm(x).mean(1)))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class SurvivalEnsemble(nn.Module):
+    """K :class:`SurvivalModel` members (one per inner fold; K = 1: the paper's single model); the prediction is
+    the mean of the members' survival curves."""
+
+    def __init__(self, members: Sequence[SurvivalModel]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.modalities = members[0].modalities
+
+    def forward(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """feats as :meth:`SurvivalModel.forward` -> survival at the cuts [B, T], averaged over the members."""
+        return torch.stack([hazard_to_survival(m(feats)) for m in self.members]).mean(0)
+
+
+def baseline_hazard_logits(idx_durations: np.ndarray, events: np.ndarray, n_bins: int,
+                           clip: tuple[float, float] = (1e-3, 0.5)) -> Tensor:
+    """logit of the life-table hazard per bin, d_k / n_k (events at bin k over patients with index >= k), of the
+    given (training) labels, clipped to ``clip``: the initial bias of the hazard head -> [n_bins]."""
+    idx = np.asarray(idx_durations, dtype=np.int64)
+    d = np.bincount(idx, weights=np.asarray(events, dtype=float), minlength=n_bins)[:n_bins]
+    at_risk = np.cumsum(np.bincount(idx, minlength=n_bins)[:n_bins][::-1])[::-1]
+    h = np.clip(np.divide(d, at_risk, out=np.zeros(n_bins), where=at_risk > 0), *clip)
+    return torch.from_numpy(np.log(h / (1 - h))).float()

@@ -1,0 +1,280 @@
+"""One fold's fine-tuning: patient selection, training-only label cuts, validation split or inner folds, the
+training loop with best-epoch selection on validation patients, and the fold's predictions and metrics.
+The protocol and its reasons: docs/finetune.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from imputmae.choices import CIndexName, CutScheme, MissingInputs, SelectOn
+from imputmae.finetune.features import FrozenFeatures, PatientInputs, collate_batch, frozen_features
+from imputmae.finetune.network import SurvivalEnsemble, SurvivalModel, baseline_hazard_logits
+from imputmae.modalities import MODALITIES
+from imputmae.model import MultimodalMAE
+from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
+                               risk_from_survival)
+
+log = logging.getLogger(__name__)
+
+ModSet = str                # one of imputmae.modalities.MODALITY_SETS
+
+FORMAT = "imputmae-survival-2"
+CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
+               "val_fraction", "members", "select_on", "seed")   # the config's finetune keys FinetuneConfig takes
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyperparameters (config ``finetune.*``; ``cindex`` from ``evaluation.cindex``)."""
+
+    modset: ModSet = "all"
+    missing: MissingInputs = "impute"
+    epochs: int = 20
+    batch_size: int = 24
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_epochs: int = 5
+    dropout: float = 0.1
+    n_bins: int = 20
+    cut_scheme: CutScheme = "equidistant"
+    val_fraction: float = 0.2
+    members: int = 1                         # 1: one validation split (paper); K > 1: K inner folds, K models averaged
+    seed: int = 0
+    n_sub: int = 10
+    fusion_heads: int | None = None          # None: the encoders' number of heads
+    cindex: CIndexName = "antolini"                                        # validation (and reported) C-index
+    select_on: SelectOn = "cindex"                                          # what picks each member's epoch
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
+        f = cfg["finetune"]
+        return cls(**{"modset": modset, "cindex": cfg["evaluation"]["cindex"],
+                      **{k: f[k] for k in CONFIG_KEYS if k in f}, **over})   # ``over`` wins
+
+    def modalities(self, available: Sequence[str] = MODALITIES) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in available) if self.modset == "all" else (self.modset,)
+
+
+@torch.no_grad()
+def predict_features(model: SurvivalModel | SurvivalEnsemble, frozen: FrozenFeatures, idx: np.ndarray,
+                     batch_size: int = 64) -> Tensor:
+    """In eval mode: a model's hazard logits, an ensemble's survival curves; [len(idx), T]."""
+    model.eval()
+    outs = [model(collate_batch(frozen, idx[i:i + batch_size], model.modalities)).float().cpu()
+            for i in range(0, len(idx), batch_size)]
+    head = model.head if isinstance(model, SurvivalModel) else model.members[0].head
+    return torch.cat(outs) if outs else torch.zeros(0, head.out_features)
+
+
+def select_patients(inputs: PatientInputs, patients: Sequence[str], modset: str) -> list[str]:
+    """The patients a modality set uses: those with that modality, or (``all``) those with any."""
+    if modset == "all":
+        return [p for p in patients if any(inputs.has(p, m) for m in MODALITIES)]
+    return [p for p in patients if inputs.has(p, modset)]
+
+
+def split_validation(patients: Sequence[str], events: np.ndarray, fraction: float, seed: int
+                     ) -> tuple[list[str], list[str]]:
+    """Carve a validation set from TRAINING patients, stratified by event (falls back to unstratified when a class
+    has fewer than 2 patients). Returns (fit, validation)."""
+    from sklearn.model_selection import train_test_split
+
+    patients = list(patients)
+    n_val = max(2, int(round(fraction * len(patients))))
+    if len(patients) - n_val < 2:
+        raise ValueError(f"{len(patients)} training patients: too few to carve a validation split")
+    strat = events if np.bincount(events.astype(int), minlength=2).min() >= 2 else None
+    fit, val = train_test_split(patients, test_size=n_val, random_state=seed, stratify=strat)
+    return list(fit), list(val)
+
+
+def inner_splits(patients: Sequence[str], events: np.ndarray, cfg: FinetuneConfig
+                 ) -> list[tuple[list[str], list[str]]]:
+    """The (fit, validation) patient lists of each member, all from TRAINING patients: ``members == 1``, one split
+    of ``val_fraction`` (:func:`split_validation`); K > 1, K stratified inner folds (each training patient validates
+    exactly one member; unstratified when a class has fewer than K patients)."""
+    if cfg.members == 1:
+        return [split_validation(patients, events, cfg.val_fraction, cfg.seed)]
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    patients = list(patients)
+    if len(patients) < 2 * cfg.members:
+        raise ValueError(f"{len(patients)} training patients: too few for {cfg.members} inner folds")
+    strat = np.bincount(events.astype(int), minlength=2).min() >= cfg.members
+    kf = (StratifiedKFold if strat else KFold)(n_splits=cfg.members, shuffle=True, random_state=cfg.seed)
+    return [([patients[i] for i in a], [patients[i] for i in b])
+            for a, b in kf.split(np.zeros(len(patients)), events.astype(int) if strat else None)]
+
+
+def _cindex(name: str, surv: np.ndarray, cuts: np.ndarray, t: np.ndarray, e: np.ndarray, n_sub: int) -> float:
+    from imputmae.survival import concordance_harrell, concordance_td, interpolate_survival
+
+    if name == "harrell":
+        return concordance_harrell(t, e, risk_from_survival(surv))
+    grid, times = interpolate_survival(surv, cuts, n_sub)
+    return concordance_td(t, e, grid, times, name)
+
+
+def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.ndarray, val_idx: np.ndarray,
+                   idx_durations: np.ndarray, label_events: np.ndarray, durations: np.ndarray,
+                   events: np.ndarray, cuts: np.ndarray, cfg: FinetuneConfig) -> dict[str, Any]:
+    """Train on ``fit_idx``; after each epoch score the validation patients; keep the best epoch's weights.
+
+    Arrays over ``frozen.patients``: idx_durations/label_events (from :func:`discretize`, for the loss) and the
+    observed durations/events (for the validation C-index). Returns {best_epoch, best_val (the selection score: the
+    C-index, or minus the NLL), val_surv (the best epoch's validation curves [len(val_idx), T]), history}.
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, -(-len(fit_idx) // cfg.batch_size))
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    dev = next(model.parameters()).device
+    y_idx = torch.from_numpy(idx_durations).to(dev)
+    y_ev = torch.from_numpy(label_events.astype(np.float32)).to(dev)
+    best = {"epoch": -1, "val": -np.inf, "state": copy.deepcopy(model.state_dict()), "surv": None}
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = fit_idx[torch.randperm(len(fit_idx), generator=g).numpy()]
+        total, n = 0.0, 0
+        for i in range(0, len(perm), cfg.batch_size):
+            b = perm[i:i + cfg.batch_size]
+            phi = model(collate_batch(frozen, b, model.modalities))
+            bt = torch.from_numpy(b).to(dev)
+            loss = nll_logistic_hazard(phi, y_idx[bt], y_ev[bt])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite fine-tuning loss at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, n = total + loss.item() * len(b), n + len(b)
+        phi = predict_features(model, frozen, val_idx)
+        surv = hazard_to_survival(phi).numpy()
+        val = _cindex(cfg.cindex, surv, cuts, durations[val_idx], events[val_idx], cfg.n_sub)
+        vt = torch.from_numpy(val_idx)
+        val_nll = float(nll_logistic_hazard(phi, y_idx[vt].cpu(), y_ev[vt].cpu()))
+        score = val if cfg.select_on == "cindex" else -val_nll
+        val_score = score if np.isfinite(score) else -np.inf
+        history.append({"epoch": epoch, "train_loss": total / max(n, 1), f"val_{cfg.cindex}": val,
+                        "val_nll": val_nll})
+        if val_score > best["val"]:
+            best = {"epoch": epoch, "val": val_score, "state": copy.deepcopy(model.state_dict()), "surv": surv}
+    model.load_state_dict(best["state"])
+    if best["surv"] is None:  # no epoch scored (every score NaN): the curves of the weights kept
+        best["surv"] = hazard_to_survival(predict_features(model, frozen, val_idx)).numpy()
+    return {"best_epoch": int(best["epoch"]), "best_val": float(best["val"]), "val_surv": best["surv"],
+            "history": history}
+
+
+@dataclass
+class FinetuneResult:
+    model: SurvivalEnsemble
+    predictions: pd.DataFrame   # patient, fold, split (train/test), val_member, imputed_*, risk, s_0..s_{T-1}, ...;
+                                # attrs["cuts_days"]: the T label cuts (days) the s_k are at
+    metrics: dict[str, Any]
+    state: dict[str, Any]       # what model.pt holds besides the weights
+
+
+def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFrame, train: Sequence[str],
+                 test: Sequence[str], cfg: FinetuneConfig, fold: int = 0,
+                 features: FrozenFeatures | None = None, device: str | torch.device | None = None) -> FinetuneResult:
+    """One fold: select patients, fit cuts on training patients, split validation, cache, train, evaluate.
+
+    clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
+    computed with the same MAE, modalities and ``missing`` for a superset of the patients. ``device``: default
+    CUDA when available (the frozen-feature cache then lives on the GPU), else CPU.
+    """
+    t0 = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mae = mae.to(device)
+    torch.manual_seed(cfg.seed)
+    mods = cfg.modalities(mae.modalities)
+    train = [p for p in select_patients(inputs, train, cfg.modset) if p in clinical.index]
+    test = [p for p in select_patients(inputs, test, cfg.modset) if p in clinical.index]
+    t_tr, e_tr, cuts = fold_cuts(clinical, train, test, cfg.n_bins, cfg.cut_scheme,      # training patients only
+                                 f"{cfg.modset} (patients with the modality)")
+    members_split = inner_splits(train, e_tr, cfg)                                # from training patients only
+    everyone = train + test
+    frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)
+    t_cache = time.perf_counter() - t0
+    pos = frozen.index(everyone)
+    t_all = clinical.loc[everyone, "time"].to_numpy(float)
+    e_all = clinical.loc[everyone, "event"].to_numpy(float)
+    idx_d, ev = discretize(cuts, t_all, e_all)
+    # arrays over frozen.patients
+    n = len(frozen.patients)
+    idx_durations_all, events_all, durations_all = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n)
+    idx_durations_all[pos], events_all[pos], durations_all[pos] = idx_d, e_all, t_all
+    label_events_all = np.zeros(n, np.float32)
+    label_events_all[pos] = ev
+    where = dict(zip(everyone, pos))
+    train_idx = np.array([where[p] for p in train])
+    test_idx = np.array([where[p] for p in test])
+    members, member_state = [], []
+    val_member = {}                                     # training patient -> the member that validated on it
+    val_surv = np.zeros((n, len(cuts)))                 # each validation patient's curve from its member
+    for k, (fit, val) in enumerate(members_split):
+        fit_idx = np.array([where[p] for p in fit])
+        val_idx = np.array([where[p] for p in val])
+        model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
+        with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
+            model.head.bias.copy_(baseline_hazard_logits(idx_durations_all[fit_idx], label_events_all[fit_idx], len(cuts)))
+        model = model.to(device)
+        # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
+        info = train_survival(model, frozen, fit_idx, val_idx, idx_durations_all, label_events_all, durations_all, events_all, cuts,
+                              replace(cfg, seed=cfg.seed + k))
+        val_surv[val_idx] = info["val_surv"]
+        val_member.update({p: k for p in val})
+        members.append(model)
+        member_state.append({"fit_patients": list(fit), "val_patients": list(val),
+                             "best_epoch": info["best_epoch"], "best_val": info["best_val"],
+                             "history": info["history"]})
+    ensemble = SurvivalEnsemble(members)
+    t_train = time.perf_counter() - t0 - t_cache
+    vidx = np.array([where[p] for p in train if p in val_member])
+    validation = _cindex(cfg.cindex, val_surv[vidx], cuts, durations_all[vidx], events_all[vidx], cfg.n_sub)
+    all_idx = np.concatenate([train_idx, test_idx])
+    surv = predict_features(ensemble, frozen, all_idx).numpy()
+    s_te = surv[len(train_idx):]
+    metrics: dict[str, Any] = evaluate_survival(s_te, cuts, durations_all[test_idx], events_all[test_idx], cfg.n_sub,
+                                                t_tr, e_tr)
+    risk = risk_from_survival(surv)
+    metrics.update(
+        fold=int(fold), modset=cfg.modset, missing=cfg.missing, members=len(members), n_train=len(train_idx),
+        n_fit=[len(m["fit_patients"]) for m in member_state], n_val=[len(m["val_patients"]) for m in member_state],
+        n_test=len(test_idx), n_test_events=int(events_all[test_idx].sum()),
+        best_epochs=[m["best_epoch"] for m in member_state], best_vals=[m["best_val"] for m in member_state],
+        select_on=cfg.select_on, n_validation=len(vidx), **{f"validation_{cfg.cindex}": validation},
+        device=str(device), train_median_risk=float(np.median(risk[: len(train_idx)])),
+        n_test_imputed={m: int(frozen.imputed[m][test_idx].sum()) for m in mods},
+        seconds_cache=round(t_cache, 3), seconds_train=round(t_train, 3),
+        history=[m.pop("history") for m in member_state])
+    pts = [frozen.patients[i] for i in all_idx]
+    pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(cuts))])
+    pred.insert(0, "event", events_all[all_idx].astype(int))
+    pred.insert(0, "time", durations_all[all_idx])
+    pred.insert(0, "risk", risk)
+    for m in mods:
+        pred.insert(0, f"imputed_{m}", frozen.imputed[m][all_idx])
+    pred.insert(0, "val_member", [val_member.get(p, -1) for p in pts])
+    pred.insert(0, "split", ["train"] * len(train_idx) + ["test"] * len(test_idx))
+    pred.insert(0, "fold", int(fold))
+    pred.insert(0, "patient", pts)
+    pred.attrs["cuts_days"] = [float(c) for c in cuts]   # s_k is S at cuts_days[k]; kept in predictions.parquet
+    state = {"cuts": torch.from_numpy(cuts), "train_patients": list(train), "test_patients": list(test),
+             "members": member_state, "config": asdict(cfg), "modalities": list(mods),
+             "train_median_risk": metrics["train_median_risk"], "fold": int(fold)}
+    return FinetuneResult(ensemble, pred, metrics, state)
