@@ -156,7 +156,7 @@ def fit_cox_pca(features: Mapping[str, pd.DataFrame], clinical: pd.DataFrame, tr
     metrics = evaluate_survival(s_te, cuts, t_te, e_te, n_sub, t_tr, e_tr)
     r_tr = risk_from_survival(s_tr)
     metrics.update(n_train=len(train), n_test=len(test), n_test_events=int(e_te.sum()),
-                   train_median_risk=float(np.median(r_tr)))
+                   train_median_risk=float(np.median(r_tr)), n_parameters=len(cols))   # the Cox coefficients
     pred = pd.DataFrame(np.concatenate([s_tr, s_te]), columns=[f"s_{k}" for k in range(cuts.size)])
     pred.insert(0, "risk", np.concatenate([r_tr, risk_from_survival(s_te)]))
     pred.insert(0, "split", ["train"] * len(train) + ["test"] * len(test))
