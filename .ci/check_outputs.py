@@ -47,11 +47,38 @@ def check_tables(results: Path) -> list[str]:
     return errors
 
 
+def check_table3_rows(results: Path) -> list[str]:
+    """Every Table 3 row (impuTMAE's modality sets, Cox-PCA, config.yaml's baselines.rows) present for every cohort,
+    with a finite C-index, CI and (but for impuTMAE all) paired difference in tables/table3_cells.csv."""
+    import yaml
+
+    cells_csv = results / "tables" / "table3_cells.csv"
+    if not cells_csv.is_file():
+        return [f"{cells_csv}: missing"]
+    cells = pd.read_csv(cells_csv)
+    rows = yaml.safe_load((ROOT / "config.yaml").read_text())["baselines"]["rows"]
+    expected = {("impuTMAE", "all"), ("cox_pca", "all")} | {(r, "all") for r in rows}
+    errors = []
+    for cohort in sorted(set(cells["cohort"])):
+        g = cells[cells["cohort"] == cohort]
+        have = set(zip(g["key"], g["modality"]))
+        errors += [f"{cells_csv}: {cohort} has no row {k} ({m})" for k, m in sorted(expected - have)]
+        for _, r in g.iterrows():
+            need = ["estimate", "lower", "upper"] + ([] if (r["key"], r["modality"]) == ("impuTMAE", "all")
+                                                     else ["difference", "diff_lower", "diff_upper", "p"])
+            bad = [c for c in need if not (c in r and pd.notna(r[c]) and abs(float(r[c])) < float("inf"))]
+            if bad and r["modality"] == "all":
+                errors.append(f"{cells_csv}: {cohort} {r['key']} ({r['modality']}): {', '.join(bad)} not finite")
+    if not errors:
+        print(f"table3_cells: {len(cells)} cells, {len(expected)} rows per cohort, all finite")
+    return errors
+
+
 def check_slurm_logs(logs: Path, local: set[str]) -> list[str]:
     ran = {p.name.removeprefix("rule_") for p in logs.glob("rule_*") if p.is_dir()}
     expected = {"demo_data", "gdc_select", "wsi_tiles", "wsi_qc", "omics_rna", "splits", "pretrain", "table4"}
     if (ROOT / "workflow/rules/finetune.smk").is_file():
-        expected |= {"finetune", "table3"}
+        expected |= {"finetune", "table3", "table3_rows"}
     if (ROOT / "workflow/rules/report.smk").is_file():
         expected.add("report")
     print(f"rules run as Slurm jobs: {', '.join(sorted(ran))}")
@@ -73,7 +100,7 @@ def main() -> int:
     if a.unchanged_except:
         c = a.unchanged_except
         before, after = json.loads(a.since.read_text()), state(a.results)
-        mine = (f"{c}/", f"finetune/{c}/", f"baselines/cox/{c}/")
+        mine = (f"{c}/", f"finetune/{c}/", f"baselines/cox/{c}/", f"baselines/rows/{c}/")
         # one row or section per cohort: rebuilt (table3_folds.csv too)
         shared = ("tables/table2", "tables/table3", "figures/km_", "report.html")
         others = [p for p in before if not p.startswith(mine + shared)]
@@ -84,6 +111,8 @@ def main() -> int:
               f"{sum(p.startswith(mine) for p in before) - len(stale)} of the cohort's files rewritten")
     else:
         errors += check_tables(a.results)
+        if (ROOT / "workflow/rules/finetune.smk").is_file():
+            errors += check_table3_rows(a.results)
         if a.slurm_logs:
             errors += check_slurm_logs(a.slurm_logs, local={"gdc_manifest", "gdc_download", "gdc_clinical"})
     for e in errors:

@@ -112,13 +112,20 @@ def test_table3_and_km(results, tmp_path, capsys):
     oracle.to_parquet(tmp_path / "oracle.parquet")
     assert main(["table3", "--results", str(R), "--cohorts", "SYN", "--modsets", *MODSETS, "--folds", str(N_FOLDS),
                  "--oracle",
-                 str(tmp_path / "oracle.parquet"), "--no-literature"]) == 0
+                 str(tmp_path / "oracle.parquet"), "--no-literature", "--n-boot", "50"]) == 0
     t = pd.read_csv(R / "tables/table3.csv")
-    assert list(t.columns) == ["model", "modality", "source", "SYN"]
+    assert list(t.columns[:6]) == ["model", "modality", "missing", "source", "SYN", "SYN vs all"]
     assert set(t["model"]) == {"impuTMAE (ours)", "Cox-PCA (ours)", "oracle (true risk)"}
-    assert (t["SYN"].str.endswith("(2)")).all()
+    cells = pd.read_csv(R / "tables/table3_cells.csv")
+    assert len(cells) == 4 and np.isfinite(cells[["estimate", "lower", "upper"]]).all().all()
+    assert (cells["lower"] <= cells["estimate"]).all() and (cells["estimate"] <= cells["upper"]).all()
+    # one common test set: every test patient with RNA and a label; the 'all' rows score exactly those
+    alls = cells[cells["modality"] == "all"]
+    assert (alls["n"] == alls["n_reference"]).all() and (alls["n"] == 40 - sum(i % 6 == 5 for i in range(40))).all()
+    others = cells[cells["key"] != "impuTMAE"].dropna(subset=["difference"])
+    assert len(others) == 2 and ((others["p"] > 0) & (others["p"] <= 1)).all()
     md = (R / "tables/table3.md").read_text()
-    assert "Antolini's time-dependent C-index" in md and "oracle" in md
+    assert "Antolini's time-dependent C-index" in md and "oracle" in md and "percentile bootstrap" in md
     assert (R / "tables/table3.tex").read_text().count(r"\\") == 6  # header, 2 + 2 model rows, oracle
     assert (R / "figures/km_SYN.png").stat().st_size > 1000
 

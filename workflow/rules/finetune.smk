@@ -11,6 +11,11 @@ FINETUNE_FOLDS = list(range(config["splits"]["n_folds"]))
 # says so); the Cox-PCA reference writes a metrics.json saying "no patient has it" for such a set.
 FINETUNE_RUNS = [(c, s) for c in COHORTS for s in cohort_modality_sets(config, c)]
 NOT_FINETUNED = [(c, s) for c in COHORTS for s in FINETUNE_MODSETS if (c, s) not in FINETUNE_RUNS]
+# Table 3's rerun rows (baselines, ablations; src/imputmae/baselines/rows.py): one job per cohort x fold trains them
+# all, sharing the imputed inputs and tile features (baselines.one_job_per_fold: true), or one job per row (false).
+BASELINE_ROWS = list(config["baselines"]["rows"])
+ROWS_GROUPED = bool(config["baselines"]["one_job_per_fold"])
+ROW_METRICS = f"{RESULTS}/baselines/rows/{{cohort}}/fold{{fold}}/{{row}}/metrics.json"
 
 
 rule finetune:
@@ -74,11 +79,49 @@ rule cox_baseline:
         "--params {params.cox:q} --out {params.out_dir:q} > {log} 2>&1"
 
 
+rule table3_rows:
+    input:
+        unpack(cohort_stage_outputs),
+        checkpoint=finetune_checkpoint,
+    output:
+        metrics=([ROW_METRICS.replace("{row}", r) for r in BASELINE_ROWS] if ROWS_GROUPED else [ROW_METRICS]),
+    params:
+        results=lambda wildcards, output: str(Path(output.metrics[0]).parents[5]),
+        rows=lambda wildcards: wildcards.row if hasattr(wildcards, "row") else " ".join(BASELINE_ROWS),
+        params=as_json({"finetune": config["finetune"], "baselines": config["baselines"]["settings"],
+                        "cox": {"n_components": config["evaluation"]["cox_components"],
+                                "penalizer": config["evaluation"]["cox_penalizer"],
+                                "n_bins": config["finetune"]["n_bins"],
+                                "cut_scheme": config["finetune"]["cut_scheme"], "seed": config["finetune"]["seed"]}}),
+        cindex=config["evaluation"]["cindex"],
+        out_dir=lambda wildcards, output: str(Path(output.metrics[0]).parents[1]),
+    wildcard_constraints:
+        fold=r"\d+",
+        row="|".join(BASELINE_ROWS) if BASELINE_ROWS else "none",
+    log:
+        "logs/table3_rows/{cohort}/fold{fold}.log" if ROWS_GROUPED else "logs/table3_rows/{cohort}/fold{fold}/{row}.log",
+    benchmark:
+        ("benchmarks/table3_rows/{cohort}/fold{fold}.tsv" if ROWS_GROUPED
+         else "benchmarks/table3_rows/{cohort}/fold{fold}/{row}.tsv")
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1 if config.get("demo") else 8
+    resources:
+        gpu=0 if config.get("demo") else 1,
+        mem_mb=lambda wildcards, attempt: (3000 if config.get("demo") else 64000) * (1 + attempt) // 2,
+        runtime=20 if config.get("demo") else 600,
+    shell:
+        "exec python -m imputmae table3-rows --checkpoint {input.checkpoint:q} --results {params.results:q} "
+        "--cohort {wildcards.cohort} --fold {wildcards.fold} --rows {params.rows} --params {params.params:q} "
+        "--cindex {params.cindex} --out {params.out_dir:q} --threads {threads} > {log} 2>&1"
+
+
 rule table3:
     input:
         finetune=[f"{RESULTS}/finetune/{c}/{s}/fold{f}/metrics.json" for c, s in FINETUNE_RUNS for f in FINETUNE_FOLDS],
         cox=expand(f"{RESULTS}/baselines/cox/{{cohort}}/{{modset}}/fold{{fold}}/metrics.json", cohort=COHORTS,
                    modset=FINETUNE_MODSETS, fold=FINETUNE_FOLDS),
+        rows=expand(ROW_METRICS, cohort=COHORTS, fold=FINETUNE_FOLDS, row=BASELINE_ROWS),
         oracle=[f"{config['demo']['out']}/oracle.parquet"] if config.get("demo") else [],
     output:
         csv=f"{RESULTS}/tables/table3.csv",
@@ -91,6 +134,8 @@ rule table3:
         modsets=" ".join(FINETUNE_MODSETS),
         folds=config["splits"]["n_folds"],
         cindex=config["evaluation"]["cindex"],
+        rows=" ".join(BASELINE_ROWS) or "none",
+        n_boot=config["baselines"]["n_boot"],
         km_modset="all" if "all" in FINETUNE_MODSETS else FINETUNE_MODSETS[0],
         # the demo: the oracle row; the paper's rows (TCGA) are quoted only beside real TCGA results
         extra=(f"--oracle {config['demo']['out']}/oracle.parquet --no-literature" if config.get("demo")
@@ -105,7 +150,7 @@ rule table3:
     threads: 1
     shell:
         "python -m imputmae table3 --results {params.results:q} --cohorts {params.cohorts} --modsets {params.modsets} "
-        "--folds {params.folds} --cindex {params.cindex} --km-modset {params.km_modset} {params.extra} > {log} 2>&1"
+        "--folds {params.folds} --cindex {params.cindex} --rows {params.rows} --n-boot {params.n_boot} --km-modset {params.km_modset} {params.extra} > {log} 2>&1"
 
 
 TARGETS.append(rules.table3.output.csv)

@@ -109,7 +109,11 @@ def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
         D = net.out_features
     else:
         raise ValueError(f"extractor {extractor!r}: 'mae_cls' (the fold's pretrained WSI encoder) or 'resnet50'")
-    data, imputed = complete_inputs(mae, inputs, patients, MODALITIES, missing, max_tiles)
+    mods = [m for m in MODALITIES if m in mae.modalities]     # a model pretrained without slides has no WSI
+    data, imputed = complete_inputs(mae, inputs, patients, mods, missing, max_tiles)
+    for m in MODALITIES:
+        data.setdefault(m, {})
+        imputed.setdefault(m, np.zeros(len(patients), bool))
     lengths = {"rna": mae.cfg.rna_len, "dnam": mae.cfg.dnam_len}
     omics = {m: torch.zeros(len(patients), lengths[m]) for m in ("rna", "dnam")}
     tiles: list[Tensor] = []

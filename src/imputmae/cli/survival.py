@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cindex", default="antolini", choices=CINDEX_CHOICES)
     p.add_argument("--oracle", default=None, help="the demo's oracle.parquet: adds the oracle C-index row")
     p.add_argument("--no-literature", action="store_true", help="leave out the rows quoted from the paper")
+    p.add_argument("--rows", nargs="+", default=[], help="the rerun rows (imputmae.baselines.rows.ROWS) under "
+                   "{R}/baselines/rows/{cohort}/fold{k}/{row}; 'none' for none")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates per cell and paired comparison")
     p.add_argument("--km-modset", default="all", choices=MODSETS, help="the model whose risk splits the KM curves")
     p.add_argument("--not-applicable", action="append", default=[], metavar="COHORT:MODSET",
                    help="a cell not fine-tuned because the cohort has no such modality (own tables without it)")
@@ -169,7 +172,7 @@ def _cox(args: argparse.Namespace) -> int:
 def _table3(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from imputmae.report import MODSET_NAMES, km_split, oracle_cindex, plot_km, table3, table3_markdown, write_table3
+    from imputmae.report import build_table3, km_split, oracle_cindex, plot_km, table3_markdown
 
     R = Path(args.results)
     absent = set()
@@ -179,57 +182,26 @@ def _table3(args: argparse.Namespace) -> int:
             raise UserError(f"--not-applicable {item}: expected COHORT:MODSET with a cohort of --cohorts and a "
                             f"modality set of --modsets")
         absent.add((cohort, modset))
-    rows, km_frames = [], {}
-    for cohort in args.cohorts:
-        for modset in args.modsets:
-            if (cohort, modset) in absent:
-                continue
-            for fold in range(args.folds):
-                for model, d in [("impuTMAE", R / "finetune" / cohort / modset / f"fold{fold}"),
-                                 ("cox_pca", R / "baselines" / "cox" / cohort / modset / f"fold{fold}")]:
-                    f = d / "metrics.json"
-                    if not f.exists():
-                        if model == "impuTMAE":
-                            raise UserError(f"{f}: missing (run `imputmae finetune` for it)")
-                        continue
-                    m = json.loads(f.read_text())
-                    rows.append({"model": model, "modset": modset, "cohort": cohort, "fold": fold,
-                                 "members": m.get("members", 1), "select_on": m.get("select_on", "cindex"),
-                                 **{k: m[k] for k in ("antolini", "adj_antolini", "harrell", "ibs", "n_test")}})
-                    if model == "impuTMAE" and modset == args.km_modset:
-                        pred = pd.read_parquet(d / "predictions.parquet")
-                        pred = pred[pred["split"] == "test"].assign(median=m["train_median_risk"])
-                        km_frames.setdefault(cohort, []).append(pred)
-    metrics = pd.DataFrame(rows)
-    ours = metrics[metrics["model"] == "impuTMAE"]
-    members = sorted(set(ours["members"]))
-    by = " or ".join("validation NLL" if s == "nll" else f"validation {args.cindex} C-index"
-                     for s in sorted(set(ours["select_on"])))
-    selection = (f"Model selection ({by}) on a validation split of each fold's training patients" if members == [1]
-                 else f"impuTMAE: {'/'.join(map(str, members))} models per fold, each selected ({by}) on its own "
-                 f"inner fold of the fold's training patients, their survival curves averaged")
-    notes = [f"Modality sets: a single modality uses the patients who have it; 'all' uses every patient, missing "
-             f"modalities imputed by the pretrained decoder. {selection}; label cuts fitted on training patients."]
-    notes += [f"{c}: no {MODSET_NAMES.get(m, m)} (the cohort's tables have none), not fine-tuned."
-              for c, m in sorted(absent)]
     oracle = None
     if args.oracle:
         splits = _read_table(R / "splits.parquet", "the outer-fold splits")
         clin = pd.concat([_read_table(R / c / "clinical.parquet", f"{c} clinical labels") for c in args.cohorts])
         oracle = oracle_cindex(_read_table(Path(args.oracle), "the demo oracle"), splits, clin)
-        notes.append("oracle: Harrell's C-index of the demo generator's true risk on the same test folds (an upper "
-                     "reference; equal to plain Antolini for non-crossing curves).")
-    table = table3(metrics, args.cindex, args.cohorts, literature=not args.no_literature, oracle=oracle)
-    write_table3(R / "tables", table, metrics, args.cindex, notes)
+    rows = [r for r in args.rows if r != "none"]
+    try:
+        out = build_table3(R, args.cohorts, args.modsets, args.folds, args.cindex, rows, args.n_boot, absent, oracle,
+                           not args.no_literature, args.km_modset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
     for cohort in args.cohorts:
-        preds = pd.concat(km_frames.get(cohort, [])) if km_frames.get(cohort) else None
+        preds = out["km"].get(cohort)
         if preds is None:
             raise UserError(f"{cohort}: no {args.km_modset} predictions for the Kaplan-Meier figure")
         med = preds.groupby("fold")["median"].first().to_dict()
         p = plot_km(km_split(preds, med), f"{cohort}: impuTMAE ({args.km_modset}) test patients, split at the "
                     f"training median risk", R / "figures" / f"km_{cohort}.png")
         log.info("%s: KM log-rank p = %.3g", cohort, p)
-    print(table3_markdown(table, args.cindex, notes))
+    print(table3_markdown(out["table"], args.cindex, out["notes"], out["published"], args.n_boot))
     return 0
 
 

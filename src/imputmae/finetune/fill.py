@@ -73,10 +73,10 @@ def decoder_filled_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: S
     """``patients``' inputs with each missing modality set to the pretrained decoder's reconstruction: omics
     float32 [L_pad], a missing slide one imputed tile uint8 [1, H, W, 3] (rounded from the decoder's [0, 1])."""
     patients = list(patients)
-    data, _ = complete_inputs(mae, inputs, patients, MODALITIES, "impute")
+    data, _ = complete_inputs(mae, inputs, patients, [m for m in MODALITIES if m in mae.modalities], "impute")
 
     def recon(p: str, m: str) -> np.ndarray | None:
-        x = data[m].get(p)
+        x = data.get(m, {}).get(p)
         if x is None:
             return None
         if is_image(m):   # [1, 3, H, W] float in [0, 1] -> [1, H, W, 3] uint8, as tiles are stored
