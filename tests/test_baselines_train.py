@@ -10,7 +10,7 @@ import torch
 
 from imputmae.baselines import BaselineConfig, BaselineInputs, baseline_inputs, collate_inputs, train_baseline
 from imputmae.baselines._train import _drop_modality
-from imputmae.model import MODALITIES
+from imputmae.modalities import MODALITIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # per-patient forwards of small models (tests/conftest.py)
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from imputmae.model import MODALITIES, MultimodalMAE
+from imputmae.modalities import MODALITIES
+from imputmae.model import MultimodalMAE
 
 __all__ = ["BaselineInputs", "baseline_inputs", "collate_inputs", "mae_tile_features", "select_top_variance"]
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imputmae.model import MODALITIES
+from imputmae.modalities import MODALITIES
 
 __all__ = ["snn_block", "TokenAttention", "TransLayer", "GenomicTokens", "genomic_groups", "Group", "bag_tokens",
            "masked_tiles", "keep_available", "xavier_init"]

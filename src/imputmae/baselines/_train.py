@@ -36,7 +36,7 @@ from imputmae.baselines._inputs import BaselineInputs, collate_inputs
 from imputmae.baselines.cmta import CMTA, CMTAConfig
 from imputmae.baselines.mome import MoME, MoMEConfig
 from imputmae.baselines.multisurv import MultiSurv, MultiSurvConfig
-from imputmae.model import MODALITIES
+from imputmae.modalities import MODALITIES
 from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
 

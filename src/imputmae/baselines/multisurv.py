@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from imputmae.baselines._inputs import select_top_variance
-from imputmae.model import MODALITIES
+from imputmae.modalities import MODALITIES
 
 __all__ = ["MultiSurvConfig", "MultiSurv", "fc_widths", "fc_block"]
 
