@@ -16,7 +16,8 @@ from imputmae import __version__
 from imputmae.config import ConfigError
 
 # Module names under imputmae.cli, in the order their subcommands are listed by --help.
-SUBCOMMANDS: tuple[str, ...] = ("config_cmd", "demo", "gdc", "omics", "wsi", "model", "survival", "table3_rows", "report")
+SUBCOMMANDS: tuple[str, ...] = ("config_cmd", "demo", "gdc", "omics", "wsi", "model", "finetune", "cox_baseline", "table3",
+                                 "table3_rows", "predict", "impute", "report")
 
 
 class UserError(Exception):
