@@ -343,8 +343,9 @@ def build_table3(results: str | Path, cohorts: Sequence[str], modsets: Sequence[
              "row scores only the test patients who have that modality"
              + (f" ({', '.join(sorted(set(short['model'] + ' ' + short['modality'])))})" if len(short) else "") + ".",
              "Parameters: trainable (impuTMAE: its last encoder blocks, fusion and head; Cox-PCA: the Cox "
-             "coefficients); CPU s / fold: the row's training on one fold (shared inputs not included), on the "
-             "device named."]
+             "coefficients); CPU s / fold: the process CPU time of the row's imputation, frozen features and training "
+             "on one fold (the baselines' shared imputed inputs counted once, in the first row that uses them), on the "
+             "device named; wall seconds where a fold's metrics have no CPU time."]
     notes += [f"{c}: no {MODSET_NAMES.get(m, m)} (the cohort's tables have none), not fine-tuned."
               for c, m in sorted(not_applicable)]
     if oracle is not None:

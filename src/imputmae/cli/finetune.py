@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 from imputmae.choices import CINDEX_CHOICES, MISSING_CHOICES
@@ -60,12 +61,15 @@ def _finetune(args: argparse.Namespace) -> int:
                          **{k: params[k] for k in CONFIG_KEYS if k in params})
     normalizers = normalizers_from_states(norm_states)
     inputs = load_cohort_inputs(args.results, args.cohort, normalizers, train + test)
+    t0 = time.process_time()
     try:
         res = run_finetune(mae, inputs, clinical, train, test, cfg, fold=args.fold)
     except ValueError as exc:
         raise UserError(f"{args.cohort} {args.modset} fold {args.fold}: {exc}") from None
     out = Path(args.out)
-    res.metrics.update(cohort=args.cohort, model="impuTMAE", checkpoint=str(args.checkpoint))
+    res.metrics.update(cohort=args.cohort, model="impuTMAE", checkpoint=str(args.checkpoint),
+                       cpu_seconds=round(time.process_time() - t0, 3),          # Table 3's time per fold
+                       n_parameters=sum(p.numel() for p in res.model.parameters() if p.requires_grad))
     save_survival_model(out / "model.pt", res, mae, norm_states)
     atomic_write(out / "predictions.parquet", lambda t: res.predictions.to_parquet(t, index=False))
     _write_json(out / "metrics.json", res.metrics)
