@@ -20,7 +20,7 @@ def _check():
 
 
 def _cells(tmp_path: Path, rows: list[dict]) -> Path:
-    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(tmp_path / "tables" / "table3_cells.csv", index=False)
     return tmp_path
 
