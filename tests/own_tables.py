@@ -89,6 +89,11 @@ def tiny_overlay(results: Path, cohorts: dict[str, Any], n_folds: int = 2,
                      "deterministic": True, "per_fold": False, "unimodal": list(unimodal)},
         "finetune": {"modality_sets": list(modality_sets), "epochs": 2, "batch_size": 8, "warmup_epochs": 1,
                      "members": 1},
+        # Table 3's baselines at narrow widths and one or two epochs: the rows' plumbing, not their quality
+        "baselines": {"n_boot": 50, "settings": {
+            "multisurv": {"epochs": 2, "model": {"width": 32, "rna_features": 32, "dnam_features": 32}},
+            "cmta": {"epochs": 1, "model": {"dim": 32, "genomic_hidden": 32}},
+            "mome": {"epochs": 1, "model": {"dim": 32}}}},
     }
 
 
