@@ -14,13 +14,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from imputmae.choices import MissingInputs
+from imputmae.choices import CacheDtype, MissingInputs
 from imputmae.modalities import MODALITIES, is_image, vector_modalities
 from imputmae.model import MultimodalMAE
 
@@ -211,9 +211,6 @@ def patient_rows(order: Sequence[str], patients: Sequence[str], what: str) -> np
     if absent:
         raise KeyError(f"no {what} for patients {absent[:5]}")
     return np.array([pos[p] for p in patients], dtype=np.int64)
-
-
-CacheDtype = Literal["float32", "float16"]
 
 
 class MemoryNeeded(MemoryError):

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from imputmae.choices import CIndexName, CutScheme, MissingInputs, SelectOn
-from imputmae.finetune.features import (CacheDtype, FrozenFeatures, MemoryNeeded, PatientInputs, collate_batch,
+from imputmae.choices import CacheDtype, CIndexName, CutScheme, MissingInputs, SelectOn
+from imputmae.finetune.features import (FrozenFeatures, MemoryNeeded, PatientInputs, collate_batch,
                                         frozen_features, training_memory_bytes, usable_memory_bytes)
 from imputmae.finetune.network import SurvivalEnsemble, SurvivalModel, baseline_hazard_logits
 from imputmae.modalities import MODALITIES
