@@ -222,7 +222,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
 
     clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
     computed with the same MAE, modalities and ``missing`` for a superset of the patients. ``device``: default
-    CUDA when available (the frozen-feature cache then lives on the GPU), else CPU.
+    CUDA when available (each batch is read from the frozen-feature file and copied there), else CPU.
     """
     t0 = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
