@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,36 @@ def read_star_counts(path: str | Path, column: str = "fpkm_uq_unstranded",
     return pd.Series(_star_values(t, rows, path, column), index=pd.Index(ids, name="gene_id"), name=column)
 
 
+_Head = tuple[_StarTable, np.ndarray, np.ndarray]    # the parsed file, its kept rows, their versionless gene ids
+
+
+def _first_parsed(paths: Sequence[str], column: str, gene_type: str,
+                  fail: Callable[[int, MalformedFileError], None]) -> dict[int, _Head]:
+    """The first three files that parse, by position (the candidates for the reference gene list); ``fail(i, err)``
+    for each malformed one met on the way."""
+    heads: dict[int, _Head] = {}
+    for i in range(len(paths)):
+        if len(heads) == 3:
+            break
+        try:
+            t = _parse_star(paths[i], column)
+            heads[i] = (t, *_star_genes(t, paths[i], gene_type))
+        except MalformedFileError as err:
+            fail(i, err)
+    return heads
+
+
+def _reference_file(heads: dict[int, _Head]) -> int:
+    """The file whose gene list is the reference: the first, unless the second and third agree and it does not."""
+    order = list(heads)
+    if len(order) == 3:
+        same = [np.array_equal(heads[a][2], heads[b][2]) for a, b in ((order[0], order[1]), (order[0], order[2]),
+                                                                      (order[1], order[2]))]
+        if not same[0] and not same[1] and same[2]:
+            return order[1]
+    return order[0]
+
+
 def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", gene_type: str = "protein_coding",
                      on_malformed: OnMalformed = "error", threads: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Patient-by-gene float32 matrix from STAR - Counts files.
@@ -142,26 +173,11 @@ def build_rna_matrix(files: pd.DataFrame, column: str = "fpkm_uq_unstranded", ge
         qc.append(_malformed_qc_row(err, patients[i], "rna", paths[i], on_malformed))
         failed[i] = True
 
-    # The reference gene list: the majority of the first three files that parse.
-    heads: dict[int, tuple[_StarTable, np.ndarray, np.ndarray]] = {}
-    for i in range(n):
-        if len(heads) == 3:
-            break
-        try:
-            t = _parse_star(paths[i], column)
-            heads[i] = (t, *_star_genes(t, paths[i], gene_type))
-        except MalformedFileError as err:
-            fail(i, err)
+    heads = _first_parsed(paths, column, gene_type, fail)
     if not heads:
         return (pd.DataFrame(np.zeros((0, 0), np.float32), index=pd.Index([], name="patient")),
                 _qc_frame(qc))
-    order = list(heads)
-    ref_i = order[0]
-    if len(order) == 3:
-        same = [np.array_equal(heads[a][2], heads[b][2]) for a, b in ((order[0], order[1]), (order[0], order[2]),
-                                                                      (order[1], order[2]))]
-        if not same[0] and not same[1] and same[2]:
-            ref_i = order[1]
+    ref_i = _reference_file(heads)
     ref, ref_rows, ref_ids = heads[ref_i]
     n_genes = len(ref_ids)
     # F order: each gene's column is contiguous, so the frame and the parquet writer use it without a copy.

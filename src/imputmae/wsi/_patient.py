@@ -50,9 +50,24 @@ def tile_patient(paths: Sequence[str | Path], patient: str, settings: TileSettin
     ``no usable slide`` with every slide's reason in ``slides``. ``unavailable``: (file name, reason) of the
     patient's slides that never reached us (a failed download), recorded in ``slides`` like unusable ones.
     """
-    st = settings
+    rows, masked, best_failed_mask = _mask_slides(paths, patient, settings)
+    for name, reason in unavailable:
+        rows.append({"slide": name, "status": reason, "mpp": math.nan, "mpp_source": "",
+                     "tissue_area_um2": math.nan, "n_tiles": 0, "chosen": False})
+    chosen = _choose_slide(masked, rows, patient, settings, progress)
+    return _patient_result(patient, rows, chosen, masked, best_failed_mask, settings)
+
+
+Masked = tuple[float, int, Slide, TissueMask]       # tissue area (um^2), order given, the open slide, its mask
+Chosen = tuple[int, Slide, TissueMask, TileSelection]
+
+
+def _mask_slides(paths: Sequence[str | Path], patient: str, st: TileSettings
+                 ) -> tuple[list[dict[str, Any]], list[Masked], TissueMask | None]:
+    """Open and mask each slide: one row per slide (status set for an unusable one), the slides with tissue (still
+    open), and the first mask that found no tissue (drawn on the QC picture when no slide has any)."""
     rows: list[dict[str, Any]] = []
-    masked: list[tuple[float, int, Slide, TissueMask]] = []
+    masked: list[Masked] = []
     best_failed_mask: TissueMask | None = None
     for order, p in enumerate(paths):
         row = {"slide": Path(p).name, "status": None, "mpp": math.nan, "mpp_source": "",
@@ -82,12 +97,15 @@ def tile_patient(paths: Sequence[str | Path], patient: str, settings: TileSettin
             slide.close()
             continue
         masked.append((row["tissue_area_um2"], order, slide, tm))
-    for name, reason in unavailable:
-        rows.append({"slide": name, "status": reason, "mpp": math.nan, "mpp_source": "",
-                     "tissue_area_um2": math.nan, "n_tiles": 0, "chosen": False})
+    return rows, masked, best_failed_mask
 
+
+def _choose_slide(masked: list[Masked], rows: list[dict[str, Any]], patient: str, st: TileSettings,
+                  progress: bool) -> Chosen | None:
+    """Select tiles on the slides by decreasing tissue area until one yields ``keep`` (else the one with most
+    tiles); statuses go to ``rows``; every slide is closed."""
     masked.sort(key=lambda t: (-t[0], t[1]))
-    chosen: tuple[int, Slide, TissueMask, TileSelection] | None = None
+    chosen: Chosen | None = None
     for area, order, slide, tm in masked:
         row = rows[order]
         if chosen is not None and chosen[3].tiles.shape[0] >= st.keep:
@@ -110,6 +128,12 @@ def tile_patient(paths: Sequence[str | Path], patient: str, settings: TileSettin
     for _, _, slide, _ in masked:
         slide.close()
 
+    return chosen
+
+
+def _patient_result(patient: str, rows: list[dict[str, Any]], chosen: Chosen | None, masked: list[Masked],
+                    best_failed_mask: TissueMask | None, st: TileSettings) -> PatientTiles:
+    """The patient's tiles, tile table, QC row and slide table from the chosen slide (or why there is none)."""
     slides = pd.DataFrame(rows, columns=["slide", "status", "mpp", "mpp_source", "tissue_area_um2", "n_tiles",
                                          "chosen"])
     summary = "; ".join(f"{r['slide']}: {_fmt_area(r['tissue_area_um2'])}{r['status']}" for r in rows)
