@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,11 @@ import pandas as pd
 
 from imputmae.demo._helpers import _md5, _stream, _uuid
 from imputmae.demo._latents import _case_hit, risk_shares, simulate_patients
-from imputmae.demo._omics import _betas_txt, _make_omics_model, _rna_log_expression, _star_counts_tsv
+from imputmae.demo._omics import (_betas_txt, _make_omics_model, _OmicsModel, _rna_log_expression,
+                                  _star_counts_tsv)
 from imputmae.demo._params import (DATA_RELEASE, DEFAULT_PARAMS, DNAM_SUFFIX, FACTORS, INTERACTION, MODALITY_FACTORS,
                                    PROJECTS, RNA_SUFFIX, SIZES, SUBTYPE_MODALITIES, DemoParams, DemoSummary)
-from imputmae.demo._slides import _plan_slides, _site_stain, _slide_payload
+from imputmae.demo._slides import _plan_slides, _site_stain, _slide_payload, _Stain
 from imputmae.files import atomic_write
 
 
@@ -56,6 +57,69 @@ def resolve_sizes(size: str = "demo", n_patients: Mapping[str, int] | None = Non
     return sizes
 
 
+@dataclass
+class _MirrorWriter:
+    """Adds a file to the mirror: ``data/<file_id>/<name>`` (the id drawn from ``rng``), its ``/files`` hit, and the
+    summary's counts."""
+
+    data: Path
+    rng: np.random.Generator
+    summary: DemoSummary
+    hits: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, p: Any, name_fn: Callable[[str], str], payload_fn: Callable[[Path], bytes | None], sample: str,
+            **fields: Any) -> None:
+        file_id = _uuid(self.rng)
+        name = name_fn(file_id)
+        folder = self.data / file_id
+        folder.mkdir()
+        path = folder / name
+        payload = payload_fn(path)
+        if payload is not None:
+            _write_bytes(path, payload)
+        self.hits.append(_file_hit(file_id, name, path, p, sample, SAMPLE_TYPES[sample[:2]], **fields))
+        self.summary.files[fields["data_type"]] = self.summary.files.get(fields["data_type"], 0) + 1
+        self.summary.bytes += path.stat().st_size
+
+
+def _write_patient_files(add: Callable[..., None], p: Any, i: int, seed: int, om: _OmicsModel, params: DemoParams,
+                         patient_slides: list[dict[str, Any]], stains: Mapping[str, _Stain]) -> None:
+    """Patient ``i``'s files, through ``add`` (:meth:`_MirrorWriter.add`): RNA (a second aliquot, a normal sample),
+    DNAm (both arrays, a recurrence), the planned slides and an off-target file, from the patient's own stream."""
+    prng = np.random.default_rng([seed, i])  # each patient's files from its own stream
+
+    def rna(_: Path, normal: bool = False, p: Any = p, prng: np.random.Generator = prng) -> bytes:
+        return _star_counts_tsv(om, _rna_log_expression(om, p, params, prng, normal=normal), prng)
+
+    if p.has_rna:
+        add(p, lambda fid: f"{fid}{RNA_SUFFIX}", rna, "01A", **RNA_FIELDS)
+        if i % 13 == 3:  # a second aliquot of the same tumour: selection must pick one by its written rule
+            add(p, lambda fid: f"{fid}{RNA_SUFFIX}", rna, "01B", **RNA_FIELDS)
+        if i % 11 == 5:  # adjacent normal tissue: never the patient's tumour profile
+            add(p, lambda fid: f"{fid}{RNA_SUFFIX}", lambda path: rna(path, normal=True), "11A", **RNA_FIELDS)
+    if p.has_dnam:
+        plat = p.platform
+        add(p, lambda fid: f"{fid}{DNAM_SUFFIX}", lambda _: _betas_txt(om, p, plat, params, prng), "01A",
+            platform=f"Illumina Human Methylation {plat}", **DNAM_FIELDS)
+        if i % 9 == 2 and plat == "450":  # measured on both arrays
+            add(p, lambda fid: f"{fid}{DNAM_SUFFIX}", lambda _: _betas_txt(om, p, "27", params, prng), "01A",
+                platform="Illumina Human Methylation 27", **DNAM_FIELDS)
+        if p.project_id == "DEMO-GBM" and i % 4 == 1:  # a recurrence sample, not the primary tumour
+            add(p, lambda fid: f"{fid}{DNAM_SUFFIX}", lambda _: _betas_txt(om, p, plat, params, prng), "02A",
+                platform=f"Illumina Human Methylation {plat}", **DNAM_FIELDS)
+    for slide in patient_slides:
+        add(p, lambda fid, s=slide: f"{p.patient}-{s['sample']}-{s['portion']}-{s['tag']}.{fid.upper()}.svs",
+            lambda path, s=slide: _slide_payload(p, stains[p.site], params, prng, path, s), slide["sample"],
+            experimental_strategy="Diagnostic Slide" if slide["tag"].startswith("DX") else "Tissue Slide",
+            **SLIDE_FIELDS)
+    if i % 17 == 7:  # a file type the manifest must filter out
+        add(p, lambda fid: f"{fid}.mirnaseq.isoforms.quantification.txt",
+            lambda _: b"miRNA_ID\tisoform_coords\tread_count\nhsa-let-7a-1\tchr9:1-22:+\t10\n", "01A",
+            data_category="Transcriptome Profiling", data_type="Isoform Expression Quantification",
+            data_format="TXT", experimental_strategy="miRNA-Seq",
+            analysis={"workflow_type": "BCGSC miRNA Profiling"})
+
+
 def write_demo(out_dir: str | Path, seed: int = 0, n_patients: Mapping[str, int] | None = None,
                size: str = "demo", params: DemoParams = DEFAULT_PARAMS, slides: bool = True) -> DemoSummary:
     """Write the demo mirror into ``out_dir`` (replacing what a previous run left there) and return a summary.
@@ -81,56 +145,12 @@ def write_demo(out_dir: str | Path, seed: int = 0, n_patients: Mapping[str, int]
     om = _make_omics_model(seed, params)
     stains = {c: _site_stain(c, seed, params) for c in sorted(set(patients["site"]))}
     summary = DemoSummary(out_dir=str(out), seed=seed, patients=sizes)
-    hits: list[dict[str, Any]] = []
-
-    def add(p: Any, name_fn, payload_fn, sample: str, **fields: Any) -> None:
-        file_id = _uuid(rng)
-        name = name_fn(file_id)
-        folder = data / file_id
-        folder.mkdir()
-        path = folder / name
-        payload = payload_fn(path)
-        if payload is not None:
-            _write_bytes(path, payload)
-        hits.append(_file_hit(file_id, name, path, p, sample, SAMPLE_TYPES[sample[:2]], **fields))
-        summary.files[fields["data_type"]] = summary.files.get(fields["data_type"], 0) + 1
-        summary.bytes += path.stat().st_size
-
+    writer = _MirrorWriter(data, rng, summary)
     rows = list(patients.itertuples(index=False))
     slide_plan = _plan_slides(rows) if slides else {}
     for i, p in enumerate(rows):
-        prng = np.random.default_rng([seed, i])  # each patient's files from its own stream
-
-        def rna(_: Path, normal: bool = False, p: Any = p, prng: np.random.Generator = prng) -> bytes:
-            return _star_counts_tsv(om, _rna_log_expression(om, p, params, prng, normal=normal), prng)
-
-        if p.has_rna:
-            add(p, lambda fid: f"{fid}{RNA_SUFFIX}", rna, "01A", **RNA_FIELDS)
-            if i % 13 == 3:  # a second aliquot of the same tumour: selection must pick one by its written rule
-                add(p, lambda fid: f"{fid}{RNA_SUFFIX}", rna, "01B", **RNA_FIELDS)
-            if i % 11 == 5:  # adjacent normal tissue: never the patient's tumour profile
-                add(p, lambda fid: f"{fid}{RNA_SUFFIX}", lambda path: rna(path, normal=True), "11A", **RNA_FIELDS)
-        if p.has_dnam:
-            plat = p.platform
-            add(p, lambda fid: f"{fid}{DNAM_SUFFIX}", lambda _: _betas_txt(om, p, plat, params, prng), "01A",
-                platform=f"Illumina Human Methylation {plat}", **DNAM_FIELDS)
-            if i % 9 == 2 and plat == "450":  # measured on both arrays
-                add(p, lambda fid: f"{fid}{DNAM_SUFFIX}", lambda _: _betas_txt(om, p, "27", params, prng), "01A",
-                    platform="Illumina Human Methylation 27", **DNAM_FIELDS)
-            if p.project_id == "DEMO-GBM" and i % 4 == 1:  # a recurrence sample, not the primary tumour
-                add(p, lambda fid: f"{fid}{DNAM_SUFFIX}", lambda _: _betas_txt(om, p, plat, params, prng), "02A",
-                    platform=f"Illumina Human Methylation {plat}", **DNAM_FIELDS)
-        for slide in slide_plan.get(p.patient, []):
-            add(p, lambda fid, s=slide: f"{p.patient}-{s['sample']}-{s['portion']}-{s['tag']}.{fid.upper()}.svs",
-                lambda path, s=slide: _slide_payload(p, stains[p.site], params, prng, path, s), slide["sample"],
-                experimental_strategy="Diagnostic Slide" if slide["tag"].startswith("DX") else "Tissue Slide",
-                **SLIDE_FIELDS)
-        if i % 17 == 7:  # a file type the manifest must filter out
-            add(p, lambda fid: f"{fid}.mirnaseq.isoforms.quantification.txt",
-                lambda _: b"miRNA_ID\tisoform_coords\tread_count\nhsa-let-7a-1\tchr9:1-22:+\t10\n", "01A",
-                data_category="Transcriptome Profiling", data_type="Isoform Expression Quantification",
-                data_format="TXT", experimental_strategy="miRNA-Seq",
-                analysis={"workflow_type": "BCGSC miRNA Profiling"})
+        _write_patient_files(writer.add, p, i, seed, om, params, slide_plan.get(p.patient, []), stains)
+    hits = writer.hits
 
     cases = [_case_hit(p, np.random.default_rng([seed, 10_000 + i])) for i, p in enumerate(rows)]
     _write_bytes(out / "files.json", json.dumps(hits, indent=1, sort_keys=True).encode())
