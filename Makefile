@@ -9,13 +9,20 @@ CORES ?= 2
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The pipeline's own dependencies (all `make demo` needs). The venv's bundled pip installs an editable pyproject
+# package; --no-compile: Python writes the .pyc of the modules a job imports, not of every installed file (about
+# half the set-up's CPU time; BENCHMARKS.md, "make demo in 15 minutes").
+$(VENV)/.runtime: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e .
 	touch $@
 
-demo: setup
+# ... and the test extras (pytest and the reference libraries the tests cross-check against).
+$(VENV)/.installed: $(VENV)/.runtime
+	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.runtime
 	$(BIN)/snakemake --cores $(CORES) --configfile config.demo.yaml
 
 test: setup
@@ -24,7 +31,7 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -m ''
 
-lint: setup
+lint: $(VENV)/.runtime
 	$(BIN)/snakemake --lint --configfile config.demo.yaml
 
 clean-demo:
