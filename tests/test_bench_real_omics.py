@@ -88,3 +88,13 @@ def test_config_replaces_cohorts_and_validates(bench, tmp_path):
     assert cfg["cohorts"]["LGG"]["tables"]["rna"] == str(tables["LGG"] / "rna.parquet")
     assert cfg["finetune"]["modality_sets"] == ["rna", "all"] and cfg["pretrain"]["unimodal"] == []
     assert cfg["results"] == str(tmp_path / "run" / "results")
+
+
+def test_numeric_vital_status_marks_deaths(bench):
+    # KIPAN's vital_status is 1/0; a 1 without a death date is a death with no valid time, not a living patient
+    clinical = pd.DataFrame({"days_to_death": [200.0, np.nan, np.nan],
+                             "days_to_last_followup": [np.nan, 80.0, np.nan],
+                             "vital_status": [1, 0, 1]}, index=pd.Index(["P1", "P2", "P3"], name="patient"))
+    labels, counts = bench.survival_labels(clinical)
+    assert counts["dead"] == 2 and counts["dead_with_time"] == 1 and counts["alive_with_follow_up"] == 1
+    assert labels["patient"].tolist() == ["P1", "P2"] and labels["event"].tolist() == [1, 0]
