@@ -9,17 +9,18 @@ CORES ?= 2
 
 setup: $(VENV)/.installed
 
-# The pipeline's own dependencies (all `make demo` needs). The venv's bundled pip installs an editable pyproject
-# package; --no-compile: Python writes the .pyc of the modules a job imports, not of every installed file (about
-# half the set-up's CPU time; BENCHMARKS.md, "make demo in 15 minutes").
+# The pipeline's own dependencies (all `make demo` needs; the venv's bundled pip installs an editable pyproject
+# package). Keep pip's bytecode compilation: where PYTHONDONTWRITEBYTECODE is set (as on our CI machine) a venv
+# without .pyc files compiles torch and scikit-learn from source in every job (BENCHMARKS.md, "make demo in 15
+# minutes": ~12 CPU-s per fine-tuning job).
 $(VENV)/.runtime: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e .
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
 	touch $@
 
 # ... and the test extras (pytest and the reference libraries the tests cross-check against).
 $(VENV)/.installed: $(VENV)/.runtime
-	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.runtime
