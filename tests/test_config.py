@@ -113,7 +113,8 @@ def test_missing_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("section, key, choices", [
     ("evaluation", "cindex", "CINDEX_CHOICES"), ("finetune", "cut_scheme", "CUT_SCHEME_CHOICES"),
-    ("finetune", "select_on", "SELECT_ON_CHOICES"), ("omics", "on_malformed", "ON_MALFORMED_CHOICES")])
+    ("finetune", "select_on", "SELECT_ON_CHOICES"), ("omics", "on_malformed", "ON_MALFORMED_CHOICES"),
+    ("finetune", "cache_dtype", "CACHE_DTYPE_CHOICES")])
 def test_schema_enums_are_the_library_choices(section, key, choices):
     """The schema and imputmae.choices (the library's Literals and the CLI's choices=) list the same values."""
     from imputmae import choices as ch

@@ -61,7 +61,7 @@ def test_frozen_cache_is_exact():
                      "available": torch.ones(K, 3, dtype=torch.bool)}
             ref = mae.encode(batch)
             for m in mods:
-                got = model.embed_modality(m, ff.h[m][i][None])[0]
+                got = model.embed_modality(m, ff.h(m, i)[None])[0]
                 want = ref[m].mean(0) if m == "wsi" else ref[m][0]
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -261,3 +261,93 @@ def test_each_member_keeps_its_best_validation_epoch(select_on):
         score = [h["val_antolini"] if select_on == "cindex" else -h["val_nll"] for h in history]
         assert best == int(np.argmax(score))          # the first epoch with the best score
     assert res.metrics["select_on"] == select_on
+
+
+def test_batched_imputation_matches_one_patient_at_a_time():
+    """Groups of many patients (rows=64) give the inputs that one patient at a time (rows=1: what fine-tuning did
+    before the memory work) gives: same patients imputed, same reconstructions to float rounding."""
+    mae = tiny_mae()
+    patients, inp, _ = synthetic_cohort(20)
+    mods = ("rna", "dnam", "wsi")
+    from imputmae.finetune import iter_complete_inputs
+
+    def collect(rows):
+        data, imputed = {m: {} for m in mods}, {m: np.zeros(len(patients), bool) for m in mods}
+        groups = 0
+        for pos, d, imp in iter_complete_inputs(mae, inp, patients, mods, rows=rows):
+            groups += 1
+            for m in mods:
+                data[m].update(d[m])
+                imputed[m][pos] = imp[m]
+        return data, imputed, groups
+
+    one, imp1, n1 = collect(1)
+    many, imp64, n64 = collect(64)
+    assert n1 == len(patients) and n64 < n1
+    for m in mods:
+        np.testing.assert_array_equal(imp1[m], imp64[m])
+        assert set(one[m]) == set(many[m]) == set(patients)
+        for p in patients:
+            torch.testing.assert_close(many[m][p], one[m][p], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_file_holds_the_frozen_hidden_states(tmp_path):
+    """The store's rows are the frozen blocks' output: float32 bit for bit against a per-patient computation;
+    float16 within its rounding; patients without the modality (missing="zero") have no rows."""
+    from imputmae.finetune.features import _frozen_hidden
+
+    mae = tiny_mae()
+    patients, inp, _ = synthetic_cohort(10)
+    ff = frozen_features(mae, inp, patients, ("rna", "wsi"), missing="zero", cache_dir=tmp_path)
+    half = frozen_features(mae, inp, patients, ("rna", "wsi"), missing="zero", cache_dir=tmp_path,
+                           cache_dtype="float16")
+    assert list(tmp_path.iterdir()) == []          # unlinked at once: nothing left behind
+    with torch.no_grad():
+        for i, p in enumerate(patients):
+            for m in ("rna", "wsi"):
+                if not inp.has(p, m):
+                    assert ff.h(m, i) is None and not ff.present[m][i]
+                    continue
+                x = (torch.from_numpy(inp.tiles[p]).permute(0, 3, 1, 2).float() / 255 if m == "wsi"
+                     else torch.from_numpy(inp.omics[m][p])[None])
+                want = _frozen_hidden(mae.encoders[m], mae._input({m: x}, m))
+                torch.testing.assert_close(ff.h(m, i), want, rtol=0, atol=0)
+                torch.testing.assert_close(half.h(m, i), want, rtol=1e-3, atol=1e-3)
+    assert half.nbytes * 2 == ff.nbytes
+
+
+def test_float16_cache_changes_predictions_within_tolerance():
+    mae = tiny_mae()
+    patients, inp, clinical = synthetic_cohort()
+    train, test = _fold(patients)
+    runs = [run_finetune(mae, inp, clinical, train, test, FinetuneConfig(modset="all", cache_dtype=d, **CFG))
+            for d in ("float32", "float16")]
+    s32, s16 = (r.predictions.filter(like="s_").to_numpy() for r in runs)
+    np.testing.assert_allclose(s16, s32, atol=2e-3)
+
+
+def test_tiles_are_read_from_file_when_used(tmp_path):
+    from imputmae.finetune import TileFile
+
+    tiles = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "P1.npy", tiles)
+    tf = TileFile(tmp_path / "P1.npy")
+    assert tf.shape == (5, 32, 32, 3) and len(tf) == 5 and tf.ndim == 4
+    np.testing.assert_array_equal(tf[:3], tiles[:3])
+    np.testing.assert_array_equal(np.asarray(tf), tiles)
+
+
+def test_too_large_a_job_fails_naming_the_rule_the_figure_and_the_setting(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from imputmae.finetune import FeatureStore, MemoryNeeded, check_memory
+
+    mae = tiny_mae()
+    with pytest.raises(MemoryNeeded, match=r"finetune: a training batch of 10000000 patients x 100 tiles needs "
+                                           r"about [\d.]+ GiB.*finetune.batch_size.*mem_mb"):
+        check_memory(100, mae, ("rna", "wsi"), FinetuneConfig(batch_size=10_000_000), torch.device("cpu"))
+    assert check_memory(100, mae, ("rna", "wsi"), FinetuneConfig(batch_size=2), torch.device("cpu")) > 0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda _: usage(10, 10, 1000))
+    with pytest.raises(MemoryNeeded, match=r"cache of wsi needs [\d.]+ GiB in .*finetune.cache_dir.*float16"):
+        FeatureStore([100, 100], (257, 256), folder=tmp_path, what="wsi")

@@ -629,7 +629,7 @@ def test_cli_end_to_end_on_a_mirror(mirror, tmp_path):
                  str(R / "C" / "clinical.parquet"), "--qc", str(R / "C" / "clinical_qc.tsv"), *src]) == 0
     qc = pd.read_csv(R / "C" / "clinical_qc.tsv", sep="\t")
     assert len(qc) == 5 and list(qc.columns) == list(gdc.QC_COLUMNS)
-    assert main(["tables", "table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "table2")]) == 0
+    assert main(["table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "table2")]) == 0
     t = pd.read_csv(R / "tables" / "table2.csv").set_index("Cohort")
     # RNA patients: AA-0001, AA-0002, AA-0003, BB-0001, BB-0002, BB-0003
     assert t.loc["C"].to_dict() == {"DNAm": 33.33, "Clinical": 50.0, "WSI": 50.0, "RNA count": 6}
@@ -639,11 +639,11 @@ def test_cli_end_to_end_on_a_mirror(mirror, tmp_path):
     rna = pd.read_csv(g / "download_rna.tsv", sep="\t")
     rna.loc[rna["file_id"] == "f01", "status"] = "failed"
     rna.to_csv(g / "download_rna.tsv", sep="\t", index=False)
-    assert main(["tables", "table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "t2"),
+    assert main(["table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "t2"),
                  "--with-downloads"]) == 0
     assert pd.read_csv(R / "tables" / "t2.csv").set_index("Cohort").loc["C", "RNA count"] == 5
     (g / "download_wsi.tsv").unlink()
-    assert main(["tables", "table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "t3"),
+    assert main(["table2", "--results", str(R), "--cohort", "C", "--out", str(R / "tables" / "t3"),
                  "--with-downloads"]) == 2
     for p in pd.read_parquet(g / "selected.parquet")["local_path"]:
         assert hashlib.md5(Path(p).read_bytes()).hexdigest()  # every selected file is there

@@ -18,9 +18,9 @@ from imputmae.omics import (
     read_matrix,
     read_sesame_betas,
     read_star_counts,
-    write_sesame_betas,
-    write_star_counts,
 )
+
+from omics_files import write_sesame_betas, write_star_counts
 
 GENE_IDS = [f"ENSG{i:011d}.{i % 5 + 1}" for i in range(40)]
 GENE_TYPES = ["lncRNA" if i % 4 == 0 else "protein_coding" for i in range(40)]

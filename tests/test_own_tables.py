@@ -57,7 +57,7 @@ def test_dry_run_plans_an_own_cohort_without_any_wsi_stage(tmp_path, modalities)
     # pretraining: the multimodal run on what the tables bring, unimodal runs only for those
     assert jobs["pretrain"] == 1 + len(modalities)
     assert f"pretrain.modalities: no cohort has {', '.join(m for m in ('rna', 'dnam', 'wsi') if m in absent)}" in out
-    table2 = next(line for line in out.splitlines() if "imputmae tables table2" in line)
+    table2 = next(line for line in out.splitlines() if "imputmae table2" in line)
     assert "--table-cohort MINE" in table2 and "--cohort " not in table2
 
 
@@ -67,7 +67,7 @@ def test_dry_run_plans_an_own_cohort_beside_a_gdc_cohort(tmp_path):
     jobs = _jobs(out)
     assert jobs["omics_tables"] == 1 and jobs["gdc_manifest"] == 1 and jobs["wsi_qc"] == 1
     assert "res/BRCA/wsi_qc.tsv" in out and "res/MINE/wsi_qc.tsv" not in out
-    table2 = next(line for line in out.splitlines() if "imputmae tables table2" in line)
+    table2 = next(line for line in out.splitlines() if "imputmae table2" in line)
     assert "--cohort BRCA" in table2 and "--table-cohort MINE" in table2
     assert "pretrain.modalities: no cohort has" not in out              # BRCA brings slides: WSI is pretrained
 
@@ -112,7 +112,7 @@ def test_table2_counts_an_own_cohort_from_its_matrices(tmp_path):
     out = tmp_path / "res" / "MINE"
     assert main(["omics", "tables", "--cohort", "MINE", "--clinical", str(t["clinical"]), "--rna", str(t["rna"]),
                  "--out-dir", str(out)]) == 0
-    assert main(["tables", "table2", "--results", str(tmp_path / "res"), "--table-cohort", "MINE",
+    assert main(["table2", "--results", str(tmp_path / "res"), "--table-cohort", "MINE",
                  "--out", str(tmp_path / "res" / "tables" / "table2")]) == 0
     row = pd.read_csv(tmp_path / "res" / "tables" / "table2.csv").iloc[0]
     assert row["Cohort"] == "MINE" and row["RNA count"] == 10

@@ -153,7 +153,7 @@ def test_readme_gdc_commands_run_on_the_demo_mirror(demo_mirror, tmp_path, monke
 def test_readme_other_cli_commands_parse():
     parser = build_parser()
     cmds = [c for c in readme_commands() if _kind(c) == "cli" and c.split()[1] not in ("config", "--help")]
-    assert {c.split()[1] for c in cmds} == {"tables", "omics", "wsi", "predict", "impute"}
+    assert {c.split()[1] for c in cmds} == {"table2", "omics", "wsi", "predict", "impute"}
     for cmd in cmds:
         argv = shlex.split(cmd.replace("--api ...", "--api https://api.gdc.cancer.gov"))[1:]
         args = parser.parse_args(argv)                   # SystemExit(2) on an unknown or missing option

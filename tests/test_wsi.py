@@ -96,7 +96,7 @@ def test_mask_matches_drawn_tissue_and_excludes_pen(slides):
     ((1.0, 4.0, 16.0, 32.0), 32, (3, 1)),
 ])
 def test_thumbnail_level(downsamples, target, expected):
-    assert wsi._thumbnail_level(downsamples, target) == expected
+    assert wsi._mask._thumbnail_level(downsamples, target) == expected
 
 
 def test_box_fraction_matches_sliding_window():
@@ -104,7 +104,7 @@ def test_box_fraction_matches_sliding_window():
     m = rng.random((37, 51)) > 0.4
     for box in (1, 4, 9):
         ref = np.lib.stride_tricks.sliding_window_view(m, (box, box)).mean(axis=(2, 3))
-        np.testing.assert_allclose(wsi._box_fraction(m, box), ref)
+        np.testing.assert_allclose(wsi._select._box_fraction(m, box), ref)
 
 
 def test_tiles_fall_inside_tissue_and_pen_and_glass_never_win(slides):
@@ -184,7 +184,7 @@ def test_one_level_slide(slides, monkeypatch):
     assert s.handle.level_count == 1
     whole = wsi.tissue_mask(s.handle, 32)
     # strips of 64 level-0 rows give the same thumbnail as one read (integer INTER_AREA factor)
-    monkeypatch.setattr(wsi, "STRIP_BYTES", 4 * 2048 * 64)
+    monkeypatch.setattr(wsi._mask, "STRIP_BYTES", 4 * 2048 * 64)
     strips = wsi.tissue_mask(s.handle, 32)
     np.testing.assert_array_equal(whole.thumb, strips.thumb)
     assert whole.level == 0 and whole.downsample == 32 and whole.thumb.shape == (48, 64, 3)

@@ -142,7 +142,7 @@ rule table2:
         "../../envs/gdc.yaml"
     threads: 1
     shell:
-        "python -m imputmae tables table2 --results {params.results:q} {params.cohorts} --out {params.prefix:q} "
+        "python -m imputmae table2 --results {params.results:q} {params.cohorts} --out {params.prefix:q} "
         "> {log} 2>&1"
 
 

@@ -11,16 +11,37 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from imputmae import __version__
 from imputmae.config import ConfigError
 
 # Module names under imputmae.cli, in the order their subcommands are listed by --help.
-SUBCOMMANDS: tuple[str, ...] = ("config_cmd", "demo", "gdc", "omics", "wsi", "model", "survival", "report")
+SUBCOMMANDS: tuple[str, ...] = ("config", "demo", "gdc", "table2", "omics", "wsi", "splits", "pretrain", "table4",
+                                "survival", "report")
 
 
 class UserError(Exception):
     """A problem the user can fix (bad input, missing file): printed as one line, exit status 2."""
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config YAML...`` (files merged in order) or ``--config-json JSON`` (what a Snakemake rule passes)."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", nargs="+", metavar="YAML", help="config files, later ones merged over earlier ones")
+    g.add_argument("--config-json", metavar="JSON", help="the merged config as JSON (what Snakemake passes)")
+
+
+def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The validated configuration from :func:`add_config_arguments`' flags (JSON: only the sections given)."""
+    import json
+
+    from imputmae.config import load_config, validate_config
+
+    if args.config_json:
+        partial = json.loads(args.config_json)  # the rule hands over only the sections this step reads
+        return validate_config(partial, sections=list(partial))
+    return load_config(args.config)
 
 
 def build_parser() -> argparse.ArgumentParser:

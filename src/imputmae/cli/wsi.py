@@ -9,7 +9,6 @@ writes empty tiles, an empty table and a picture that says why (Snakemake then m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,7 +20,7 @@ from imputmae.files import atomic_write
 if TYPE_CHECKING:   # heavy imports stay inside the commands
     import pandas as pd
 
-    from imputmae.wsi import PatientTiles, TileSettings
+    from imputmae.wsi import PatientTiles
 
 log = logging.getLogger("imputmae.wsi")
 
@@ -82,20 +81,9 @@ def _settings(args: argparse.Namespace):
         if getattr(args, flag) is not None:
             values[key] = getattr(args, flag)
     try:
-        st = TileSettings.from_mapping(values)
+        return TileSettings.from_mapping(values)
     except ValueError as exc:
         raise UserError(f"--settings: {exc}") from None
-    problems = [f"{k} must be >= 1 (got {getattr(st, k)})" for k in ("n_candidates", "keep", "threads", "tile_size")
-                if getattr(st, k) < 1]
-    if st.keep > st.n_candidates:
-        problems.append(f"keep ({st.keep}) must be <= n_candidates ({st.n_candidates})")
-    if st.median_blur % 2 == 0:
-        problems.append(f"median_blur must be odd (got {st.median_blur})")
-    if st.default_mpp is not None and st.default_mpp <= 0:
-        problems.append(f"default_mpp must be > 0 (got {st.default_mpp})")
-    if problems:
-        raise UserError("; ".join(problems))
-    return st
 
 
 def _tiles(args: argparse.Namespace) -> int:
@@ -113,47 +101,22 @@ def _tiles(args: argparse.Namespace) -> int:
                         "slide that is missing, to record them)")
     prefix = Path(args.out)
     patient = args.patient or prefix.name
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     result = tile_patient(args.slides, patient, st, progress=not args.no_progress, unavailable=unavailable)
-    _write_patient(prefix, result, st)
+    _write_patient(result, prefix)
     return 0
 
 
-def _write_patient(prefix: Path, result: PatientTiles, st: TileSettings) -> pd.DataFrame:
-    """Write one patient's PREFIX.npy (uint8 [K, H, W, 3]), .parquet (the tile table, settings in its metadata),
-    .png (the QC picture) and .qc.tsv; returns that QC row (one-row table, :data:`imputmae.wsi.QC_COLUMNS`)."""
-    import cv2
-    import numpy as np
+def _write_patient(result: PatientTiles, prefix: Path) -> pd.DataFrame:
+    """:func:`imputmae.wsi.write_patient_tiles`, logged; returns the patient's QC row (one-row table)."""
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from imputmae.wsi import QC_COLUMNS, draw_qc
+    from imputmae.wsi import QC_COLUMNS, write_patient_tiles
 
-    def save_tiles(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(result.tiles))
-
-    atomic_write(prefix.with_name(prefix.name + ".npy"), save_tiles)
-
-    table = pa.Table.from_pandas(result.table, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[b"imputmae.wsi.settings"] = json.dumps(dataclasses.asdict(st), sort_keys=True).encode()
-    meta[b"imputmae.wsi.slides"] = result.slides.to_json(orient="records").encode()
-    meta[b"imputmae.wsi.qc"] = json.dumps(result.qc, default=float).encode()
-    atomic_write(prefix.with_name(prefix.name + ".parquet"),
-                 lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(draw_qc(result), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("cv2.imencode failed on the QC picture")
-    atomic_write(prefix.with_name(prefix.name + ".png"), lambda tmp: tmp.write_bytes(buf.tobytes()))
-    qc_row = pd.DataFrame([result.qc], columns=QC_COLUMNS)
-    atomic_write(prefix.with_name(prefix.name + ".qc.tsv"),
-                 lambda tmp: qc_row.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
+    write_patient_tiles(result, prefix)
     q = result.qc
     log.info("%s: %s: %s, %d tiles (%s slide(s): %s)", q["patient"], q["slide"] or "-", q["status"], q["n_tiles"],
              q["n_slides"], q["slides"])
-    return qc_row
+    return pd.DataFrame([q], columns=QC_COLUMNS)
 
 
 def _tiles_cohort(args: argparse.Namespace) -> int:
@@ -181,7 +144,7 @@ def _tiles_cohort(args: argparse.Namespace) -> int:
     rows = []
     for patient in sorted(set(slides) | set(unavailable)):
         result = tile_patient(sorted(slides.get(patient, [])), patient, st, unavailable=unavailable.get(patient, []))
-        rows.append(_write_patient(out_dir / patient, result, st))
+        rows.append(_write_patient(result, out_dir / patient))
     table = _merge_qc(rows) if rows else pd.DataFrame(columns=QC_COLUMNS)
     _write_qc(args.qc_out, table)
     return 0

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from imputmae.files import atomic_write
-from imputmae.finetune.features import PatientInputs, complete_inputs, frozen_features
+from imputmae.finetune.features import PatientInputs, frozen_features, iter_complete_inputs
 from imputmae.finetune.network import SurvivalEnsemble, SurvivalModel
 from imputmae.finetune.train import FinetuneResult, predict_features
 from imputmae.model import MAEConfig, MultimodalMAE
@@ -82,5 +82,8 @@ def impute_patients(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
                     ) -> dict[str, dict[str, Tensor]]:
     """The reconstructed missing modalities: {m: {patient: omics [L_pad] or one tile [3, H, W]}} (model space)."""
     patients = list(patients) if patients is not None else inputs.patients()
-    data, imputed = complete_inputs(mae, inputs, patients, mae.modalities, "impute")
-    return {m: {p: data[m][p] for i, p in enumerate(patients) if imputed[m][i]} for m in mae.modalities}
+    out: dict[str, dict[str, Tensor]] = {m: {} for m in mae.modalities}
+    for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mae.modalities, "impute"):
+        for m in mae.modalities:   # keep only the reconstructions, not the patients' own (large) inputs
+            out[m].update({patients[i]: data[m][patients[i]] for j, i in enumerate(pos) if imputed[m][j]})
+    return out

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from imputmae.finetune.features import PatientInputs
+from imputmae.finetune.features import PatientInputs, TileFile
 from imputmae.modalities import MODALITIES, is_image, vector_modalities
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def load_cohort_inputs(results: str | Path, cohort: str, normalizers: Mapping[st
                        patients: Sequence[str] | None = None) -> PatientInputs:
     """The cohort's normalised inputs: ``{R}/{cohort}/{rna,dnam}.parquet`` through the fold's normalisers (fitted
     on its training patients at pretraining) and the tiles of the patients ``wsi_qc.tsv`` marks ``ok``
-    (``{R}/{cohort}/wsi/{patient}.npy``, memory-mapped), with the availability rules of
+    (``{R}/{cohort}/wsi/{patient}.npy``, read when used: :class:`TileFile`), with the availability rules of
     :func:`imputmae.data.load_patients` (the ones pretraining used)."""
     from imputmae.data import load_patients
 
@@ -71,7 +71,7 @@ def load_cohort_inputs(results: str | Path, cohort: str, normalizers: Mapping[st
         df.index = df.index.astype(str)
         inp.omics[m] = normalize_omics(normalizers[m], df[df.index.isin(set(who))], str(path))
     for p, f in table.loc[table["has_wsi"], ["patient", "wsi_path"]].itertuples(index=False):
-        tiles = np.load(f, mmap_mode="r")
+        tiles = TileFile(f)
         if tiles.ndim != 4 or tiles.shape[-1] != 3:
             raise ValueError(f"{f}: expected uint8 tiles [K, H, W, 3], got shape {tiles.shape}")
         if tiles.shape[0] > 0:
@@ -103,7 +103,7 @@ def read_user_inputs(paths: Sequence[str | Path], normalizers: Mapping[str, Any]
             if not f.exists():
                 raise FileNotFoundError(f"{f}: no such file")
             if f.suffix == ".npy":
-                tiles = np.load(f, mmap_mode="r")
+                tiles = TileFile(f)
                 if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8 or tiles.shape[0] == 0:
                     raise ValueError(f"{f}: expected uint8 tiles [K, H, W, 3] (as `imputmae wsi` writes), got "
                                      f"{tiles.dtype} {tiles.shape}")

@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from imputmae.choices import CIndexName, CutScheme, MissingInputs, SelectOn
-from imputmae.finetune.features import FrozenFeatures, PatientInputs, collate_batch, frozen_features
+from imputmae.choices import CacheDtype, CIndexName, CutScheme, MissingInputs, SelectOn
+from imputmae.finetune.features import (FrozenFeatures, MemoryNeeded, PatientInputs, collate_batch,
+                                        frozen_features, training_memory_bytes, usable_memory_bytes)
 from imputmae.finetune.network import SurvivalEnsemble, SurvivalModel, baseline_hazard_logits
 from imputmae.modalities import MODALITIES
 from imputmae.model import MultimodalMAE
@@ -31,7 +32,8 @@ ModSet = str                # one of imputmae.modalities.MODALITY_SETS
 
 FORMAT = "imputmae-survival-2"
 CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
-               "val_fraction", "members", "select_on", "seed")   # the config's finetune keys FinetuneConfig takes
+               "val_fraction", "members", "select_on", "seed", "cache_dtype",
+               "cache_dir")   # the config's finetune keys FinetuneConfig takes
 
 
 @dataclass
@@ -55,6 +57,8 @@ class FinetuneConfig:
     fusion_heads: int | None = None          # None: the encoders' number of heads
     cindex: CIndexName = "antolini"                                        # validation (and reported) C-index
     select_on: SelectOn = "cindex"                                          # what picks each member's epoch
+    cache_dtype: CacheDtype = "float32"      # the frozen-feature file: float32 exact, float16 half the disk
+    cache_dir: str | None = None             # where that file lives (None: $TMPDIR); docs/finetune.md "Memory"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
@@ -71,7 +75,8 @@ def predict_features(model: SurvivalModel | SurvivalEnsemble, frozen: FrozenFeat
                      batch_size: int = 64) -> Tensor:
     """In eval mode: a model's hazard logits, an ensemble's survival curves; [len(idx), T]."""
     model.eval()
-    outs = [model(collate_batch(frozen, idx[i:i + batch_size], model.modalities)).float().cpu()
+    dev = next(model.parameters()).device
+    outs = [model(collate_batch(frozen, idx[i:i + batch_size], model.modalities, dev)).float().cpu()
             for i in range(0, len(idx), batch_size)]
     head = model.head if isinstance(model, SurvivalModel) else model.members[0].head
     return torch.cat(outs) if outs else torch.zeros(0, head.out_features)
@@ -151,7 +156,7 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
         total, n = 0.0, 0
         for i in range(0, len(perm), cfg.batch_size):
             b = perm[i:i + cfg.batch_size]
-            phi = model(collate_batch(frozen, b, model.modalities))
+            phi = model(collate_batch(frozen, b, model.modalities, dev))
             bt = torch.from_numpy(b).to(dev)
             loss = nll_logistic_hazard(phi, y_idx[bt], y_ev[bt])
             if not torch.isfinite(loss):
@@ -161,7 +166,7 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
             opt.step()
             sched.step()
             total, n = total + loss.item() * len(b), n + len(b)
-        phi = predict_features(model, frozen, val_idx)
+        phi = predict_features(model, frozen, val_idx, cfg.batch_size)
         surv = hazard_to_survival(phi).numpy()
         val = _cindex(cfg.cindex, surv, cuts, durations[val_idx], events[val_idx], cfg.n_sub)
         vt = torch.from_numpy(val_idx)
@@ -177,6 +182,28 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
         best["surv"] = hazard_to_survival(predict_features(model, frozen, val_idx)).numpy()
     return {"best_epoch": int(best["epoch"]), "best_val": float(best["val"]), "val_surv": best["surv"],
             "history": history}
+
+
+def frozen_rows_max(inputs: PatientInputs, patients: Sequence[str], modalities: Sequence[str]) -> int:
+    """The most rows (tiles) one patient has among ``patients``: the batch's K_max (1 without slides)."""
+    return max([len(inputs.tiles[p]) for p in patients if p in inputs.tiles and "wsi" in modalities] or [1])
+
+
+def check_memory(k_max: int, mae: MultimodalMAE, modalities: Sequence[str], cfg: FinetuneConfig,
+                 device: torch.device) -> int:
+    """Raise :class:`MemoryNeeded` (naming the rule, the figure and the setting) before any work when a training
+    batch of ``cfg.batch_size`` patients with ``k_max`` tiles would not fit the job's memory (host: the cgroup or
+    Slurm limit, else what the system has available; CUDA: the device's free memory). Returns the estimate."""
+    need = training_memory_bytes(mae.cfg, modalities, cfg.batch_size, k_max)
+    if device.type == "cuda":
+        have, where = torch.cuda.mem_get_info(device)[0], f"{device} (free)"
+    else:
+        have, where = usable_memory_bytes()
+    if need > have:
+        raise MemoryNeeded(f"finetune: a training batch of {cfg.batch_size} patients x {k_max} tiles needs about "
+                           f"{need / 2**30:.1f} GiB, {where} has {have / 2**30:.1f} GiB: lower finetune.batch_size "
+                           f"or give the rule more memory (its resources mem_mb, or a larger GPU)")
+    return need
 
 
 @dataclass
@@ -195,7 +222,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
 
     clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
     computed with the same MAE, modalities and ``missing`` for a superset of the patients. ``device``: default
-    CUDA when available (the frozen-feature cache then lives on the GPU), else CPU.
+    CUDA when available (each batch is read from the frozen-feature file and copied there), else CPU.
     """
     t0 = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -208,7 +235,9 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
                                  f"{cfg.modset} (patients with the modality)")
     members_split = inner_splits(train, e_tr, cfg)                                # from training patients only
     everyone = train + test
-    frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing)
+    check_memory(frozen_rows_max(inputs, everyone, mods), mae, mods, cfg, device)
+    frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing, cache_dtype=cfg.cache_dtype,
+                                         cache_dir=cfg.cache_dir)
     t_cache = time.perf_counter() - t0
     pos = frozen.index(everyone)
     t_all = clinical.loc[everyone, "time"].to_numpy(float)
@@ -234,8 +263,12 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
             model.head.bias.copy_(baseline_hazard_logits(idx_durations_all[fit_idx], label_events_all[fit_idx], len(cuts)))
         model = model.to(device)
         # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
-        info = train_survival(model, frozen, fit_idx, val_idx, idx_durations_all, label_events_all, durations_all, events_all, cuts,
-                              replace(cfg, seed=cfg.seed + k))
+        try:
+            info = train_survival(model, frozen, fit_idx, val_idx, idx_durations_all, label_events_all,
+                                  durations_all, events_all, cuts, replace(cfg, seed=cfg.seed + k))
+        except torch.OutOfMemoryError as err:
+            raise MemoryNeeded(f"finetune: {device} ran out of memory training batches of {cfg.batch_size} "
+                               f"patients: lower finetune.batch_size (the figure it needed: {err})") from err
         val_surv[val_idx] = info["val_surv"]
         val_member.update({p: k for p in val})
         members.append(model)
@@ -247,7 +280,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     vidx = np.array([where[p] for p in train if p in val_member])
     validation = _cindex(cfg.cindex, val_surv[vidx], cuts, durations_all[vidx], events_all[vidx], cfg.n_sub)
     all_idx = np.concatenate([train_idx, test_idx])
-    surv = predict_features(ensemble, frozen, all_idx).numpy()
+    surv = predict_features(ensemble, frozen, all_idx, cfg.batch_size).numpy()
     s_te = surv[len(train_idx):]
     metrics: dict[str, Any] = evaluate_survival(s_te, cuts, durations_all[test_idx], events_all[test_idx], cfg.n_sub,
                                                 t_tr, e_tr)

@@ -58,6 +58,12 @@ class _Result:
 
 def _download_one(transport: Transport, file_id: str, file_name: str, md5sum: str, size: int, dest: Path,
                   retries: int, backoff_s: float, max_backoff_s: float, progress: Callable[[int], None]) -> _Result:
+    """Fetch one file to ``dest/<file_id>/<file_name>`` through ``.part`` (resumed by Range), verified by size
+    and md5, with retries and backoff; the outcome (status, reason, bytes, attempts) as a ``_Result``.
+
+    Over 60 lines on purpose: one retry loop whose state (offset, attempts, failures, full re-downloads after an
+    md5 mismatch) every branch updates; split into helpers, that state would travel through every call.
+    """
     final = dest / file_id / file_name
     part = final.with_name(file_name + ".part")
     res = _Result()
