@@ -9,13 +9,21 @@ CORES ?= 2
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The pipeline's own dependencies (all `make demo` needs; the venv's bundled pip installs an editable pyproject
+# package). Keep pip's bytecode compilation: where PYTHONDONTWRITEBYTECODE is set (as on our CI machine) a venv
+# without .pyc files compiles torch and scikit-learn from source in every job (BENCHMARKS.md, "make demo in 15
+# minutes": ~12 CPU-s per fine-tuning job).
+$(VENV)/.runtime: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	touch $@
+
+# ... and the test extras (pytest and the reference libraries the tests cross-check against).
+$(VENV)/.installed: $(VENV)/.runtime
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-demo: setup
+demo: $(VENV)/.runtime
 	$(BIN)/snakemake --cores $(CORES) --configfile config.demo.yaml
 
 test: setup
@@ -24,7 +32,7 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -m ''
 
-lint: setup
+lint: $(VENV)/.runtime
 	$(BIN)/snakemake --lint --configfile config.demo.yaml
 
 clean-demo:

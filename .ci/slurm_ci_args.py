@@ -20,8 +20,6 @@ args = [
     "--slurm-init-seconds-before-status-checks", "2",
     "--latency-wait", "5",                           # one local file system
     "--slurm-keep-successful-logs",                  # check_outputs.py reads them: every rule went through Slurm
-    # 96 tile jobs of ~1 s of work: one thread each lets twice as many run at once (same tiles whatever --threads)
-    "--set-threads", "wsi_tiles=1",
     "--default-resources", *(f"{k}={v}" for k, v in default.items()),
     "--set-resources", *(f"{rule}:{k}={v}" for rule, res in sets.items() for k, v in res.items()),
 ]

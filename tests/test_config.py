@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from imputmae.cli import main
-from imputmae.config import ConfigError, load_config, merge_config, model_dims, validate_config
+from imputmae.config import ConfigError, load_config, merge_config, model_dims, pretrain_folds, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "config.yaml"
@@ -28,6 +28,17 @@ def test_shipped_configs_validate():
     assert demo["pretrain"]["weight_decay"] == real["pretrain"]["weight_decay"] == 1e-2
     assert real["pretrain"]["lr"] == 1e-4 and demo["pretrain"]["per_fold"] is True
     assert demo["wsi"]["keep"] == 4 and real["wsi"]["keep"] == 100
+
+
+def test_pretrain_folds_unimodal_runs_on_the_first_n_folds():
+    real = load_config([BASE])
+    demo = load_config([BASE, DEMO])
+    bench = load_config([BASE, DEMO, ROOT / "config.benchmark.yaml"])
+    assert pretrain_folds(real, "multimodal") == pretrain_folds(real, "rna") == [0, 1, 2, 3, 4]
+    assert pretrain_folds(demo, "multimodal") == [0, 1, 2, 3, 4] and pretrain_folds(demo, "wsi") == [0]
+    assert pretrain_folds(bench, "dnam") == [0, 1, 2, 3, 4]      # the benchmark cohort: Table 4 on every fold
+    assert pretrain_folds(merge_config(real, {"pretrain": {"per_fold": False}}), "rna") == [0]
+    assert demo["wsi"]["tile_jobs"] == "cohort" and real["wsi"]["tile_jobs"] == "patient"
 
 
 def test_paper_hyperparameters_are_the_defaults(cfg):
@@ -57,6 +68,8 @@ def test_paper_hyperparameters_are_the_defaults(cfg):
         ({"bogus": 1}, "config: bogus: unknown key"),
         ({"finetune": {"cut_scheme": "km"}}, "config: finetune.cut_scheme: got 'km', expected one of ['equidistant', 'quantiles']"),
         ({"wsi": {"median_blur": 8}}, "config: wsi.median_blur: got 8, expected an odd kernel size"),
+        ({"wsi": {"tile_jobs": "slide"}}, "config: wsi.tile_jobs: got 'slide', expected one of ['patient', 'cohort']"),
+        ({"pretrain": {"unimodal_folds": 0}}, "config: pretrain.unimodal_folds: got 0"),
         ({"model": {"hidden_size": 90}}, "config: model.num_heads: got 4, expected a divisor of model.hidden_size (90)"),
         ({"cohorts": {"X": {"projekts": ["TCGA-X"]}}}, "config: cohorts.X: a cohort is either"),
     ],

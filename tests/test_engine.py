@@ -138,6 +138,14 @@ def test_table4_end_to_end(results):
     # evaluation is deterministic (seeded noise and tiles)
     again, _, _ = table4(cfg, checkpoints=cks)
     pd.testing.assert_frame_equal(table, again)
+    # multimodal on two folds, unimodal on fold 0 (pretrain.unimodal_folds: 1): both rows on fold 0's patients,
+    # the imputation table on both folds
+    out = results / "pretrain" / "multimodal" / "fold1"
+    pretrain(cfg, run="multimodal", fold=1, out_dir=out, progress=False)
+    two, two_folds, two_imputation = table4(cfg, checkpoints={**cks, ("multimodal", 1): out / "checkpoint.pt"})
+    pd.testing.assert_frame_equal(two, table)
+    assert set(two_folds.query("run == 'multimodal'")["fold"]) == {0, 1}
+    assert (two_imputation["folds"] == 2).all()
     write_table4(results / "tables", table, per_fold, imputation, n_folds=1)
     csv = pd.read_csv(results / "tables" / "table4.csv", index_col=0)
     assert list(csv.columns) == ["WSI", "RNA", "DNAm"]

@@ -291,6 +291,40 @@ def test_cli_writes_the_four_outputs_and_merges_qc(slides, tmp_path):
     assert qc.set_index("patient").loc["P-1", "n_slides"] == 2
 
 
+def test_cli_tiles_cohort_writes_what_tiles_and_qc_write(slides, tmp_path):
+    """wsi.tile_jobs: cohort (one process) and patient (one `wsi tiles` per patient, then `wsi qc`) give the same
+    files, byte for byte: tiles, tile tables, pictures, QC rows and the cohort's QC table."""
+    settings = '{"n_candidates": 150, "keep": 8, "threads": 1}'
+    unavailable = "lost.svs=not downloaded (see report.tsv)"
+    per, one = tmp_path / "per", tmp_path / "one"
+    # the per-patient rule passes a patient's slides sorted, as tiles-cohort orders them
+    assert main(["wsi", "tiles", str(slides["pen20"]), str(slides["small"]), "--out", str(per / "wsi" / "P-1"),
+                 "--settings", settings, "--no-progress"]) == 0
+    assert main(["wsi", "tiles", str(slides["garbage"]), "--unavailable", unavailable, "--out",
+                 str(per / "wsi" / "P-0"), "--settings", settings, "--no-progress"]) == 0
+    assert main(["wsi", "tiles", "--unavailable", unavailable, "--out", str(per / "wsi" / "P-2"),
+                 "--settings", settings, "--no-progress"]) == 0
+    assert main(["wsi", "qc", *map(str, sorted((per / "wsi").glob("*.qc.tsv"))), "--out", str(per / "wsi_qc.tsv")]) == 0
+    assert main(["wsi", "tiles-cohort", "--slide", f"P-1={slides['pen20']}", "--slide", f"P-0={slides['garbage']}",
+                 "--slide", f"P-1={slides['small']}", "--unavailable", f"P-0={unavailable}",
+                 "--unavailable", f"P-2={unavailable}", "--out-dir", str(one / "wsi"),
+                 "--qc-out", str(one / "wsi_qc.tsv"), "--settings", settings]) == 0
+    names = sorted(f.name for f in (per / "wsi").iterdir())
+    assert names == sorted(f.name for f in (one / "wsi").iterdir()) and len(names) == 12
+    for name in names:
+        assert (per / "wsi" / name).read_bytes() == (one / "wsi" / name).read_bytes(), name
+    assert (per / "wsi_qc.tsv").read_bytes() == (one / "wsi_qc.tsv").read_bytes()
+    qc = pd.read_csv(one / "wsi_qc.tsv", sep="\t").set_index("patient")
+    assert list(qc.index) == ["P-0", "P-1", "P-2"] and qc.loc["P-1", "status"] == "ok"
+    assert "not downloaded" in qc.loc["P-2", "slides"]
+
+
+def test_cli_tiles_cohort_rejects_a_malformed_slide_argument(tmp_path, capsys):
+    assert main(["wsi", "tiles-cohort", "--slide", "no-patient.svs", "--out-dir", str(tmp_path),
+                 "--qc-out", str(tmp_path / "qc.tsv")]) == 2
+    assert "expected PATIENT=SLIDE" in capsys.readouterr().err
+
+
 def test_cli_rejects_bad_settings(slides, tmp_path, capsys):
     assert main(["wsi", "tiles", str(slides["pen20"]), "--out", str(tmp_path / "x"), "--settings",
                  '{"kep": 3}']) == 2

@@ -19,7 +19,7 @@ import yaml
 from imputmae.modalities import MODALITIES
 
 __all__ = ["ConfigError", "load_schema", "merge_config", "validate_config", "load_config", "MODEL_SIZES", "model_dims",
-           "cohort_modalities", "cohort_modality_sets", "available_modalities", "last_cohorts"]
+           "cohort_modalities", "cohort_modality_sets", "available_modalities", "last_cohorts", "pretrain_folds"]
 
 
 class ConfigError(ValueError):
@@ -142,6 +142,17 @@ def available_modalities(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     so that a run on own tables without slides trains no WSI encoder on nothing and imputes no WSI from it."""
     have = {m for c in cfg["cohorts"].values() for m in cohort_modalities(c)}
     return tuple(m for m in MODALITIES if m in have)
+
+
+def pretrain_folds(cfg: Mapping[str, Any], run: str = "multimodal") -> list[int]:
+    """The outer folds pretrained for ``run``: every fold (``pretrain.per_fold``; fold 0 alone otherwise); Table 4's
+    unimodal runs (``run`` != multimodal) only the first ``pretrain.unimodal_folds`` of them when that is set (the
+    demo: 1), and Table 4 then compares multimodal with unimodal on those folds alone."""
+    pc = cfg["pretrain"]
+    folds = list(range(cfg["splits"]["n_folds"])) if pc["per_fold"] else [0]
+    if run != "multimodal" and pc.get("unimodal_folds") is not None:
+        folds = folds[: pc["unimodal_folds"]]
+    return folds
 
 
 def _semantic_errors(cfg: Mapping[str, Any]) -> list[str]:

@@ -34,6 +34,7 @@ from imputmae.files import atomic_write
 from imputmae.data import (PatientDataset, build_arrays, collate, fit_normalizers, load_omics, load_patients,
                            n_features, pretraining_patients, read_splits)
 from imputmae.checkpoint import load_checkpoint, save_checkpoint
+from imputmae.config import pretrain_folds
 from imputmae.modalities import MODALITIES, is_image, vector_modalities
 from imputmae.model import MAEConfig, MultimodalMAE
 from imputmae.vit_mae import load_vit_mae_weights
@@ -172,8 +173,9 @@ def run_modalities(cfg: Mapping[str, Any], run: str) -> tuple[str, ...]:
     return (run,)
 
 
-def folds_to_run(cfg: Mapping[str, Any]) -> list[int]:
-    return list(range(cfg["splits"]["n_folds"])) if cfg["pretrain"]["per_fold"] else [0]
+def folds_to_run(cfg: Mapping[str, Any], run: str = "multimodal") -> list[int]:
+    """The outer folds pretrained for ``run`` (:func:`imputmae.config.pretrain_folds`)."""
+    return pretrain_folds(cfg, run)
 
 
 def _set_determinism(seed: int, deterministic: bool) -> None:

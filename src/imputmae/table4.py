@@ -146,8 +146,8 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Table 4 from pretrained checkpoints {(run, fold): path}.
 
-    Returns (table: rows ``Multimodal pretraining``/``Unimodal pretraining``, columns WSI, RNA, DNAm: mean over folds
-    of the test patients' masked-patch MSE; per_fold: long form run, fold, modality, mse; imputation: per
+    Returns (table: rows ``Multimodal pretraining``/``Unimodal pretraining``, columns WSI, RNA, DNAm: mean over
+    folds of the test patients' masked-patch MSE, both rows on the folds the unimodal run has; per_fold: long form run, fold, modality, mse; imputation: per
     modality the multimodal model's error imputing the whole modality from the others vs the training mean).
     """
     dev = torch.device(device)
@@ -176,8 +176,13 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
     table = pd.DataFrame(index=["Multimodal pretraining", "Unimodal pretraining"], columns=["WSI", "RNA", "DNAm"],
                          dtype=float)
     if len(per_fold):
-        mm = per_fold[per_fold["run"] == "multimodal"].groupby("modality")["mse"].mean()
         uni = per_fold[(per_fold["run"] != "multimodal") & (per_fold["run"] == per_fold["modality"])]
+        # both rows on the same test patients: a modality's multimodal cell on the folds its unimodal run has
+        # (pretrain.unimodal_folds), all folds when there is no unimodal run of it
+        uni_folds = uni.groupby("modality")["fold"].agg(set)
+        mm = per_fold[per_fold["run"] == "multimodal"]
+        same = [m not in uni_folds or f in uni_folds[m] for m, f in zip(mm["modality"], mm["fold"])]
+        mm = mm[same].groupby("modality")["mse"].mean()
         uni = uni.groupby("modality")["mse"].mean()
         for m, v in mm.items():
             table.loc["Multimodal pretraining", label(m)] = v

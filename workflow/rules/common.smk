@@ -17,7 +17,7 @@ if SRC not in sys.path:
 from snakemake.settings.types import DeploymentMethod  # noqa: E402
 
 from imputmae.config import (ConfigError, available_modalities, cohort_modalities,  # noqa: E402
-                              cohort_modality_sets, last_cohorts, validate_config)
+                              cohort_modality_sets, last_cohorts, pretrain_folds, validate_config)
 from imputmae.gdc import usable_downloads  # noqa: E402
 from imputmae.modalities import MODALITIES, MODALITY_SETS, is_image  # noqa: E402
 

@@ -1,12 +1,19 @@
 # Outer folds, multimodal MAE pretraining (and the unimodal runs of Table 4), Table 4.
 #
 # splits.parquet is written once and read by every later stage. One pretraining per run (multimodal, rna, dnam,
-# wsi) and per fold (pretrain.per_fold; fold 0 only otherwise), each on that fold's training patients only.
+# wsi) and per fold (pretrain.per_fold; fold 0 only otherwise; Table 4's unimodal runs on the first
+# pretrain.unimodal_folds of them when set), each on that fold's training patients only.
 # A pretraining killed by SIGTERM (Slurm preemption, time limit) writes its checkpoint and exits 75; rerunning the
 # rule resumes from it (--resume is always passed: a fresh output directory simply starts from scratch).
 
 PRETRAIN_RUNS = ["multimodal"] + list(config["pretrain"]["unimodal"])
-PRETRAIN_FOLDS = list(range(config["splits"]["n_folds"])) if config["pretrain"]["per_fold"] else [0]
+# (run, fold) of every pretraining: the unimodal runs on the first pretrain.unimodal_folds folds when that is set
+PRETRAIN_JOBS = [(run, fold) for run in PRETRAIN_RUNS for fold in pretrain_folds(config, run)]
+
+
+def pretrain_outputs(key):
+    """The ``key`` output (checkpoint, metrics, plot) of every pretraining."""
+    return [getattr(rules.pretrain.output, key).format(run=run, fold=fold) for run, fold in PRETRAIN_JOBS]
 
 
 # Every cohort's labels, omics matrices and, for the cohorts with slides, WSI QC table (it lists the tile files).
@@ -69,8 +76,7 @@ rule pretrain:
 rule table4:
     input:
         splits=f"{RESULTS}/splits.parquet",
-        checkpoints=expand(f"{RESULTS}/pretrain/{{run}}/fold{{fold}}/checkpoint.pt", run=PRETRAIN_RUNS,
-                           fold=PRETRAIN_FOLDS),
+        checkpoints=pretrain_outputs("checkpoint"),
     output:
         csv=f"{RESULTS}/tables/table4.csv",
         md=f"{RESULTS}/tables/table4.md",

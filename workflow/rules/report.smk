@@ -16,7 +16,7 @@ rule report:
         table3=[rules.table3.output.csv, rules.table3.output.md],
         table4=[rules.table4.output.csv, rules.table4.output.md, rules.table4.output.imputation],
         km=rules.table3.output.km,
-        loss=expand(rules.pretrain.output.plot, run=PRETRAIN_RUNS, fold=PRETRAIN_FOLDS),
+        loss=pretrain_outputs("plot"),
         wsi_qc=expand(f"{RESULTS}/{{cohort}}/wsi_qc.tsv", cohort=WSI_COHORTS),
         clinical_qc=expand(f"{RESULTS}/{{cohort}}/clinical_qc.tsv", cohort=COHORTS),
         omics_qc=expand(f"{RESULTS}/{{cohort}}/omics_qc.tsv", cohort=COHORTS),

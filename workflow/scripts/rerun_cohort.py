@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Rules whose jobs are per cohort and read only that cohort's data (and the GDC mirror or API)
 DATA_RULES = {"gdc_manifest", "gdc_select", "gdc_download", "gdc_clinical", "omics_rna", "omics_dnam", "omics_qc",
-              "omics_tables", "wsi_tiles", "wsi_qc"}
+              "omics_tables", "wsi_tiles", "wsi_qc", "wsi_tiles_cohort"}
 
 
 def main(argv: list[str] | None = None) -> int:

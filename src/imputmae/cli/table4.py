@@ -29,7 +29,7 @@ def _table4(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     root = Path(cfg["results"]) / "pretrain"
     runs = ["multimodal", *cfg["pretrain"]["unimodal"]]
-    checkpoints = {(run, f): root / run / f"fold{f}" / "checkpoint.pt" for run in runs for f in folds_to_run(cfg)}
+    checkpoints = {(run, f): root / run / f"fold{f}" / "checkpoint.pt" for run in runs for f in folds_to_run(cfg, run)}
     missing = [str(p) for p in checkpoints.values() if not p.is_file()]
     if missing:
         raise UserError(f"missing checkpoints: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
@@ -39,6 +39,7 @@ def _table4(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     out = Path(args.out_dir or Path(cfg["results"]) / "tables")
-    write_table4(out, table, per_fold, imputation, n_folds=len(folds_to_run(cfg)))
+    # the reconstruction table's folds: those both the multimodal and the unimodal runs have
+    write_table4(out, table, per_fold, imputation, n_folds=min(len(folds_to_run(cfg, r)) for r in runs))
     print(table.to_string())
     return 0
