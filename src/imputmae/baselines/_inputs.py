@@ -10,7 +10,8 @@ Built once per fold and shared by every baseline row of that fold (:func:`baseli
   layer3 as CLAM does (F = 1,024; :mod:`imputmae.baselines._resnet`), what CLAM-based baselines used;
 * missing modalities: ``missing="impute"`` (the paper's protocol, "we impute missing modalities in prior approaches
   using the proposed method") fills them with the pretrained decoder's reconstruction
-  (:func:`imputmae.finetune.complete_inputs`, the function impuTMAE's own fine-tuning uses; a missing slide becomes
+  (:func:`imputmae.finetune.features.iter_complete_inputs`, a group of patients at a time, as impuTMAE's own
+  fine-tuning does; a missing slide becomes
   one imputed tile) and marks them available; ``missing="zero"`` gives zeros and marks them unavailable.
 """
 
@@ -88,7 +89,7 @@ def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
     ``mae``: the fold's pretrained model (imputation, and the ``mae_cls`` extractor); ``weights``: the ResNet-50
     state dict for ``extractor="resnet50"``. See the module docstring.
     """
-    from imputmae.finetune import complete_inputs
+    from imputmae.finetune.features import iter_complete_inputs
 
     patients = list(patients)
     dev = next(mae.parameters()).device
@@ -111,20 +112,23 @@ def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
     else:
         raise ValueError(f"extractor {extractor!r}: 'mae_cls' (the fold's pretrained WSI encoder) or 'resnet50'")
     mods = [m for m in MODALITIES if m in mae.modalities]     # a model pretrained without slides has no WSI
-    data, imputed = complete_inputs(mae, inputs, patients, mods, missing, max_tiles)
-    for m in MODALITIES:
-        data.setdefault(m, {})
-        imputed.setdefault(m, np.zeros(len(patients), bool))
     lengths = {"rna": mae.cfg.rna_len, "dnam": mae.cfg.dnam_len}
     omics = {m: torch.zeros(len(patients), lengths[m]) for m in ("rna", "dnam")}
-    tiles: list[Tensor] = []
-    for i, p in enumerate(patients):
-        for m in ("rna", "dnam"):
-            if p in data[m]:
-                omics[m][i] = data[m][p][: lengths[m]].float().cpu()
-        tiles.append(features(data["wsi"][p].to(dev)).cpu() if p in data["wsi"] else torch.zeros(1, D))
-    avail = torch.tensor([[p in data[m] for m in MODALITIES] for p in patients], dtype=torch.bool)
-    imp = torch.from_numpy(np.stack([imputed[m] for m in MODALITIES], axis=1))
+    tiles: list[Tensor] = [torch.zeros(1, D)] * len(patients)
+    avail = torch.zeros(len(patients), len(MODALITIES), dtype=torch.bool)
+    imp = torch.zeros(len(patients), len(MODALITIES), dtype=torch.bool)
+    # a group of patients at a time: only the tile features [K, F] are kept, never a cohort's float tiles
+    for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mods, missing, max_tiles):
+        for j, i in enumerate(pos):
+            p = patients[i]
+            for m in ("rna", "dnam"):
+                if m in data and p in data[m]:
+                    omics[m][i] = data[m][p][: lengths[m]].float().cpu()
+            if "wsi" in data and p in data["wsi"]:
+                tiles[i] = features(data["wsi"][p].to(dev)).cpu()
+            for k, m in enumerate(MODALITIES):
+                avail[i, k] = m in data and p in data[m]
+                imp[i, k] = bool(imputed[m][j]) if m in imputed else False
     return BaselineInputs(patients, omics["rna"], omics["dnam"], tiles, avail, imp, extractor)
 
 

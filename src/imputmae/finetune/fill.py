@@ -4,7 +4,7 @@
   omics vector [L_m]; for WSI one mean tile [1, H, W, 3], the pixel-wise mean of every training tile), fitted on the
   fold's TRAINING patients only and given to every patient who lacks the modality (the "training mean" ablation);
 * :func:`decoder_filled_inputs`: the fold's pretrained decoder's reconstruction
-  (:func:`imputmae.finetune.complete_inputs`) written back as ordinary inputs, so that another network (impuTMAE's
+  (:func:`imputmae.finetune.features.iter_complete_inputs`) written back as ordinary inputs, so that another network (impuTMAE's
   architecture from random initialisation, Cox-PCA) reads the same imputed inputs as the pretrained model.
 
 Both return a :class:`PatientInputs` in which every listed patient has every modality, and the bool [P] mask of
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from imputmae.finetune.features import PatientInputs, complete_inputs
+from imputmae.finetune.features import PatientInputs, iter_complete_inputs
 from imputmae.modalities import MODALITIES, is_image
 from imputmae.model import MultimodalMAE
 
@@ -73,14 +73,19 @@ def decoder_filled_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: S
     """``patients``' inputs with each missing modality set to the pretrained decoder's reconstruction: omics
     float32 [L_pad], a missing slide one imputed tile uint8 [1, H, W, 3] (rounded from the decoder's [0, 1])."""
     patients = list(patients)
-    data, _ = complete_inputs(mae, inputs, patients, [m for m in MODALITIES if m in mae.modalities], "impute")
+    mods = [m for m in MODALITIES if m in mae.modalities]
+    made: dict[str, dict[str, np.ndarray]] = {m: {} for m in mods}
+    # a group of patients at a time, keeping only the reconstructions (never a cohort's float tiles)
+    for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mods, "impute"):
+        for m in mods:
+            for j, i in enumerate(pos):
+                if imputed[m][j]:
+                    x = data[m][patients[i]]
+                    made[m][patients[i]] = (   # image: [1, 3, H, W] in [0, 1] -> [1, H, W, 3] uint8, as stored
+                        (x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+                        if is_image(m) else x.float().cpu().numpy())
 
     def recon(p: str, m: str) -> np.ndarray | None:
-        x = data.get(m, {}).get(p)
-        if x is None:
-            return None
-        if is_image(m):   # [1, 3, H, W] float in [0, 1] -> [1, H, W, 3] uint8, as tiles are stored
-            return (x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        return x.float().cpu().numpy()
+        return made.get(m, {}).get(p)
 
     return _filled(inputs, patients, recon)
