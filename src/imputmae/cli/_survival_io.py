@@ -12,6 +12,21 @@ from imputmae.files import atomic_write
 
 
 
+def add_fold_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags naming one cohort's outer fold and its pretrained checkpoint (finetune, table3-rows)."""
+    p.add_argument("--checkpoint", required=True, help="the fold's pretrained checkpoint.pt")
+    p.add_argument("--results", required=True, help="the results folder {R} (splits, clinical, omics, tiles)")
+    p.add_argument("--cohort", required=True)
+
+
+def add_model_input_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The flags of the commands that apply a fine-tuned model to new patients' files (predict, impute)."""
+    p.add_argument("--model", required=True, help="a fine-tuned model folder (model.pt) or file")
+    p.add_argument("inputs", nargs="+", help="rna/dnam tables (.parquet/.csv/.tsv; prefix rna: or dnam: to "
+                   "force the modality) and <patient>.npy tile files or folders of them")
+    p.add_argument("--out", required=True, help=out_help)
+
+
 def _write_json(path: Path, obj) -> None:
     atomic_write(path, lambda t: t.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n"))
 

@@ -13,7 +13,7 @@ from imputmae.choices import CINDEX_CHOICES, MISSING_CHOICES
 from imputmae.cli import UserError
 from imputmae.files import atomic_write
 from imputmae.modalities import MODALITY_SETS
-from imputmae.cli._survival_io import _write_json, _fold_patients
+from imputmae.cli._survival_io import _fold_patients, _write_json, add_fold_arguments
 
 log = logging.getLogger("imputmae.survival")
 
@@ -22,9 +22,7 @@ MODSETS = MODALITY_SETS
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune the survival model of one cohort, modality set and fold")
-    p.add_argument("--checkpoint", required=True, help="the fold's pretrained checkpoint.pt")
-    p.add_argument("--results", required=True, help="the results folder {R} (splits, clinical, omics, tiles)")
-    p.add_argument("--cohort", required=True)
+    add_fold_arguments(p)
     p.add_argument("--modset", required=True, choices=MODSETS)
     p.add_argument("--fold", required=True, type=int)
     p.add_argument("--params", default="{}", help="the config's finetune section as JSON (defaults: the paper's)")

@@ -9,19 +9,15 @@ from pathlib import Path
 
 from imputmae.cli import UserError
 from imputmae.files import atomic_write
-from imputmae.cli._survival_io import _load_model_and_inputs
+from imputmae.cli._survival_io import _load_model_and_inputs, add_model_input_arguments
 
 log = logging.getLogger("imputmae.survival")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    for name, helptext in [("predict", "risk and survival curve for new patients from whatever modalities they have")]:
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--model", required=True, help="a fine-tuned model folder (model.pt) or file")
-        p.add_argument("inputs", nargs="+", help="rna/dnam tables (.parquet/.csv/.tsv; prefix rna: or dnam: to "
-                       "force the modality) and <patient>.npy tile files or folders of them")
-        p.add_argument("--out", required=True, help="predict: a .parquet/.csv file; impute: a folder")
-        p.set_defaults(func=_predict)
+    p = sub.add_parser("predict", help="risk and survival curve for new patients from whatever modalities they have")
+    add_model_input_arguments(p, "a .parquet or .csv file: patient, risk, high_risk, imputed_*, S(t)")
+    p.set_defaults(func=_predict)
 
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imputmae.choices import CINDEX_CHOICES
 from imputmae.cli import UserError
+from imputmae.cli._survival_io import add_fold_arguments
 from imputmae.files import atomic_write
 
 log = logging.getLogger("imputmae.table3_rows")
@@ -22,9 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from imputmae.baselines.rows import ROWS
 
     p = sub.add_parser("table3-rows", help="Table 3's baselines and ablations on one cohort and outer fold")
-    p.add_argument("--checkpoint", required=True, help="the fold's pretrained checkpoint.pt")
-    p.add_argument("--results", required=True, help="the results folder {R} (splits, clinical, omics, tiles)")
-    p.add_argument("--cohort", required=True)
+    add_fold_arguments(p)
     p.add_argument("--fold", required=True, type=int)
     p.add_argument("--rows", nargs="+", required=True, choices=list(ROWS), help="the rows to train (one job: shared "
                    "imputed inputs and tile features)")
