@@ -16,7 +16,8 @@ log = logging.getLogger("imputmae.survival")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("impute", help="reconstruct new patients' missing modalities in the original feature space")
-    add_model_input_arguments(p, "a folder: {rna,dnam}.parquet of the imputed omics, wsi/<patient>.npy per imputed slide")
+    add_model_input_arguments(p, "a folder: {rna,dnam}.parquet of the imputed omics, wsi/<patient>.npy per "
+                                 "imputed slide")
     p.set_defaults(func=_impute)
 
 
