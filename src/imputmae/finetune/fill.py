@@ -4,8 +4,9 @@
   omics vector [L_m]; for WSI one mean tile [1, H, W, 3], the pixel-wise mean of every training tile), fitted on the
   fold's TRAINING patients only and given to every patient who lacks the modality (the "training mean" ablation);
 * :func:`decoder_filled_inputs`: the fold's pretrained decoder's reconstruction
-  (:func:`imputmae.finetune.features.iter_complete_inputs`) written back as ordinary inputs, so that another network (impuTMAE's
-  architecture from random initialisation, Cox-PCA) reads the same imputed inputs as the pretrained model.
+  (:func:`imputmae.finetune.features.iter_complete_inputs`) written back as ordinary inputs, so that another
+  network (impuTMAE's architecture from random initialisation, Cox-PCA) reads the same imputed inputs as the
+  pretrained model.
 
 Both return a :class:`PatientInputs` in which every listed patient has every modality, and the bool [P] mask of
 what was filled; the model then runs with ``missing="zero"`` (nothing is missing any more).
