@@ -51,7 +51,7 @@ def test_dry_run_plans_an_own_cohort_without_any_wsi_stage(tmp_path, modalities)
     # fine-tuning: 'all' and each modality the tables bring, 2 folds; the rest is marked in Table 3
     assert jobs["finetune"] == 2 * (1 + len(modalities))
     absent = sorted({"rna", "dnam", "wsi"} - set(modalities))
-    table3 = next(line for line in out.splitlines() if "imputmae table3" in line)
+    table3 = next(line for line in out.splitlines() if "imputmae table3 " in line)
     assert sorted(re.findall(r"--not-applicable MINE:(\w+)", table3)) == absent
     assert "--no-literature" in table3                                 # no TCGA cohort: no quoted TCGA rows
     # pretraining: the multimodal run on what the tables bring, unimodal runs only for those
@@ -249,7 +249,7 @@ def test_dry_run_plans_own_slides_for_table2_splits_and_fine_tuning(tmp_path):
     jobs = _jobs(out)
     assert jobs["wsi_tiles"] == 4 and jobs["wsi_qc"] == 1 and jobs["finetune"] == 4     # wsi and all, 2 folds
     assert "pretrain.modalities: no cohort has" not in out
-    table3 = next(line for line in out.splitlines() if "imputmae table3" in line)
+    table3 = next(line for line in out.splitlines() if "imputmae table3 " in line)
     assert "--not-applicable" not in table3
 
 
