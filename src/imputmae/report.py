@@ -280,7 +280,6 @@ def build_table3(results: str | Path, cohorts: Sequence[str], modsets: Sequence[
     Cox-PCA reference ``baselines/cox/...`` and the rerun rows ``baselines/rows/{cohort}/fold{k}/{row}``; writes
     ``{R}/tables/table3*`` (:func:`write_table3`). Returns {table, cells, notes, km} (km: cohort -> the km_modset
     test predictions with the fold's training median risk). A missing impuTMAE fold is a FileNotFoundError."""
-    import json
 
     from imputmae.baselines.rows import ROWS
 
