@@ -5,8 +5,11 @@ The statistic of a cell is what Table 3 reports: the **mean over the outer folds
 (each fold's curves come from that fold's model, on that fold's label cuts). One bootstrap replicate resamples,
 **within each fold**, that fold's test patients with replacement (a stratified bootstrap: every fold keeps its size,
 curves of different folds' models are never compared with each other), recomputes each fold's C-index and their
-mean. The interval is the percentile interval of the replicates; replicates where a fold's C-index is undefined (no
-comparable pair) are skipped and counted.
+mean. A fold whose C-index is undefined (no comparable pair among its, or a replicate's, test patients) is left out
+of that mean, as the per-fold mean always did (a small cohort's fold without an event among a modality's patients);
+whether a pair is comparable depends only on times and events, so a paired comparison leaves out the same folds for
+both models. The interval is the percentile interval of the replicates; replicates with no fold defined are
+skipped and counted.
 
 Paired comparison: both models' folds are aligned on the same patients (the patients both scored, per fold), each
 replicate draws ONE set of resampled patients and applies it to both, and the difference of their statistics is
@@ -81,7 +84,9 @@ def _statistic(folds: Sequence[FoldPredictions], draw: Sequence[np.ndarray] | No
                n_sub: int) -> float:
     values = [(f if draw is None else f.take(d)).cindex(method, n_sub) for f, d in
               zip(folds, draw if draw is not None else [None] * len(folds))]
-    return float(np.mean(values)) if np.all(np.isfinite(values)) else float("nan")
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]   # a fold with no comparable pair has no C-index: left out of the mean
+    return float(values.mean()) if values.size else float("nan")
 
 
 def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
