@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.modalities import MODALITIES, Kind, active, get, names
 from imputmae.layers import (IMAGENET_MEAN, IMAGENET_STD, Block, WSIHead, patches_channel_first, patchify_image,
                              random_masking, sincos_1d, sincos_2d, take_rows, unpatchify_image)
 
@@ -28,51 +28,81 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MAEConfig:
-    """Sizes of the model. ``rna_len``/``dnam_len`` are feature counts (inputs are zero-padded to whole patches;
-    the padding is excluded from the loss)."""
+    """Sizes of the model, shared ones as fields and per-modality ones as mappings {modality: value}.
 
-    rna_len: int = 0
-    dnam_len: int = 0
+    Attributes:
+        modalities: the model's modalities, in registry order (:mod:`imputmae.modalities`).
+        lengths: {vector modality: feature count L_m}; inputs are zero-padded to whole patches, the padding is
+            excluded from the loss.
+        layers: {modality: encoder depth}; missing entries take the registry entry's default.
+        patch_sizes: {modality: patch}: features per 1D patch (vector, P_m = patch) or pixels per side of a 2D patch
+            (image, P_m = 3 * patch**2); missing entries take the registry entry's default.
+        kinds: {modality: "vector" | "image"}, filled from the registry in use; stored so that a checkpoint
+            describes its own model.
+        tile_size: an image input's side, H = W (pixels).
+
+    ``from_dict`` also reads the named fields of checkpoints written before the mappings (``rna_len``,
+    ``dnam_layers``, ``wsi_patch_size``, ...).
+    """
+
     modalities: tuple[str, ...] = MODALITIES
+    lengths: dict[str, int] = field(default_factory=dict)
+    layers: dict[str, int] = field(default_factory=dict)
+    patch_sizes: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, Kind] = field(default_factory=dict)
     hidden_size: int = 256
     num_heads: int = 4
     intermediate_size: int = 1024
-    rna_layers: int = 6
-    dnam_layers: int = 6
-    wsi_layers: int = 4
     decoder_hidden_size: int = 256
     decoder_layers: int = 3
     decoder_heads: int = 4
     decoder_intermediate_size: int = 512
     tile_size: int = 256
-    wsi_patch_size: int = 16
-    rna_patch: int = 256
-    dnam_patch: int = 512
     mask_ratio: float = 0.5
     norm_eps: float = 1e-6          # facebookresearch/mae; transformers' ViTMAE uses 1e-12 (negligible difference)
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
-        bad = [m for m in self.modalities if m not in MODALITIES]
-        if bad or not self.modalities:
-            raise ValueError(f"modalities: got {list(self.modalities)}, expected a non-empty subset of {MODALITIES}")
-        for m in vector_modalities(self.modalities):
-            if getattr(self, f"{m}_len") <= 0:
-                raise ValueError(f"{m}_len: got {getattr(self, f'{m}_len')}, expected the number of {m} features (> 0)")
-        if self.tile_size % self.wsi_patch_size:
-            raise ValueError(f"wsi_patch_size {self.wsi_patch_size} does not divide tile_size {self.tile_size}")
+        known = names()
+        bad = [m for m in self.modalities if m not in known and m not in self.kinds]
+        if bad or not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities: got {list(self.modalities)}, expected a non-empty subset of {known}")
+        mods = self.modalities
+        # canonical form: exactly the model's modalities in each mapping, defaults from the registry entries
+        self.kinds = {m: self.kinds.get(m) or get(m).kind for m in mods}
+        self.layers = {m: int(self.layers.get(m, get(m).layers if m in known else 0)) for m in mods}
+        self.patch_sizes = {m: int(self.patch_sizes.get(m, get(m).patch_size if m in known else 0)) for m in mods}
+        self.lengths = {m: int(self.lengths.get(m, 0)) for m in mods if self.kinds[m] == "vector"}
+        for m in mods:
+            if self.kinds[m] not in ("vector", "image"):
+                raise ValueError(f"kinds[{m!r}]: got {self.kinds[m]!r}, expected 'vector' or 'image'")
+            if self.layers[m] <= 0 or self.patch_sizes[m] <= 0:
+                raise ValueError(f"{m}: layers {self.layers[m]} and patch size {self.patch_sizes[m]} must be > 0")
+            if self.kinds[m] == "vector" and self.lengths[m] <= 0:
+                raise ValueError(f"lengths[{m!r}]: got {self.lengths[m]}, expected the number of {m} features (> 0)")
+            if self.kinds[m] == "image" and self.tile_size % self.patch_sizes[m]:
+                raise ValueError(f"patch_sizes[{m!r}] {self.patch_sizes[m]} does not divide tile_size {self.tile_size}")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], rna_len: int, dnam_len: int,
+    def from_config(cls, cfg: Mapping[str, Any], lengths: Mapping[str, int],
                     modalities: Sequence[str] | None = None) -> MAEConfig:
-        """Build from the pipeline config (``model``, ``omics``, ``wsi`` sections and ``pretrain.modalities``)."""
+        """Build from the pipeline config (``model``, ``omics``, ``wsi`` sections and ``pretrain.modalities``) and
+        the vector modalities' feature counts {m: L_m}.
+
+        The one place where the config's per-modality keys become the mappings: depth ``model.<m>_layers`` over
+        the size table's (``config.model_dims``), patch at the entry's :attr:`Modality.patch_setting`
+        (``omics.<m>.patch_size``, ``model.<m>_patch_size``); the registry entry's defaults where neither is set."""
         from imputmae.config import model_dims
 
+        reg = active()
         mods = tuple(modalities) if modalities is not None else tuple(cfg["pretrain"]["modalities"])
-        return cls(rna_len=int(rna_len), dnam_len=int(dnam_len), modalities=tuple(m for m in MODALITIES if m in mods),
-                   **model_dims(cfg["model"]), tile_size=int(cfg["wsi"]["tile_size"]),
-                   wsi_patch_size=int(cfg["model"]["wsi_patch_size"]),
-                   rna_patch=int(cfg["omics"]["rna"]["patch_size"]), dnam_patch=int(cfg["omics"]["dnam"]["patch_size"]),
+        mods = tuple(m for m in reg.names if m in mods)
+        dims = model_dims(cfg["model"])
+        shared = {k: v for k, v in dims.items() if k not in {e.layers_setting for e in reg}}
+        layers = {m: int(dims.get(reg.get(m).layers_setting, reg.get(m).layers)) for m in mods}
+        patch_sizes = {m: int(_setting(cfg, reg.get(m).patch_setting, reg.get(m).patch_size)) for m in mods}
+        return cls(modalities=mods, lengths={m: int(lengths[m]) for m in reg.vectors(mods)}, layers=layers,
+                   patch_sizes=patch_sizes, **shared, tile_size=int(cfg["wsi"]["tile_size"]),
                    mask_ratio=float(cfg["model"]["mask_ratio"]))
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,29 +112,61 @@ class MAEConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MAEConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """From :meth:`to_dict`'s output, or from a checkpoint's config of the earlier format (one field per
+        modality: ``<m>_len``, ``<m>_layers``, ``<m>_patch``, ``<m>_patch_size``)."""
+        own = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in own}
+        kw["modalities"] = tuple(d.get("modalities", MODALITIES))
+        for key, suffixes in (("lengths", ("_len",)), ("layers", ("_layers",)),
+                              ("patch_sizes", ("_patch", "_patch_size"))):
+            mapping = dict(kw.get(key) or {})
+            for m in kw["modalities"]:
+                for suffix in suffixes:
+                    if f"{m}{suffix}" in d and m not in mapping:
+                        mapping[m] = d[f"{m}{suffix}"]
+            kw[key] = mapping
+        return cls(**kw)
+
+    def is_image(self, m: str) -> bool:
+        return self.kinds[m] == "image"
 
     def patch(self, m: str) -> int:
-        return self.wsi_patch_size if is_image(m) else getattr(self, f"{m}_patch")
+        """Modality m's patch: features per patch (vector) or pixels per side (image)."""
+        return self.patch_sizes[m]
+
+    def grid(self, m: str) -> int:
+        """An image modality's patches per side: tile_size // patch."""
+        return self.tile_size // self.patch_sizes[m]
 
     def n_patches(self, m: str) -> int:
-        if is_image(m):
-            return (self.tile_size // self.wsi_patch_size) ** 2
-        return math.ceil(getattr(self, f"{m}_len") / self.patch(m))
+        """N_m, the tokens of modality m."""
+        if self.is_image(m):
+            return self.grid(m) ** 2
+        return math.ceil(self.lengths[m] / self.patch(m))
 
     def patch_dim(self, m: str) -> int:
-        return 3 * self.wsi_patch_size ** 2 if is_image(m) else self.patch(m)
+        """P_m, the elements of one patch."""
+        return 3 * self.patch(m) ** 2 if self.is_image(m) else self.patch(m)
 
     def input_len(self, m: str) -> int:
-        """Length of the zero-padded omics input vector."""
+        """Length of the zero-padded vector input, N_m * P_m."""
         return self.n_patches(m) * self.patch(m)
+
+
+def _setting(cfg: Mapping[str, Any], path: Sequence[str], default: int) -> int:
+    """The config value at ``path`` (e.g. ``("omics", "rna", "patch_size")``), ``default`` where a level is absent."""
+    node: Any = cfg
+    for key in path:
+        if not isinstance(node, Mapping) or node.get(key) is None:
+            return default
+        node = node[key]
+    return int(node)
 
 
 def _positions(cfg: MAEConfig, m: str, dim: int) -> Tensor:
     """[1, 1 + N_m, dim] float32, a zero row for the CLS token first."""
     n = cfg.n_patches(m)
-    pe = sincos_2d(dim, cfg.tile_size // cfg.wsi_patch_size) if is_image(m) else sincos_1d(dim, torch.arange(n))
+    pe = sincos_2d(dim, cfg.grid(m)) if cfg.is_image(m) else sincos_1d(dim, torch.arange(n))
     return torch.cat([torch.zeros(1, dim, dtype=pe.dtype), pe]).float()[None]
 
 
@@ -114,10 +176,10 @@ class Encoder(nn.Module):
     def __init__(self, cfg: MAEConfig, m: str):
         super().__init__()
         D, p = cfg.hidden_size, cfg.patch(m)
-        self.proj = nn.Conv2d(3, D, p, stride=p) if is_image(m) else nn.Conv1d(1, D, p, stride=p)
+        self.proj = nn.Conv2d(3, D, p, stride=p) if cfg.is_image(m) else nn.Conv1d(1, D, p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.register_buffer("pos_embed", _positions(cfg, m, D))
-        depth = getattr(cfg, f"{m}_layers")
+        depth = cfg.layers[m]
         self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.intermediate_size, cfg.norm_eps) for _ in range(depth))
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
 
@@ -179,12 +241,12 @@ class MultimodalMAE(nn.Module):
             Block(Dd, cfg.decoder_heads, cfg.decoder_intermediate_size, cfg.norm_eps)
             for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(Dd, eps=cfg.norm_eps)
-        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.wsi_patch_size) if is_image(m) else nn.Linear(Dd, cfg.patch(m))
+        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.patch(m)) if cfg.is_image(m) else nn.Linear(Dd, cfg.patch(m))
                                     for m in self.modalities})
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        for m in vector_modalities(self.modalities):   # 1 where a patch element is a real feature, 0 padding: [N_m, P_m]
-            valid = torch.arange(cfg.input_len(m)) < getattr(cfg, f"{m}_len")
+        for m in cfg.lengths:   # 1 where a patch element is a real feature, 0 padding: [N_m, P_m]
+            valid = torch.arange(cfg.input_len(m)) < cfg.lengths[m]
             self.register_buffer(f"element_weight_{m}", valid.float().view(cfg.n_patches(m), -1), persistent=False)
         self.apply(self._init_weights)
         for m in self.modalities:
@@ -196,9 +258,9 @@ class MultimodalMAE(nn.Module):
         # Small prediction heads, omics starting at 0.5 (quantile-normalised features are uniform on [0, 1]): the
         # first predictions sit near the targets' mean instead of thousands of Adam steps (of size lr) away.
         for m in self.modalities:
-            w = self.heads[m].deconv.weight if is_image(m) else self.heads[m].weight
+            w = self.heads[m].deconv.weight if self.cfg.is_image(m) else self.heads[m].weight
             nn.init.normal_(w, std=0.02)
-            if not is_image(m):
+            if not self.cfg.is_image(m):
                 nn.init.constant_(self.heads[m].bias, 0.5)
 
     @staticmethod
@@ -216,7 +278,7 @@ class MultimodalMAE(nn.Module):
     def _input(self, batch: Mapping[str, Tensor], m: str) -> Tensor:
         """The modality's model input: omics padded to whole patches [B, L_pad]; WSI normalised [B, 3, H, W]."""
         x = batch[m].float()
-        if is_image(m):
+        if self.cfg.is_image(m):
             return (x - self.pixel_mean).div_(self.pixel_std)   # in place on the new tensor: one image less
         pad = self.cfg.input_len(m) - x.shape[1]
         if pad < 0:
@@ -225,20 +287,20 @@ class MultimodalMAE(nn.Module):
 
     def patchify(self, m: str, x: Tensor) -> Tensor:
         """Model input (see :meth:`_input`) -> patches [B, N_m, P_m]."""
-        if is_image(m):
-            return patchify_image(x, self.cfg.wsi_patch_size)
+        if self.cfg.is_image(m):
+            return patchify_image(x, self.cfg.patch(m))
         return x.view(x.shape[0], self.cfg.n_patches(m), self.cfg.patch(m))
 
     def unpatchify(self, m: str, patches: Tensor) -> Tensor:
         """Patches [B, N_m, P_m] -> input space: omics [B, L_pad] in [0, 1]; WSI [B, 3, H, W] in [0, 1]."""
-        if is_image(m):
-            img = unpatchify_image(patches, self.cfg.wsi_patch_size) * self.pixel_std + self.pixel_mean
+        if self.cfg.is_image(m):
+            img = unpatchify_image(patches, self.cfg.patch(m)) * self.pixel_std + self.pixel_mean
             return img.clamp(0, 1)
         return (patches.reshape(patches.shape[0], -1) * self.element_weight(m).flatten()).clamp(0, 1)
 
     def element_weight(self, m: str) -> Tensor:
         """[N_m, P_m]: 1 for real input elements, 0 for omics padding."""
-        if is_image(m):
+        if self.cfg.is_image(m):
             return self.pixel_std.new_ones(self.cfg.n_patches(m), self.cfg.patch_dim(m))
         return getattr(self, f"element_weight_{m}")
 
@@ -247,7 +309,7 @@ class MultimodalMAE(nn.Module):
             return torch.zeros(B, dtype=torch.bool, device=device)
         if "available" not in batch:
             return torch.ones(B, dtype=torch.bool, device=device)
-        return batch["available"][:, MODALITIES.index(m)].to(device=device, dtype=torch.bool)
+        return batch["available"][:, active().index(m)].to(device=device, dtype=torch.bool)
 
     def _batch_size(self, batch: Mapping[str, Tensor]) -> tuple[int, torch.device]:
         for m in (*self.modalities, "available"):
@@ -273,11 +335,12 @@ class MultimodalMAE(nn.Module):
             present = self._available(batch, m, B, device)
             valid = present
             if "hidden" in batch:
-                valid = present & ~batch["hidden"][:, MODALITIES.index(m)].to(device=device, dtype=torch.bool)
+                valid = present & ~batch["hidden"][:, active().index(m)].to(device=device, dtype=torch.bool)
             if m in batch:
                 x = self._input(batch, m)
             else:
-                shape = (B, 3, self.cfg.tile_size, self.cfg.tile_size) if is_image(m) else (B, self.cfg.input_len(m))
+                T = self.cfg.tile_size
+                shape = (B, 3, T, T) if self.cfg.is_image(m) else (B, self.cfg.input_len(m))
                 x = torch.zeros(shape, device=device)
             # nobody has the modality: the encoder sees only its CLS (no tokens at all)
             len_keep = int(N * (1 - mask_ratio)) if bool(valid.any()) else 0
@@ -349,7 +412,7 @@ class MultimodalMAE(nn.Module):
 
     def _head(self, m: str, h: Tensor, channel_first: bool) -> Tensor:
         """Decoder states [B, M, Dd] -> modality m's patches [B, M, P_m] (WSI optionally channel-first)."""
-        return self.heads[m](h, channel_first) if is_image(m) else self.heads[m](h)
+        return self.heads[m](h, channel_first) if self.cfg.is_image(m) else self.heads[m](h)
 
     def loss_rows(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """The patches the loss can count, per modality [B, M_m]: the masked ones (M_m = N_m - K_m, in masking
@@ -373,9 +436,9 @@ class MultimodalMAE(nn.Module):
         ``rows`` must list every patch whose weight is nonzero); ``channel_first``: WSI pred in (channel, row, col)
         order, ``patches`` x already cut that way (optional: saves a copy). Omics padding is never counted.
         """
-        if is_image(m):                                                          # every element is real
+        if self.cfg.is_image(m):                                                # every element is real
             if channel_first:
-                target = patches if patches is not None else patches_channel_first(x, self.cfg.wsi_patch_size)
+                target = patches if patches is not None else patches_channel_first(x, self.cfg.patch(m))
             else:
                 target = self.patchify(m, x)
             if rows is not None:
@@ -431,7 +494,7 @@ class MultimodalMAE(nn.Module):
             patches = self.patchify(m, self._input({m: mean[None].to(self.pixel_std.device)}, m))[0]   # [N, P]
             ew = self.element_weight(m)
             bias = (patches * ew).sum(0) / ew.sum(0).clamp_min(1)
-            (self.heads[m].pixel_bias if is_image(m) else self.heads[m].bias).copy_(bias)
+            (self.heads[m].pixel_bias if self.cfg.is_image(m) else self.heads[m].bias).copy_(bias)
 
     # -- uses of a trained model ---------------------------------------------------------------------------------
 
@@ -484,7 +547,7 @@ class MultimodalMAE(nn.Module):
         for m in self.modalities:
             recon = total[m] / len(draws)
             x = batch[m].float() if m in batch else torch.zeros_like(recon)
-            if not is_image(m):
+            if not self.cfg.is_image(m):
                 x = F.pad(x, (0, recon.shape[1] - x.shape[1]))
             shape = (-1,) + (1,) * (recon.dim() - 1)
             out[m] = torch.where(valid[m].view(shape), x, recon)

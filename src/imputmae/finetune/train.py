@@ -21,7 +21,7 @@ from imputmae.choices import CacheDtype, CIndexName, CutScheme, MissingInputs, S
 from imputmae.finetune.features import (FrozenFeatures, MemoryNeeded, PatientInputs, collate_batch,
                                         frozen_features, training_memory_bytes, usable_memory_bytes)
 from imputmae.finetune.network import SurvivalEnsemble, SurvivalModel, baseline_hazard_logits
-from imputmae.modalities import MODALITIES
+from imputmae.modalities import active, names
 from imputmae.model import MultimodalMAE
 from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
@@ -66,8 +66,12 @@ class FinetuneConfig:
         return cls(**{"modset": modset, "cindex": cfg["evaluation"]["cindex"],
                       **{k: f[k] for k in CONFIG_KEYS if k in f}, **over})   # ``over`` wins
 
-    def modalities(self, available: Sequence[str] = MODALITIES) -> tuple[str, ...]:
-        return tuple(m for m in MODALITIES if m in available) if self.modset == "all" else (self.modset,)
+    def modalities(self, available: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The model's modalities: ``modset`` alone, or (``all``) those of ``available`` (default: every one of
+        the registry in use), in registry order."""
+        if self.modset != "all":
+            return (self.modset,)
+        return tuple(m for m in names() if available is None or m in available)
 
 
 @torch.no_grad()
@@ -85,7 +89,7 @@ def predict_features(model: SurvivalModel | SurvivalEnsemble, frozen: FrozenFeat
 def select_patients(inputs: PatientInputs, patients: Sequence[str], modset: str) -> list[str]:
     """The patients a modality set uses: those with that modality, or (``all``) those with any."""
     if modset == "all":
-        return [p for p in patients if any(inputs.has(p, m) for m in MODALITIES)]
+        return [p for p in patients if any(inputs.has(p, m) for m in names())]
     return [p for p in patients if inputs.has(p, modset)]
 
 
@@ -186,7 +190,8 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
 
 def frozen_rows_max(inputs: PatientInputs, patients: Sequence[str], modalities: Sequence[str]) -> int:
     """The most rows (tiles) one patient has among ``patients``: the batch's K_max (1 without slides)."""
-    return max([len(inputs.tiles[p]) for p in patients if p in inputs.tiles and "wsi" in modalities] or [1])
+    with_tiles = bool(active().images(modalities))
+    return max([len(inputs.tiles[p]) for p in patients if p in inputs.tiles and with_tiles] or [1])
 
 
 def check_memory(k_max: int, mae: MultimodalMAE, modalities: Sequence[str], cfg: FinetuneConfig,
