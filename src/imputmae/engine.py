@@ -36,6 +36,7 @@ from imputmae.data import (OmicsArrays, PatientDataset, build_arrays, collate, f
                            load_patients, n_features, pretraining_patients, read_splits)
 from imputmae.checkpoint import load_checkpoint, save_checkpoint
 from imputmae.config import pretrain_folds
+from imputmae.ddp import Ranks, global_mean_losses, init_ranks, is_ddp, stop_flag, wrap_model
 from imputmae.modalities import active, is_image, names, vector_modalities
 from imputmae.model import MAEConfig, MultimodalMAE
 from imputmae.vit_mae import load_vit_mae_weights
@@ -67,35 +68,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _is_ddp() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _global_mean_losses(raw_model: MultimodalMAE, batch: Mapping[str, torch.Tensor],
-                        masks: Mapping[str, torch.Tensor], losses: Mapping[str, torch.Tensor]
-                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, bool]]:
-    """Rescale each rank's per-modality mean so that DDP's gradient average is the gradient of the global mean.
-
-    Ranks count different numbers of target elements (modality sets differ; masked omics patches hold different
-    amounts of padding), so the plain average of per-rank means is not the global batch's mean. Each rank's mean
-    is multiplied by ``world * n_local / n_global`` (counts all-reduced; constants for autograd). Also returns
-    whether any rank's batch had each modality.
-    """
-    world = dist.get_world_size()
-    counts = []
-    for m in raw_model.modalities:
-        valid = batch["available"][:, active().index(m)].float()   # present: a target (hidden or not)
-        per_patch = raw_model.element_weight(m).sum(-1)                          # [N] real elements per patch
-        counts.append(((masks[m].float() * valid[:, None]) * per_patch).sum())
-    local = torch.stack(counts).detach().double()
-    total = local.clone()
-    dist.all_reduce(total)
-    scale = torch.where(total > 0, world * local / total.clamp_min(1), torch.zeros_like(total))
-    scaled = {m: losses[m] * scale[i].to(losses[m].dtype) for i, m in enumerate(raw_model.modalities)}
-    present = {m: bool(total[i] > 0) for i, m in enumerate(raw_model.modalities)}
-    return torch.stack(list(scaled.values())).sum(), scaled, present
-
-
 def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
                     epoch: int, *, step: int, lr_fn: Callable[[int], float], modalities: Sequence[str],
                     sums: Mapping[str, float] | None = None, stop: Callable[[], bool] | None = None,
@@ -121,8 +93,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Any, optimizer: torch.optim.
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             loss, _, masks, losses = model(batch, noise=noise, predict="masked")   # same loss, less work
-        if _is_ddp():
-            loss, losses, present = _global_mean_losses(model.module, batch, masks, losses)
+        if is_ddp():
+            loss, losses, present = global_mean_losses(model.module, batch, masks, losses)
         else:
             present = {m: bool(batch["available"][:, active().index(m)].any()) for m in modalities}
         if not torch.isfinite(loss):
@@ -242,35 +214,6 @@ def _train_means(arrays: OmicsArrays, dataset: PatientDataset, modalities: Seque
 
 
 @dataclass
-class _Ranks:
-    """Where this process trains: its device, its rank and the number of DDP ranks (1: no DDP)."""
-
-    device: torch.device
-    rank: int
-    world: int
-
-    @property
-    def ddp(self) -> bool:
-        return self.world > 1
-
-
-def _init_ranks(device: str | None) -> _Ranks:
-    """The device and DDP rank from torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` (the process group started
-    when there are several ranks)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return _Ranks(dev, rank, world)
-
-
-@dataclass
 class _FoldData:
     """One fold's training patients: their table, the normalisers fitted on exactly them, their arrays, the model
     configuration those arrays give, and the dataset over them."""
@@ -321,18 +264,7 @@ def _resume(path: Path, model: MultimodalMAE, optimizer: torch.optim.Optimizer, 
             "history": list(ex.get("history", [])), "partial": ex.get("partial_sums")}
 
 
-def _stop_flag(event: threading.Event, ranks: _Ranks) -> Callable[[], bool]:
-    """A callable that says whether any rank received SIGTERM (all-reduced under DDP)."""
-    def stop() -> bool:
-        flag = torch.tensor([1.0 if event.is_set() else 0.0])
-        if ranks.ddp:
-            flag = flag.to(ranks.device) if ranks.device.type == "cuda" else flag
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-    return stop
-
-
-def _epoch_row(res: Mapping[str, Any], epoch: int, lr: float, modalities: Sequence[str], ranks: _Ranks,
+def _epoch_row(res: Mapping[str, Any], epoch: int, lr: float, modalities: Sequence[str], ranks: Ranks,
                seconds: float) -> dict[str, Any]:
     """metrics.csv's row of a finished epoch: lr, the total and per-modality mean losses (means over ranks)."""
     s = dict(res["sums"])
@@ -343,17 +275,6 @@ def _epoch_row(res: Mapping[str, Any], epoch: int, lr: float, modalities: Sequen
     return {"epoch": epoch + 1, "step": res["step"], "lr": lr, "loss": s["loss"] / max(s["steps"], 1),
             **{f"loss_{m}": (s[f"loss_{m}"] / s[f"n_{m}"] if s[f"n_{m}"] else float("nan")) for m in modalities},
             "seconds": round(seconds, 3)}
-
-
-def _wrap(model: MultimodalMAE, ranks: _Ranks, n_modalities: int, compile: bool) -> torch.nn.Module:
-    """The module that trains: DDP around ``model`` with several ranks, ``torch.compile`` when asked (compiles on
-    the first step; checkpoints keep saving ``model``, with plain parameter names)."""
-    net: torch.nn.Module = model
-    if ranks.ddp:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
-            find_unused_parameters=n_modalities > 1)   # a batch without some modality leaves its patch embed unused
-    return torch.compile(net) if compile else net
 
 
 @dataclass
@@ -367,7 +288,7 @@ class _Loop:
     run: str
     fold: int
     out_dir: Path
-    ranks: _Ranks
+    ranks: Ranks
     data: _FoldData
     model: MultimodalMAE
     net: torch.nn.Module
@@ -447,7 +368,7 @@ def _new_model(cfg: Mapping[str, Any], data: _FoldData, device: torch.device
     return model.to(device), train_means
 
 
-def _start(cfg: Mapping[str, Any], run: str, fold: int, out_dir: Path, ranks: _Ranks, resume: bool
+def _start(cfg: Mapping[str, Any], run: str, fold: int, out_dir: Path, ranks: Ranks, resume: bool
            ) -> tuple[_Loop, int]:
     """Data, model, optimizer, schedule and sampler of one pretraining, resumed from ``out_dir``'s checkpoint when
     asked (``last.pt``, else a finished ``checkpoint.pt``)."""
@@ -478,7 +399,7 @@ def _start(cfg: Mapping[str, Any], run: str, fold: int, out_dir: Path, ranks: _R
         state = _resume(ckpt, model, optimizer, data.model_config, ranks.device)
     elif resume:
         log.info("--resume: no checkpoint at %s; starting from scratch", ckpt)
-    net = _wrap(model, ranks, len(modalities), pc["compile"])
+    net = wrap_model(model, ranks, len(modalities), pc["compile"])
     loop = _Loop(pc, run, fold, out_dir, ranks, data, model, net, optimizer, sampler, steps_per_epoch, lr_fn,
                  train_means, step=state.get("step", 0), skip_batches=state.get("skip_batches", 0),
                  history=state.get("history", []), partial=state.get("partial"))
@@ -497,7 +418,7 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     runs DDP; only rank 0 writes. Returns {"status": "completed" | "preempted", "epoch", "step", "history"}.
     """
     pc = cfg["pretrain"]
-    ranks = _init_ranks(device)
+    ranks = init_ranks(device)
     if pc["batch_size"] % ranks.world:
         raise ValueError(f"pretrain.batch_size {pc['batch_size']} is not divisible by the {ranks.world} DDP ranks")
     _set_determinism(pc["seed"], pc["deterministic"])
@@ -506,7 +427,7 @@ def pretrain(cfg: Mapping[str, Any], *, run: str, fold: int, out_dir: str | Path
     stop_event = threading.Event()
     main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, lambda *_: stop_event.set()) if main_thread else None
-    stop = _stop_flag(stop_event, ranks)
+    stop = stop_flag(stop_event, ranks)
     status = "completed"
     try:
         for epoch in range(start_epoch, pc["epochs"]):
