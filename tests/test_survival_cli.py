@@ -59,10 +59,10 @@ def results(tmp_path_factory):
                                                                                           & has_rna])
         nd = OmicsNormalizer("dnam", n_quantiles=50, patch_size=16).fit(dnam.loc[train])
         torch.manual_seed(fold)
-        cfg = MAEConfig(rna_len=nr.n_features_, dnam_len=nd.n_features_, hidden_size=32, num_heads=2,
+        cfg = MAEConfig.from_dict(dict(rna_len=nr.n_features_, dnam_len=nd.n_features_, hidden_size=32, num_heads=2,
                         intermediate_size=64, rna_layers=2, dnam_layers=2, wsi_layers=2, decoder_hidden_size=32,
                         decoder_layers=1, decoder_heads=2, decoder_intermediate_size=64, tile_size=32,
-                        wsi_patch_size=16, rna_patch=16, dnam_patch=16)
+                        wsi_patch_size=16, rna_patch=16, dnam_patch=16))
         save_checkpoint(R / "pretrain" / "multimodal" / f"fold{fold}" / "checkpoint.pt", model=MultimodalMAE(cfg),
                         optimizer=None, step=0, epoch=0, model_config=cfg,
                         normalizers={"rna": nr.state_dict(), "dnam": nd.state_dict()},
