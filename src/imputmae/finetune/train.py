@@ -20,7 +20,8 @@ from torch import Tensor
 from imputmae.choices import CacheDtype, CIndexName, CutScheme, MissingInputs, SelectOn
 from imputmae.finetune.features import (FrozenFeatures, MemoryNeeded, PatientInputs, collate_batch,
                                         frozen_features, training_memory_bytes, usable_memory_bytes)
-from imputmae.finetune.network import SurvivalEnsemble, SurvivalModel, baseline_hazard_logits
+from imputmae.finetune.network import (SurvivalEnsemble, SurvivalModel, baseline_hazard_logits,
+                                       check_trainable_blocks)
 from imputmae.modalities import active, names
 from imputmae.model import MultimodalMAE
 from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
@@ -33,7 +34,7 @@ ModSet = str                # one of imputmae.modalities.MODALITY_SETS
 FORMAT = "imputmae-survival-2"
 CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
                "val_fraction", "members", "select_on", "seed", "cache_dtype",
-               "cache_dir")   # the config's finetune keys FinetuneConfig takes
+               "cache_dir", "trainable_blocks")   # the config's finetune keys FinetuneConfig takes
 
 
 @dataclass
@@ -59,6 +60,7 @@ class FinetuneConfig:
     select_on: SelectOn = "cindex"                                          # what picks each member's epoch
     cache_dtype: CacheDtype = "float32"      # the frozen-feature file: float32 exact, float16 half the disk
     cache_dir: str | None = None             # where that file lives (None: $TMPDIR); docs/finetune.md "Memory"
+    trainable_blocks: int = 1                # how many of each encoder's last blocks are trained (1: the paper's)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
@@ -199,7 +201,7 @@ def check_memory(k_max: int, mae: MultimodalMAE, modalities: Sequence[str], cfg:
     """Raise :class:`MemoryNeeded` (naming the rule, the figure and the setting) before any work when a training
     batch of ``cfg.batch_size`` patients with ``k_max`` tiles would not fit the job's memory (host: the cgroup or
     Slurm limit, else what the system has available; CUDA: the device's free memory). Returns the estimate."""
-    need = training_memory_bytes(mae.cfg, modalities, cfg.batch_size, k_max)
+    need = training_memory_bytes(mae.cfg, modalities, cfg.batch_size, k_max, cfg.trainable_blocks)
     if device.type == "cuda":
         have, where = torch.cuda.mem_get_info(device)[0], f"{device} (free)"
     else:
@@ -260,7 +262,8 @@ def _train_members(mae: MultimodalMAE, frozen: FrozenFeatures, labels: _FoldLabe
     val_surv = np.zeros((len(frozen.patients), len(cuts)))
     for k, (fit, val) in enumerate(members_split):
         fit_idx, val_idx = labels.rows(fit), labels.rows(val)
-        model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
+        model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders,
+                              cfg.trainable_blocks)
         with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
             model.head.bias.copy_(baseline_hazard_logits(labels.idx_durations[fit_idx], labels.label_events[fit_idx],
                                                          len(cuts)))
@@ -307,7 +310,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     """One fold: select patients, fit cuts on training patients, split validation, cache, train, evaluate.
 
     clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
-    computed with the same MAE, modalities and ``missing`` for a superset of the patients. ``device``: default
+    computed with the same MAE, modalities, ``missing`` and ``trainable_blocks`` for a superset of the patients. ``device``: default
     CUDA when available (each batch is read from the frozen-feature file and copied there), else CPU.
     """
     t0 = time.perf_counter()
@@ -315,6 +318,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     mae = mae.to(device)
     torch.manual_seed(cfg.seed)
     mods = cfg.modalities(mae.modalities)
+    check_trainable_blocks(mae.cfg, mods, cfg.trainable_blocks)   # before the feature pass, not after it
     train = [p for p in select_patients(inputs, train, cfg.modset) if p in clinical.index]
     test = [p for p in select_patients(inputs, test, cfg.modset) if p in clinical.index]
     t_tr, e_tr, cuts = fold_cuts(clinical, train, test, cfg.n_bins, cfg.cut_scheme,      # training patients only
@@ -323,7 +327,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     everyone = train + test
     check_memory(frozen_rows_max(inputs, everyone, mods), mae, mods, cfg, device)
     frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing, cache_dtype=cfg.cache_dtype,
-                                         cache_dir=cfg.cache_dir)
+                                         cache_dir=cfg.cache_dir, trainable_blocks=cfg.trainable_blocks)
     t_cache = time.perf_counter() - t0
     labels = _fold_labels(frozen, clinical, everyone, cuts)
     train_idx, test_idx = labels.rows(train), labels.rows(test)
