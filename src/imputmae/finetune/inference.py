@@ -49,7 +49,8 @@ def load_survival_model(path: str | Path) -> tuple[SurvivalEnsemble, MultimodalM
     mae.eval()
     cfg = st["config"]
     model = SurvivalEnsemble([SurvivalModel(mae.cfg, st["modalities"], int(st["cuts"].numel()), cfg["dropout"],
-                                            cfg["fusion_heads"], mae.encoders, cfg.get("trainable_blocks", 1))
+                                            cfg["fusion_heads"], mae.encoders, cfg.get("trainable_blocks", 1),
+                                            cfg.get("loss", "nll"))
                                 for _ in st["members"]])
     model.load_state_dict(st["survival"])
     model.eval()

@@ -1,6 +1,7 @@
 """The survival network on the pretrained encoders (paper Section 3.3): each modality's last encoder block
 (trainable; ``trainable_blocks`` > 1: the last that many) and final norm (frozen), one fusion self-attention layer
-over the modality tokens, and a linear head to T logistic-hazard logits; :class:`SurvivalEnsemble` averages K
+over the modality tokens, and a linear head to T logistic-hazard logits (``loss="cox"``: to one log relative risk,
+whose curves come from a Breslow baseline fitted on the fit patients); :class:`SurvivalEnsemble` averages K
 members' survival curves (docs/finetune.md).
 """
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from imputmae.model import MAEConfig, MultimodalMAE
-from imputmae.survival import hazard_to_survival
+from imputmae.survival import cox_hazard_logits, hazard_to_survival
 
 def cls_through_block(block: nn.Module, h: Tensor) -> Tensor:
     """The CLS row of ``block(h)`` computed alone: h [B, 1 + N, D] -> [B, D]. Exact (:meth:`Block.forward_rows`: only
@@ -40,14 +41,22 @@ class SurvivalModel(nn.Module):
     last blocks are trained; the inputs are the hidden states entering block -k (:func:`frozen_features` with the
     same k). Blocks -k .. -2 run on every token (``earlier_blocks``, present only when k > 1, so that k = 1 keeps
     the state dict of before the knob), the last one on the CLS row alone.
+
+    ``loss="cox"``: the head gives one log relative risk eta (:meth:`log_risk`) and :meth:`forward` turns it into
+    the logits of S(t) = exp(-H0(t) exp(eta)) with the buffer ``log_increments`` [T] (Breslow's H0 between the
+    cuts, set by the training loop on the fit patients: :func:`imputmae.survival.breslow_log_increments`).
     """
 
     def __init__(self, mae_cfg: MAEConfig, modalities: Sequence[str], n_bins: int, dropout: float = 0.1,
-                 fusion_heads: int | None = None, encoders: nn.ModuleDict | None = None, trainable_blocks: int = 1):
+                 fusion_heads: int | None = None, encoders: nn.ModuleDict | None = None, trainable_blocks: int = 1,
+                 loss: str = "nll"):
         super().__init__()
         D = mae_cfg.hidden_size
         self.modalities = tuple(modalities)
         self.mae_cfg = mae_cfg
+        if loss not in ("nll", "cox"):
+            raise ValueError(f"finetune.loss {loss!r}: nll (logistic-hazard NLL) or cox (partial likelihood)")
+        self.loss, self.n_bins = loss, n_bins
         self.trainable_blocks = check_trainable_blocks(mae_cfg, self.modalities, trainable_blocks)
         # Only each modality's last k blocks and (frozen) final norm; copied from the pretrained encoders when given.
         src = encoders if encoders is not None else MultimodalMAE(
@@ -64,7 +73,9 @@ class SurvivalModel(nn.Module):
         self.fusion_norm = nn.LayerNorm(D)
         self.fusion = nn.MultiheadAttention(D, fusion_heads or mae_cfg.num_heads, dropout=dropout, batch_first=True)
         self.head_norm = nn.LayerNorm(D)
-        self.head = nn.Linear(D, n_bins)
+        self.head = nn.Linear(D, n_bins if loss == "nll" else 1)
+        if loss == "cox":
+            self.register_buffer("log_increments", torch.zeros(n_bins))
         nn.init.normal_(self.modality_embed, std=0.02)
 
     def embed_modality(self, m: str, h: Tensor, tile_mask: Tensor | None = None) -> Tensor:
@@ -83,6 +94,17 @@ class SurvivalModel(nn.Module):
 
     def forward(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         """feats[m] = (h [B, K, 1+N, D], tile_mask [B, K], present [B] bool) -> hazard logits phi [B, T]."""
+        out = self._head(feats)
+        return out if self.loss == "nll" else cox_hazard_logits(out[:, 0], self.log_increments)
+
+    def log_risk(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """``loss="cox"``: the log relative risk eta [B] (what the partial likelihood trains)."""
+        if self.loss != "cox":
+            raise ValueError("log_risk: only a model with loss='cox' has one")
+        return self._head(feats)[:, 0]
+
+    def _head(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """The head's output: [B, T] hazard logits (nll) or [B, 1] log relative risk (cox)."""
         tokens = []
         for i, m in enumerate(self.modalities):
             h, tile_mask, present = feats[m]
