@@ -1,8 +1,9 @@
 """Fine-tuning inputs: each patient's normalised modalities completed by the decoder, and the frozen layers' cache.
 
 :class:`PatientInputs` holds what a patient has; :func:`complete_inputs` imputes what they lack with the pretrained
-decoder; :func:`frozen_features` runs every encoder block but the last (``trainable_blocks``) once per patient (exact:
-the frozen layers do not change while fine-tuning), and :func:`collate_batch` pads a batch of those hidden states for the network.
+decoder; :func:`frozen_features` runs every encoder block but the last (``trainable_blocks``) once per patient
+(exact: the frozen layers do not change while fine-tuning), and :func:`collate_batch` pads a batch of those hidden
+states for the network.
 The decisions behind them: docs/finetune.md.
 """
 

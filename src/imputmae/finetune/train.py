@@ -152,6 +152,15 @@ def _cindex(name: str, surv: np.ndarray, cuts: np.ndarray, t: np.ndarray, e: np.
     return concordance_td(t, e, grid, times, name)
 
 
+def _batch_loss(model: SurvivalModel, batch: Mapping[str, tuple[Tensor, Tensor, Tensor]], loss: SurvivalLoss,
+                labels: tuple[Tensor, Tensor]) -> Tensor:
+    """One batch's training loss: nll, labels (idx_durations [B], discretised events [B]); cox, labels (observed
+    times [B], events [B]) and the partial likelihood on the log risks (the baseline is refitted after the epoch)."""
+    if loss == "cox":
+        return cox_partial_nll(model.log_risk(batch), *labels)
+    return nll_logistic_hazard(model(batch), *labels)
+
+
 def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.ndarray, val_idx: np.ndarray,
                    idx_durations: np.ndarray, label_events: np.ndarray, durations: np.ndarray,
                    events: np.ndarray, cuts: np.ndarray, cfg: FinetuneConfig) -> dict[str, Any]:
@@ -178,12 +187,9 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
         total, n = 0.0, 0
         for i in range(0, len(perm), cfg.batch_size):
             b = perm[i:i + cfg.batch_size]
-            batch = collate_batch(frozen, b, model.modalities, dev)
             bt = torch.from_numpy(b).to(dev)
-            if cfg.loss == "cox":   # observed times; the baseline is refitted after the epoch
-                loss = cox_partial_nll(model.log_risk(batch), t_obs[bt], e_obs[bt])
-            else:
-                loss = nll_logistic_hazard(model(batch), y_idx[bt], y_ev[bt])
+            loss = _batch_loss(model, collate_batch(frozen, b, model.modalities, dev), cfg.loss,
+                               (y_idx[bt], y_ev[bt]) if cfg.loss == "nll" else (t_obs[bt], e_obs[bt]))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite fine-tuning loss at epoch {epoch}")
             opt.zero_grad(set_to_none=True)
@@ -332,8 +338,9 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     """One fold: select patients, fit cuts on training patients, split validation, cache, train, evaluate.
 
     clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
-    computed with the same MAE, modalities, ``missing`` and ``trainable_blocks`` for a superset of the patients. ``device``: default
-    CUDA when available (each batch is read from the frozen-feature file and copied there), else CPU.
+    computed with the same MAE, modalities, ``missing`` and ``trainable_blocks`` for a superset of the patients.
+    ``device``: default CUDA when available (each batch is read from the frozen-feature file and copied there),
+    else CPU.
     """
     t0 = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
