@@ -161,3 +161,39 @@ def test_report_shows_each_sizes_loss_curves(tmp_path):
     html = _pretrain_section(tmp_path, 64)
     assert "<h4>small/multimodal</h4>" in html and "<h4>big/multimodal</h4>" in html
     assert html.index("big/multimodal") < html.index("small/multimodal")
+
+
+def test_two_sizes_pretrain_and_table4_end_to_end(tmp_path, monkeypatch):
+    """The CLI as the rules call it: each size's pretraining on its own cohorts, then Table 4 with a pair of rows per
+    size, each on that size's test patients."""
+    from _synthetic_results import small_config, use_stand_in_normalizer, write_results
+
+    from imputmae import data
+    from imputmae.checkpoint import load_pretrained
+    from imputmae.cli import main
+
+    use_stand_in_normalizer(monkeypatch)
+    results = tmp_path / "results"
+    write_results(results)
+    data.write_splits(data.make_splits(data.select_split_patients(data.load_patients(results, ["A", "B"])), 3, 0),
+                      results / "splits.parquet")
+    cfg = small_config(results, epochs=1, unimodal=["rna"])
+    cfg["cohorts"]["B"]["model"] = "small"
+    cfg = validate_config(cfg)
+    assert model_sizes(cfg) == ["small", "tiny"]
+    for size, run, fold in pretrain_jobs(cfg):
+        out = results / pretrain_dir(cfg, size=size, run=run, fold=fold)
+        assert main(["pretrain", "--config-json", json.dumps(pretrain_config(cfg, size)), "--run", run, "--fold",
+                     str(fold), "--out-dir", str(out), "--no-progress", "--threads", "1"]) == 0
+        _, _, meta = load_pretrained(out / "checkpoint.pt")
+        cohort = "B" if size == "small" else "A"
+        assert {p.split("-")[0] for p in meta["extra"]["train_patients"]} == {cohort}
+    assert main(["table4", "--config-json", json.dumps(cfg), "--threads", "1"]) == 0
+    table = pd.read_csv(results / "tables" / "table4.csv", index_col=0)
+    assert list(table.index) == ["Multimodal pretraining (small: B)", "Unimodal pretraining (small: B)",
+                                 "Multimodal pretraining (tiny: A)", "Unimodal pretraining (tiny: A)"]
+    folds = pd.read_csv(results / "tables" / "table4_folds.csv")
+    splits = data.read_splits(results / "splits.parquet")
+    n_test = splits[splits["fold"] == 0].groupby("cohort").size()
+    assert folds.groupby("size")["n_test"].max().to_dict() == {"small": n_test["B"], "tiny": n_test["A"]}
+    assert "| Model |" in (results / "tables" / "table4.md").read_text()
