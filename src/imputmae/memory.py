@@ -39,6 +39,7 @@ WORKER_MIB = 500          # each DataLoader worker's own (copy-on-write) pages: 
 BYTES_PER_PARAMETER = 16  # fp32 weights, gradients and AdamW's two moments (host-side on CPU; a GPU job holds them
                           # on the device, the host a checkpoint's copy of 12 B while it is written or read)
 SAFETY = 1.25             # asked of Slurm over the estimate
+BASELINES_MIB = 1024      # Table 3's rerun baselines (MultiSurv, CMTA, MoME) and their activations: assumed
 
 
 @dataclass(frozen=True)
@@ -149,10 +150,12 @@ def finetune_memory(cfg: Mapping[str, Any], omics: Mapping[str, MatrixShape], *,
 def rows_memory(cfg: Mapping[str, Any], omics: Mapping[str, MatrixShape], patients: int, *, gpu: bool) -> int:
     """Peak host bytes of one ``table3_rows`` job: a fine-tuning job's, plus the baselines' shared inputs, which
     are kept for every patient of the cohort: the omics rows twice (decoder-imputed and zero-filled, float32) and
-    ``wsi.keep`` tile features of the model's width (float32)."""
+    ``wsi.keep`` tile features of the model's width (float32); and :data:`BASELINES_MIB` for the baseline models
+    themselves (assumed: the demo's largest, MoME, has 19.9 M trainable parameters, 0.3 GiB at 16 B each, and the
+    demo's whole job peaked at 1.13 GB)."""
     width = model_dims(cfg["model"])["hidden_size"]
     per_patient = 2 * 4 * sum(s.columns for s in omics.values()) + 4 * cfg["wsi"]["keep"] * width
-    return finetune_memory(cfg, omics, gpu=gpu) + per_patient * patients
+    return finetune_memory(cfg, omics, gpu=gpu) + per_patient * patients + BASELINES_MIB * MIB
 
 
 def to_mem_mb(nbytes: int, attempt: int = 1) -> int:
