@@ -73,8 +73,6 @@ def _table3(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def _deviations(items: list[str]) -> list[tuple[str, object]]:
     """--deviation KEY=JSON items as (key, value), each key one of imputmae.config.DEVIATIONS."""
     import json
