@@ -191,8 +191,10 @@ def test_several_modsets_in_one_process_give_each_set_its_own_bytes(results, tmp
         assert (a / "predictions.parquet").read_bytes() == (g / "predictions.parquet").read_bytes(), s
         _same_model_file(a / "model.pt", g / "model.pt")
         ma, mg = (json.loads((d / "metrics.json").read_text()) for d in (a, g))
-        timing = {"cpu_seconds", "seconds_cache", "seconds_train"}
+        timing = {"cpu_seconds", "seconds_cache", "seconds_train", "shared_cpu_seconds"}
         assert {k: v for k, v in ma.items() if k not in timing} == {k: v for k, v in mg.items() if k not in timing}
+        # each grouped set's CPU time counts the shared frozen-feature pass it read (Table 3's CPU s / fold)
+        assert ma["shared_cpu_seconds"] == 0 and 0 < mg["shared_cpu_seconds"] <= mg["cpu_seconds"]
     # the fixture's own runs (one job per set, fold 0) are the same too
     assert ((R / "finetune/SYN/all/fold0/predictions.parquet").read_bytes()
             == (tmp_path / "grouped/all/predictions.parquet").read_bytes())

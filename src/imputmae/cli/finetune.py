@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 from imputmae.choices import CINDEX_CHOICES, MISSING_CHOICES
@@ -78,23 +77,20 @@ def _finetune(args: argparse.Namespace) -> int:
                          **{k: params[k] for k in CONFIG_KEYS if k in params})
     normalizers = normalizers_from_states(norm_states)
     inputs = load_cohort_inputs(args.results, args.cohort, normalizers, train + test)
-    t0 = time.process_time()
     try:
         for modset, res in iter_finetune_sets(mae, inputs, clinical, train, test, list(outs), cfg, fold=args.fold):
-            _write_outputs(outs[modset], res, mae, norm_states, args, time.process_time() - t0)
-            t0 = time.process_time()
+            _write_outputs(outs[modset], res, mae, norm_states, args)
     except ValueError as exc:
         raise UserError(f"{args.cohort} fold {args.fold}: {exc}") from None
     return 0
 
 
-def _write_outputs(out: Path, res, mae, norm_states, args: argparse.Namespace, cpu_seconds: float) -> None:
-    """One set's model.pt, predictions.parquet and metrics.json (``cpu_seconds``: its training, and for the first
-    of several sets the shared frozen features too: Table 3's time per fold)."""
+def _write_outputs(out: Path, res, mae, norm_states, args: argparse.Namespace) -> None:
+    """One set's model.pt, predictions.parquet and metrics.json (its ``cpu_seconds``, Table 3's time per fold,
+    from :func:`iter_finetune_sets`)."""
     from imputmae.finetune import save_survival_model
 
     res.metrics.update(cohort=args.cohort, model="impuTMAE", checkpoint=str(args.checkpoint),
-                       cpu_seconds=round(cpu_seconds, 3),
                        n_parameters=sum(p.numel() for p in res.model.parameters() if p.requires_grad))
     save_survival_model(out / "model.pt", res, mae, norm_states)
     atomic_write(out / "predictions.parquet", lambda t: res.predictions.to_parquet(t, index=False))

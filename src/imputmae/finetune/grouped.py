@@ -16,6 +16,7 @@ before a set's run leaves the global random state, and with it the set's model i
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
@@ -53,19 +54,25 @@ def iter_finetune_sets(mae: MultimodalMAE, inputs, clinical: pd.DataFrame, train
     writes it before the next one trains: one model in memory at a time).
 
     mae: the fold's pretrained MAE; inputs: its :class:`PatientInputs`; clinical: index patient, columns time (days)
-    and event; cfg: the shared settings (its ``modset`` is replaced per set). A ValueError from one set (too few
+    and event; cfg: the shared settings (its ``modset`` is replaced per set). Each result's metrics hold
+    ``cpu_seconds`` (process CPU of its run plus ``shared_cpu_seconds``, the shared feature pass). A ValueError from one set (too few
     patients with its modality, say) is raised naming the set; the sets before it have been yielded.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     mae = mae.to(device)
+    t0 = time.process_time()
     features = shared_features(mae, inputs, clinical, train, test, cfg, device) if len(modsets) > 1 else None
+    shared = round(time.process_time() - t0, 3)
     try:
         for modset in modsets:
+            t0 = time.process_time()
             try:
                 res = run_finetune(mae, inputs, clinical, train, test, replace(cfg, modset=modset), fold=fold,
                                    features=features, device=device)
             except ValueError as exc:
                 raise ValueError(f"{modset}: {exc}") from None
+            # Table 3's CPU s per fold: the set's own run plus the shared frozen-feature pass it read
+            res.metrics.update(cpu_seconds=round(time.process_time() - t0 + shared, 3), shared_cpu_seconds=shared)
             yield modset, res
     finally:
         if features is not None:
