@@ -15,7 +15,6 @@ before a set's run leaves the global random state, and with it the set's model i
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -27,8 +26,6 @@ from imputmae.finetune.features import FrozenFeatures, frozen_features
 from imputmae.finetune.train import (FinetuneConfig, FinetuneResult, check_memory, frozen_rows_max, run_finetune,
                                      select_patients)
 from imputmae.model import MultimodalMAE
-
-log = logging.getLogger(__name__)
 
 __all__ = ["shared_features", "iter_finetune_sets"]
 
