@@ -39,7 +39,7 @@ def synthetic_fold(cfg: dict, n: int, n_tiles: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     rna_len, dnam_len = 2000, 1100
     torch.manual_seed(seed)
-    mae = MultimodalMAE(MAEConfig.from_config(cfg, rna_len, dnam_len)).eval()
+    mae = MultimodalMAE(MAEConfig.from_config(cfg, {"rna": rna_len, "dnam": dnam_len})).eval()
     size = mae.cfg.tile_size
     z = rng.normal(size=n)
     patients = [f"SYN-{i:04d}" for i in range(n)]

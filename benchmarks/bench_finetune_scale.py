@@ -74,8 +74,8 @@ def child(args: argparse.Namespace) -> None:
             inp.tiles[p] = read(root / f"{p}.npy")
     clin = pd.DataFrame(clinical, index=["time", "event"]).T.loc[patients]
     torch.manual_seed(0)
-    cfg = MAEConfig(rna_len=RNA_LEN, dnam_len=DNAM_LEN, tile_size=TILE, wsi_patch_size=16,
-                    **MODEL_SIZES[args.size])
+    cfg = MAEConfig.from_dict(dict(rna_len=RNA_LEN, dnam_len=DNAM_LEN, tile_size=TILE, wsi_patch_size=16,
+                    **MODEL_SIZES[args.size]))
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     mae = MultimodalMAE(cfg).eval().to(dev)
     test = patients[::4]

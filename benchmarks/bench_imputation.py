@@ -40,14 +40,14 @@ def oracle_imputation(model, train: D.OmicsArrays, test: D.OmicsArrays, z: pd.Da
     for m in ("rna", "dnam"):
         if m not in model.modalities:
             continue
-        j, n = MODALITIES.index(m), getattr(model.cfg, f"{m}_len")
+        j, n = MODALITIES.index(m), model.cfg.lengths[m]
         others = [MODALITIES.index(o) for o in model.modalities if o != m]
         fit = train.available[:, j]
         rows = test.available[:, j] & test.available[:, others].any(1)
         zt = z.loc[np.asarray(train.patients)[fit]].to_numpy()
         ze = z.loc[np.asarray(test.patients)[rows]].to_numpy()
-        ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(zt, getattr(train, m)[fit, :n])
-        truth = getattr(test, m)[rows, :n]
+        ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(zt, train.vectors[m][fit, :n])
+        truth = test.vectors[m][rows, :n]
         out[m] = float(((np.clip(ridge.predict(ze), 0, 1) - truth) ** 2).mean())
     return out
 
@@ -56,7 +56,7 @@ def own_tiles_wsi(test: D.OmicsArrays, train_mean: torch.Tensor) -> float:
     """Pixel MSE of each test tile against the mean of its slide's other tiles, over that of the training-mean tile."""
     num = den = 0.0
     mean = train_mean.numpy().transpose(1, 2, 0)                    # [H, W, 3] in [0, 1]
-    for path, have in zip(test.wsi_paths, test.available[:, 2]):
+    for path, have in zip(test.image_paths["wsi"], test.available[:, test.column("wsi")]):
         if not have:
             continue
         tiles = np.load(path).astype(np.float64) / 255.0             # [K, H, W, 3]

@@ -36,8 +36,8 @@ def build(size: str, tile: int):
     from imputmae.model import MAEConfig, MultimodalMAE
 
     d = model_dims({"size": size})
-    ours = MultimodalMAE(MAEConfig(modalities=("wsi",), tile_size=tile, wsi_patch_size=16, mask_ratio=0.5,
-                                   **{k: v for k, v in d.items() if k not in ("rna_layers", "dnam_layers")}))
+    ours = MultimodalMAE(MAEConfig.from_dict(dict(modalities=("wsi",), tile_size=tile, wsi_patch_size=16, mask_ratio=0.5,
+                                   **{k: v for k, v in d.items() if k not in ("rna_layers", "dnam_layers")})))
     hf_cfg = ViTMAEConfig(hidden_size=d["hidden_size"], num_hidden_layers=d["wsi_layers"],
                           num_attention_heads=d["num_heads"], intermediate_size=d["intermediate_size"],
                           decoder_hidden_size=d["decoder_hidden_size"], decoder_num_hidden_layers=d["decoder_layers"],

@@ -61,8 +61,8 @@ def main() -> None:
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = MAEConfig(rna_len=args.rna_len, dnam_len=args.dnam_len, tile_size=args.tile,
-                    **model_dims({"size": args.size}))
+    cfg = MAEConfig.from_dict(dict(rna_len=args.rna_len, dnam_len=args.dnam_len, tile_size=args.tile,
+                    **model_dims({"size": args.size})))
     model = MultimodalMAE(cfg).to(device).train()
     step_model = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-2, foreach=True)

@@ -82,9 +82,10 @@ def test_dataset_draws_seeded_tiles_and_noise(root, monkeypatch):
     cfg = {"omics": {"rna": {"patch_size": 256}, "dnam": {"patch_size": 512}}}
     norms = data.fit_normalizers(omics, patients["patient"].tolist(), cfg)
     arrays = data.build_arrays(patients, omics, norms)
-    assert arrays.rna.shape == (48, 512) and arrays.dnam.shape == (48, 1024)
-    assert np.array_equal(arrays.available[:, 0], patients["has_rna"].to_numpy())
-    assert not arrays.rna[0].any()                                               # absent: zeros
+    assert arrays.vectors["rna"].shape == (48, 512) and arrays.vectors["dnam"].shape == (48, 1024)
+    assert arrays.modalities == ("rna", "dnam", "wsi")
+    assert np.array_equal(arrays.available[:, arrays.column("rna")], patients["has_rna"].to_numpy())
+    assert not arrays.vectors["rna"][0].any()                                    # absent: zeros
     ds = data.PatientDataset(arrays, modalities=("rna", "dnam", "wsi"), n_patches={"rna": 2, "dnam": 2, "wsi": 4},
                              tile_size=32, seed=0)
     i = 1
@@ -94,7 +95,7 @@ def test_dataset_draws_seeded_tiles_and_noise(root, monkeypatch):
     assert set(a) == {"rna", "dnam", "wsi", "available", "noise_rna", "noise_dnam", "noise_wsi", "index"}
     b = ds[i]
     assert torch.equal(a["wsi"], b["wsi"]) and torch.equal(a["noise_wsi"], b["noise_wsi"])
-    tiles = np.load(arrays.wsi_paths[i])
+    tiles = np.load(arrays.image_paths["wsi"][i])
     assert any(torch.equal(a["wsi"], torch.from_numpy(t).permute(2, 0, 1).float() / 255) for t in tiles)
     seen = set()
     for epoch in range(8):

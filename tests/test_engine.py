@@ -106,9 +106,9 @@ def test_unimodal_run_uses_one_branch(results):
 
 def test_non_finite_loss_stops_with_a_clear_error():
     torch.manual_seed(0)
-    model = MultimodalMAE(MAEConfig(rna_len=64, modalities=("rna",), hidden_size=16, num_heads=2,
-                                    intermediate_size=16, rna_layers=1, decoder_hidden_size=16, decoder_layers=1,
-                                    decoder_heads=2, decoder_intermediate_size=16, rna_patch=16))
+    model = MultimodalMAE(MAEConfig(lengths={"rna": 64}, modalities=("rna",), hidden_size=16, num_heads=2,
+                                    intermediate_size=16, layers={"rna": 1}, decoder_hidden_size=16, decoder_layers=1,
+                                    decoder_heads=2, decoder_intermediate_size=16, patch_sizes={"rna": 16}))
     batch = {"rna": torch.rand(2, 64), "available": torch.ones(2, 3, dtype=torch.bool),
              "noise_rna": torch.rand(2, 4), "index": torch.arange(2)}
     batch["rna"][0, 5] = float("nan")

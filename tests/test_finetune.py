@@ -18,9 +18,9 @@ from imputmae.model import MAEConfig, MultimodalMAE
 
 def tiny_mae(seed: int = 0) -> MultimodalMAE:
     torch.manual_seed(seed)
-    cfg = MAEConfig(rna_len=60, dnam_len=40, hidden_size=32, num_heads=2, intermediate_size=64, rna_layers=2,
-                    dnam_layers=2, wsi_layers=2, decoder_hidden_size=32, decoder_layers=1, decoder_heads=2,
-                    decoder_intermediate_size=64, tile_size=32, wsi_patch_size=16, rna_patch=16, dnam_patch=16)
+    cfg = MAEConfig(lengths={"rna": 60, "dnam": 40}, hidden_size=32, num_heads=2, intermediate_size=64,
+                    layers={"rna": 2, "dnam": 2, "wsi": 2}, decoder_hidden_size=32, decoder_layers=1, decoder_heads=2,
+                    decoder_intermediate_size=64, tile_size=32, patch_sizes={"rna": 16, "dnam": 16, "wsi": 16})
     return MultimodalMAE(cfg).eval()
 
 

@@ -23,9 +23,9 @@ def test_entries_and_lookup():
 
 
 def test_available_follows_the_registry_length():
-    cfg = MAEConfig(rna_len=20, dnam_len=30, hidden_size=16, num_heads=2, intermediate_size=16, rna_layers=1,
-                    dnam_layers=1, wsi_layers=1, decoder_hidden_size=16, decoder_layers=1, decoder_heads=2,
-                    decoder_intermediate_size=16, tile_size=16, wsi_patch_size=8, rna_patch=8, dnam_patch=8)
+    cfg = MAEConfig(lengths={"rna": 20, "dnam": 30}, hidden_size=16, num_heads=2, intermediate_size=16,
+                    layers={m: 1 for m in reg.MODALITIES}, decoder_hidden_size=16, decoder_layers=1, decoder_heads=2,
+                    decoder_intermediate_size=16, tile_size=16, patch_sizes={m: 8 for m in reg.MODALITIES})
     model = MultimodalMAE(cfg)
     B = 2
     batch = {"rna": torch.rand(B, 20), "dnam": torch.rand(B, 30), "wsi": torch.rand(B, 3, 16, 16),

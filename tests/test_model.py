@@ -8,13 +8,13 @@ from imputmae.checkpoint import load_checkpoint, load_pretrained, save_checkpoin
 from imputmae.layers import random_masking
 from imputmae.model import MODALITIES, MAEConfig, MultimodalMAE
 
-TINY = dict(hidden_size=32, num_heads=4, intermediate_size=48, rna_layers=1, dnam_layers=2, wsi_layers=1,
+TINY = dict(hidden_size=32, num_heads=4, intermediate_size=48, layers={"rna": 1, "dnam": 2, "wsi": 1},
             decoder_hidden_size=24, decoder_layers=2, decoder_heads=4, decoder_intermediate_size=40, tile_size=32,
-            wsi_patch_size=16, rna_patch=64, dnam_patch=128)
+            patch_sizes={"rna": 64, "dnam": 128, "wsi": 16})
 
 
-def _cfg(**kw):
-    return MAEConfig(rna_len=300, dnam_len=500, **{**TINY, **kw})   # RNA: 5 patches (20 padded), DNAm: 4 (12 padded)
+def _cfg(**kw):   # RNA: 5 patches (20 padded), DNAm: 4 (12 padded)
+    return MAEConfig(lengths={"rna": 300, "dnam": 500}, **{**TINY, **kw})
 
 
 def _batch(B=5, seed=0, available=None):
@@ -93,7 +93,7 @@ def test_loss_counts_only_masked_patches_of_present_modalities(model):
 
 def _unpatchify_input(model, m, patches):
     if m == "wsi":
-        p, g = model.cfg.wsi_patch_size, 2
+        p, g = model.cfg.patch("wsi"), 2
         B = patches.shape[0]
         return patches.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
     return patches.reshape(patches.shape[0], -1)
@@ -245,14 +245,38 @@ def test_config_from_pipeline_config():
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config([root / "config.yaml"])
-    c = MAEConfig.from_config(cfg, rna_len=16304, dnam_len=25978)
-    sizes = (c.hidden_size, c.num_heads, c.wsi_layers, c.decoder_layers, c.decoder_intermediate_size)
+    c = MAEConfig.from_config(cfg, {"rna": 16304, "dnam": 25978})
+    sizes = (c.hidden_size, c.num_heads, c.layers["wsi"], c.decoder_layers, c.decoder_intermediate_size)
     assert sizes == (256, 4, 4, 3, 512)
+    assert c.layers == {"rna": 6, "dnam": 6, "wsi": 4} and c.patch_sizes == {"rna": 256, "dnam": 512, "wsi": 16}
     assert (c.n_patches("rna"), c.n_patches("dnam"), c.n_patches("wsi")) == (64, 51, 256)
     assert c.modalities == MODALITIES and c.mask_ratio == 0.5
     assert MAEConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ValueError, match="rna_len"):
-        MAEConfig.from_config(cfg, rna_len=0, dnam_len=10)
+    with pytest.raises(ValueError, match=r"lengths\['rna'\]: got 0"):
+        MAEConfig.from_config(cfg, {"rna": 0, "dnam": 10})
+    # the config file's per-modality keys land in the mappings
+    big = MAEConfig.from_config({**cfg, "model": {**cfg["model"], "size": "big", "rna_layers": 3, "wsi_patch_size": 32},
+                                 "omics": {**cfg["omics"], "dnam": {**cfg["omics"]["dnam"], "patch_size": 128}}},
+                                {"rna": 100, "dnam": 100}, modalities=("dnam", "wsi", "rna"))
+    assert big.modalities == ("rna", "dnam", "wsi")
+    assert big.layers == {"rna": 3, "dnam": 6, "wsi": 12} and big.patch_sizes == {"rna": 256, "dnam": 128, "wsi": 32}
+
+
+def test_old_checkpoint_config_dicts_load():
+    """A checkpoint's model_config written with one field per modality (before the mappings) gives the same
+    model configuration, and a model of it loads that checkpoint's weights."""
+    old = dict(rna_len=300, dnam_len=500, modalities=["rna", "dnam", "wsi"], hidden_size=32, num_heads=4,
+               intermediate_size=48, rna_layers=1, dnam_layers=2, wsi_layers=1, decoder_hidden_size=24,
+               decoder_layers=2, decoder_heads=4, decoder_intermediate_size=40, tile_size=32, wsi_patch_size=16,
+               rna_patch=64, dnam_patch=128, mask_ratio=0.5, norm_eps=1e-6)
+    cfg = MAEConfig.from_dict(old)
+    assert cfg == _cfg()
+    assert cfg.kinds == {"rna": "vector", "dnam": "vector", "wsi": "image"}
+    assert MultimodalMAE(cfg).load_state_dict(MultimodalMAE(_cfg()).state_dict()) is not None
+    # a unimodal run's old dict: the other modalities' fields (0 lengths) are dropped, not validated
+    uni = MAEConfig.from_dict({**old, "modalities": ["wsi"], "rna_len": 0, "dnam_len": 0})
+    assert uni.modalities == ("wsi",) and uni.lengths == {} and uni.layers == {"wsi": 1}
+    assert MAEConfig.from_dict(uni.to_dict()) == uni
 
 
 def test_wsi_head_matmul_equals_transposed_convolution():

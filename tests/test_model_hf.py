@@ -36,10 +36,10 @@ def _hf_model(tmp_path, image_size=64, eps=1e-6):
         hf.vit.embeddings.position_embeddings.copy_(_hf_positions(32, image_size // 16))
         hf.decoder.decoder_pos_embed.copy_(_hf_positions(24, image_size // 16))
     hf.save_pretrained(tmp_path)
-    ours = MultimodalMAE(MAEConfig(
+    ours = MultimodalMAE(MAEConfig.from_dict(dict(
         modalities=("wsi",), hidden_size=32, num_heads=4, intermediate_size=48, wsi_layers=2,
         decoder_hidden_size=24, decoder_layers=2, decoder_heads=4, decoder_intermediate_size=40,
-        tile_size=image_size, wsi_patch_size=16, mask_ratio=0.5, norm_eps=eps)).eval()
+        tile_size=image_size, wsi_patch_size=16, mask_ratio=0.5, norm_eps=eps))).eval()
     return hf, ours
 
 
@@ -68,8 +68,8 @@ def test_vit_mae_weights_reproduce_transformers(tmp_path):
 
 def test_sincos_positions_match_transformers():
     """Our 2D positions at 256 px equal the ones transformers builds for a 256 px model (vit-mae-base layout)."""
-    ours = MultimodalMAE(MAEConfig(modalities=("wsi",), hidden_size=32, num_heads=4, wsi_layers=1,
-                                   decoder_hidden_size=24, decoder_heads=4, decoder_layers=1))
+    ours = MultimodalMAE(MAEConfig.from_dict(dict(modalities=("wsi",), hidden_size=32, num_heads=4, wsi_layers=1,
+                                   decoder_hidden_size=24, decoder_heads=4, decoder_layers=1)))
     torch.testing.assert_close(ours.encoders["wsi"].pos_embed, _hf_positions(32, 16))
     torch.testing.assert_close(getattr(ours, "decoder_pos_wsi"), _hf_positions(24, 16))
     torch.testing.assert_close(sincos_2d(32, 16).float(), _hf_positions(32, 16)[0, 1:])
@@ -77,9 +77,9 @@ def test_sincos_positions_match_transformers():
 
 def test_mismatched_encoder_is_refused(tmp_path):
     hf, _ = _hf_model(tmp_path)
-    other = MultimodalMAE(MAEConfig(modalities=("wsi",), hidden_size=64, num_heads=4, intermediate_size=48,
+    other = MultimodalMAE(MAEConfig.from_dict(dict(modalities=("wsi",), hidden_size=64, num_heads=4, intermediate_size=48,
                                     wsi_layers=2, decoder_hidden_size=24, decoder_layers=2, decoder_heads=4,
-                                    decoder_intermediate_size=40, tile_size=64))
+                                    decoder_intermediate_size=40, tile_size=64)))
     with pytest.raises(ValueError, match="does not match"):
         load_vit_mae_weights(other, tmp_path)
 
@@ -107,11 +107,11 @@ def _expected_new(layers, positions_new):
 
 
 def _multimodal(image_size=64):
-    return MultimodalMAE(MAEConfig(
+    return MultimodalMAE(MAEConfig.from_dict(dict(
         rna_len=40, dnam_len=50, rna_patch=8, dnam_patch=16, rna_layers=2, dnam_layers=2,
         hidden_size=32, num_heads=4, intermediate_size=48, wsi_layers=2,
         decoder_hidden_size=24, decoder_layers=2, decoder_heads=4, decoder_intermediate_size=40,
-        tile_size=image_size, wsi_patch_size=16, mask_ratio=0.5, norm_eps=1e-6)).eval()
+        tile_size=image_size, wsi_patch_size=16, mask_ratio=0.5, norm_eps=1e-6))).eval()
 
 
 def test_vit_mae_loads_wsi_encoder_and_decoder_of_the_multimodal_model(tmp_path):
@@ -166,14 +166,14 @@ def test_vit_mae_at_another_image_size_keeps_our_positions(tmp_path):
 
 def test_vit_mae_into_a_mismatched_decoder_is_refused(tmp_path):
     _hf_model(tmp_path)
-    wide = MultimodalMAE(MAEConfig(modalities=("wsi",), hidden_size=32, num_heads=4, intermediate_size=48,
+    wide = MultimodalMAE(MAEConfig.from_dict(dict(modalities=("wsi",), hidden_size=32, num_heads=4, intermediate_size=48,
                                    wsi_layers=2, decoder_hidden_size=32, decoder_layers=2, decoder_heads=4,
-                                   decoder_intermediate_size=40, tile_size=64))
+                                   decoder_intermediate_size=40, tile_size=64)))
     with pytest.raises(ValueError, match="decoder does not match.*model.decoder_hidden_size"):
         load_vit_mae_weights(wide, tmp_path)
-    heads = MultimodalMAE(MAEConfig(modalities=("wsi",), hidden_size=32, num_heads=4, intermediate_size=48,
+    heads = MultimodalMAE(MAEConfig.from_dict(dict(modalities=("wsi",), hidden_size=32, num_heads=4, intermediate_size=48,
                                     wsi_layers=2, decoder_hidden_size=24, decoder_layers=2, decoder_heads=2,
-                                    decoder_intermediate_size=40, tile_size=64))
+                                    decoder_intermediate_size=40, tile_size=64)))
     with pytest.raises(ValueError, match="model.decoder_heads: got 2, the checkpoint has 4"):
         load_vit_mae_weights(heads, tmp_path)
 
@@ -188,13 +188,13 @@ def test_vit_mae_base_keys_at_the_real_size():
             big["decoder_intermediate_size"]) == (512, 8, 16, 2048)
     with torch.device("meta"):
         hf = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig())   # vit-mae-base: 224 px
-        ours = MultimodalMAE(MAEConfig(rna_len=16304, dnam_len=25978, **big))
+        ours = MultimodalMAE(MAEConfig.from_dict(dict(rna_len=16304, dnam_len=25978, **big)))
     load, new = match_vit_mae(ours.state_dict(), hf.state_dict())
     assert new == _expected_new(6, positions_new=True)
     # baselines.md: 111,907,840 values, 252,160 of them the two 224 px position tables (ours are recomputed)
     assert sum(v.numel() for v in load.values()) == 111_907_840 - 252_160
     with torch.device("meta"):
-        old = MultimodalMAE(MAEConfig(rna_len=16304, dnam_len=25978, **{**big, "decoder_hidden_size": 768}))
+        old = MultimodalMAE(MAEConfig.from_dict(dict(rna_len=16304, dnam_len=25978, **{**big, "decoder_hidden_size": 768})))
     with pytest.raises(ValueError, match="decoder does not match"):
         match_vit_mae(old.state_dict(), hf.state_dict())
 

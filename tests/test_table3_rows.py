@@ -47,10 +47,10 @@ def cohort(seed: int = 0):
 
 def tiny_mae() -> MultimodalMAE:
     torch.manual_seed(0)
-    return MultimodalMAE(MAEConfig(rna_len=L, dnam_len=L, hidden_size=16, num_heads=2, intermediate_size=32,
+    return MultimodalMAE(MAEConfig.from_dict(dict(rna_len=L, dnam_len=L, hidden_size=16, num_heads=2, intermediate_size=32,
                                    rna_layers=2, dnam_layers=2, wsi_layers=2, decoder_hidden_size=16,
                                    decoder_layers=1, decoder_heads=2, decoder_intermediate_size=32, tile_size=32,
-                                   wsi_patch_size=16, rna_patch=16, dnam_patch=16))
+                                   wsi_patch_size=16, rna_patch=16, dnam_patch=16)))
 
 
 def cox_raw(inp: PatientInputs) -> dict[str, pd.DataFrame]:

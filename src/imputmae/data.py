@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from imputmae.files import atomic_write
-from imputmae.modalities import MODALITIES, vector_modalities
+from imputmae.modalities import Modality, active
 
 __all__ = [
     "Normalizer", "make_normalizer", "restore_normalizer", "n_features", "load_patients", "select_split_patients",
@@ -38,7 +38,7 @@ class Normalizer(Protocol):
 
 
 def make_normalizer(kind: str, cfg: Mapping[str, Any]) -> Normalizer:
-    """A fresh omics normaliser for ``kind`` (``rna``/``dnam``) configured from ``cfg["omics"]``.
+    """A fresh normaliser for the vector modality ``kind`` configured from ``cfg["omics"]``.
 
     Identity mode (NaN fill and padding only) when every cohort is a bring-your-own table with ``normalize: false``.
     """
@@ -69,51 +69,73 @@ def _read_index(path: Path) -> pd.Index:
     return pd.read_parquet(path, columns=[]).index.astype(str)
 
 
+def _image_tiles(results: Path, cohort: str, entry: Modality) -> dict[str, str]:
+    """{patient: tile file} of the patients an image modality's ``<name>_qc.tsv`` marks ``ok`` (none without it).
+
+    Raises:
+        FileNotFoundError: a tile file that the table marks ``ok`` is missing.
+    """
+    qc_path = entry.qc_path(results, cohort)
+    if not qc_path.is_file():
+        return {}
+    qc = pd.read_csv(qc_path, sep="\t", dtype={"patient": str})
+    ok: dict[str, str] = {}
+    for patient in sorted(set(qc.loc[qc["status"] == "ok", "patient"])):
+        tiles = entry.tiles_path(results, cohort, patient)
+        if not tiles.is_file():
+            raise FileNotFoundError(f"{tiles}: {qc_path} marks patient {patient} ok but the tile file is "
+                                    f"missing; rerun the {entry.name} stage for {cohort}")
+        ok[patient] = str(tiles)
+    return ok
+
+
+def _read_clinical(clin_path: Path) -> pd.DataFrame:
+    """A cohort's clinical.parquet, index patient, columns project_id, time, event."""
+    if not clin_path.is_file():
+        raise FileNotFoundError(f"{clin_path}: missing (written by the gdc stage: `snakemake {clin_path}`)")
+    clin = pd.read_parquet(clin_path)
+    missing = {"patient", "project_id", "time", "event"} - set(clin.columns)
+    if missing:
+        raise ValueError(f"{clin_path}: missing columns {sorted(missing)}")
+    dup = clin["patient"][clin["patient"].duplicated()]
+    if len(dup):
+        raise ValueError(f"{clin_path}: patient {dup.iloc[0]} appears more than once")
+    return clin.set_index(clin["patient"].astype(str))[["project_id", "time", "event"]]
+
+
 def load_patients(results: str | Path, cohorts: Sequence[str]) -> pd.DataFrame:
     """One row per patient seen in any stage output of any cohort.
 
     Returns:
         DataFrame sorted by (cohort, patient) with columns patient, cohort, project_id, time, event (NaN when the
-        patient has no clinical labels), has_rna, has_dnam, has_wsi (bool), wsi_path (str or None).
+        patient has no clinical labels), then per modality of the registry in use ``has_<m>`` (bool), and for an
+        image modality ``<m>_path`` (its tile file, or None): has_rna, has_dnam, has_wsi, wsi_path.
 
     Raises:
-        FileNotFoundError: a cohort's clinical.parquet is missing, or a tile file that wsi_qc.tsv marks ``ok``.
+        FileNotFoundError: a cohort's clinical.parquet is missing, or a tile file that ``<m>_qc.tsv`` marks ``ok``.
         ValueError: a patient listed twice in one cohort's clinical table.
     """
     results = Path(results)
+    reg = active()
     frames = []
     for cohort in cohorts:
-        d = results / cohort
-        clin_path = d / "clinical.parquet"
-        if not clin_path.is_file():
-            raise FileNotFoundError(f"{clin_path}: missing (written by the gdc stage: `snakemake {clin_path}`)")
-        clin = pd.read_parquet(clin_path)
-        missing = {"patient", "project_id", "time", "event"} - set(clin.columns)
-        if missing:
-            raise ValueError(f"{clin_path}: missing columns {sorted(missing)}")
-        dup = clin["patient"][clin["patient"].duplicated()]
-        if len(dup):
-            raise ValueError(f"{clin_path}: patient {dup.iloc[0]} appears more than once")
-        clin = clin.set_index(clin["patient"].astype(str))[["project_id", "time", "event"]]
-        idx = {m: _read_index(d / f"{m}.parquet") if (d / f"{m}.parquet").is_file() else pd.Index([])
-               for m in vector_modalities()}
-        wsi_ok: dict[str, str] = {}
-        qc_path = d / "wsi_qc.tsv"
-        if qc_path.is_file():
-            qc = pd.read_csv(qc_path, sep="\t", dtype={"patient": str})
-            for patient in sorted(set(qc.loc[qc["status"] == "ok", "patient"])):
-                tiles = d / "wsi" / f"{patient}.npy"
-                if not tiles.is_file():
-                    raise FileNotFoundError(f"{tiles}: {qc_path} marks patient {patient} ok but the tile file is "
-                                            f"missing; rerun the wsi stage for {cohort}")
-                wsi_ok[patient] = str(tiles)
-        patients = sorted(set(clin.index).union(*map(set, idx.values())) | set(wsi_ok))
+        clin = _read_clinical(results / cohort / "clinical.parquet")
+        seen: dict[str, pd.Index] = {}
+        image_files: dict[str, dict[str, str]] = {}
+        for entry in reg:
+            if entry.is_image:
+                image_files[entry.name] = _image_tiles(results, cohort, entry)
+                seen[entry.name] = pd.Index(list(image_files[entry.name]))
+            else:
+                path = entry.matrix_path(results, cohort)
+                seen[entry.name] = _read_index(path) if path.is_file() else pd.Index([])
+        patients = sorted(set(clin.index).union(*map(set, seen.values())))
         df = pd.DataFrame({"patient": patients, "cohort": cohort})
         df = df.join(clin, on="patient")
-        for m, index in idx.items():
+        for m, index in seen.items():
             df[f"has_{m}"] = df["patient"].isin(index)
-        df["has_wsi"] = df["patient"].isin(list(wsi_ok))
-        df["wsi_path"] = df["patient"].map(wsi_ok)
+            if m in image_files:
+                df[f"{m}_path"] = df["patient"].map(image_files[m])
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     dup = out["patient"][out["patient"].duplicated()]
@@ -123,11 +145,18 @@ def load_patients(results: str | Path, cohorts: Sequence[str]) -> pd.DataFrame:
 
 
 def select_split_patients(patients: pd.DataFrame) -> pd.DataFrame:
-    """Patients that enter the splits: survival labels (time and event) and RNA; in a cohort without any RNA (own
-    tables of DNAm, or slides, only), survival labels and any modality."""
-    any_modality = patients["has_rna"] | patients["has_dnam"] | patients["has_wsi"]
-    cohort_has_rna = patients.groupby("cohort")["has_rna"].transform("any")
-    measured = patients["has_rna"].where(cohort_has_rna, any_modality)
+    """Patients that enter the splits: survival labels (time and event) and the anchor modality
+    (:attr:`Modality.anchor`: RNA); in a cohort without any of it (own tables of DNAm, or slides, only), survival
+    labels and any modality."""
+    reg = active()
+    has = [f"has_{m}" for m in reg.names if f"has_{m}" in patients]
+    any_modality = patients[has].any(axis=1)
+    anchors = [f"has_{e.name}" for e in reg if e.anchor and f"has_{e.name}" in patients]
+    measured = any_modality
+    if anchors:
+        anchored = patients[anchors].any(axis=1)
+        cohort_has_anchor = anchored.groupby(patients["cohort"]).transform("any")
+        measured = anchored.where(cohort_has_anchor, any_modality)
     keep = measured & patients["time"].notna() & patients["event"].notna()
     return patients.loc[keep].reset_index(drop=True)
 
@@ -205,8 +234,9 @@ def load_omics(results: str | Path, cohorts: Sequence[str], kind: str) -> pd.Dat
     """All cohorts' ``{kind}.parquet`` stacked (index patient). Features present in every cohort, first
     cohort's order; dropped features are logged."""
     frames = []
+    entry = active().get(kind)
     for cohort in cohorts:
-        p = Path(results) / cohort / f"{kind}.parquet"
+        p = entry.matrix_path(results, cohort)
         if p.is_file():
             df = pd.read_parquet(p)
             df.index = df.index.astype(str)
@@ -237,26 +267,39 @@ def fit_normalizers(omics: Mapping[str, pd.DataFrame], train_patients: Sequence[
 
 @dataclass
 class OmicsArrays:
-    """Model-ready arrays for a list of patients (row i = patients[i])."""
+    """Model-ready arrays for a list of patients (row i = patients[i]).
+
+    Attributes:
+        patients: the patient ids, P of them.
+        vectors: {vector modality: float32 [P, L_m_padded]}, zeros where absent (width 0 without a normaliser).
+        available: bool [P, M], columns ``modalities``.
+        image_paths: {image modality: [P] tile file or None}.
+        modalities: the registry's names when built: the columns of ``available``.
+    """
 
     patients: list[str]
-    rna: np.ndarray          # float32 [N, L_rna_padded], zeros where absent
-    dnam: np.ndarray         # float32 [N, L_dnam_padded], zeros where absent
-    available: np.ndarray    # bool [N, M], column order MODALITIES
-    wsi_paths: list[str | None]
+    vectors: dict[str, np.ndarray]
+    available: np.ndarray
+    image_paths: dict[str, list[str | None]]
+    modalities: tuple[str, ...]
+
+    def column(self, m: str) -> int:
+        """``m``'s column in ``available``."""
+        return self.modalities.index(m)
 
 
 def build_arrays(patients: pd.DataFrame, omics: Mapping[str, pd.DataFrame], normalizers: Mapping[str, Normalizer],
                  widths: Mapping[str, int] | None = None) -> OmicsArrays:
-    """Normalise each patient's omics with the fitted normalisers.
+    """Normalise each patient's vector modalities with the fitted normalisers; list their tile files.
 
     ``widths`` gives the padded length of a modality without normaliser (a unimodal run): zeros of that width.
     """
+    reg = active()
     ids = patients["patient"].astype(str).tolist()
-    avail = np.zeros((len(ids), len(MODALITIES)), dtype=bool)
-    arrays = {}
-    for kind in vector_modalities():
-        j = MODALITIES.index(kind)
+    avail = np.zeros((len(ids), len(reg)), dtype=bool)
+    vectors = {}
+    for kind in reg.vectors():
+        j = reg.index(kind)
         if kind in normalizers:
             df = omics[kind]
             present = pd.Index(ids).isin(df.index) & patients[f"has_{kind}"].to_numpy()
@@ -269,10 +312,12 @@ def build_arrays(patients: pd.DataFrame, omics: Mapping[str, pd.DataFrame], norm
             avail[:, j] = present
         else:
             arr = np.zeros((len(ids), int((widths or {}).get(kind, 0))), dtype=np.float32)
-        arrays[kind] = arr
-    avail[:, MODALITIES.index("wsi")] = patients["has_wsi"].to_numpy()
-    paths = [p if isinstance(p, str) else None for p in patients["wsi_path"].tolist()]
-    return OmicsArrays(ids, arrays["rna"], arrays["dnam"], avail, paths)
+        vectors[kind] = arr
+    paths: dict[str, list[str | None]] = {}
+    for m in reg.images():
+        avail[:, reg.index(m)] = patients[f"has_{m}"].to_numpy()
+        paths[m] = [p if isinstance(p, str) else None for p in patients[f"{m}_path"].tolist()]
+    return OmicsArrays(ids, vectors, avail, paths, reg.names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,13 +325,14 @@ def build_arrays(patients: pd.DataFrame, omics: Mapping[str, pd.DataFrame], norm
 
 
 class PatientDataset(Dataset):
-    """One sample per patient: omics rows, one tile drawn per epoch, availability, and the masking noise.
+    """One sample per patient: vector rows, one tile drawn per epoch, availability, and the masking noise.
 
-    Item: ``rna`` [L_rna], ``dnam`` [L_dnam] float32; ``wsi`` [3, T, T] float32 in [0, 1] (zeros when absent or
-    not among ``modalities``); ``available`` [M] bool (restricted to ``modalities``); ``noise_<m>`` [N_m] float32
-    uniform noise for masking (one per model modality); ``index`` int; with ``modality_dropout`` > 0 also
-    ``hidden`` [M] bool: with that probability, one of the sample's present modalities (when it has two or more),
-    chosen uniformly, is hidden from the encoder but kept as a target (see :meth:`MultimodalMAE.forward_encoder`).
+    Item, per modality of ``arrays``: a vector ``<m>`` [L_m] float32; an image ``<m>`` [3, T, T] float32 in [0, 1]
+    (zeros when absent or not among ``modalities``); ``available`` [M] bool (restricted to ``modalities``, columns
+    ``arrays.modalities``); ``noise_<m>`` [N_m] float32 uniform noise for masking (one per model modality);
+    ``index`` int; with ``modality_dropout`` > 0 also ``hidden`` [M] bool: with that probability, one of the
+    sample's present modalities (when it has two or more), chosen uniformly, is hidden from the encoder but kept as
+    a target (see :meth:`MultimodalMAE.forward_encoder`).
 
     Randomness per item comes from ``np.random.default_rng([seed, epoch, index])``: the same item in the same
     epoch is the same sample whatever the worker, rank or resume.
@@ -302,7 +348,7 @@ class PatientDataset(Dataset):
         self.fixed_tile = fixed_tile     # evaluation: the same tile in every epoch
         self.modality_dropout = float(modality_dropout)
         self.epoch = 0
-        self.mask = np.array([m in self.modalities for m in MODALITIES])
+        self.mask = np.array([m in self.modalities for m in arrays.modalities])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -310,32 +356,32 @@ class PatientDataset(Dataset):
     def __len__(self) -> int:
         return len(self.a.patients)
 
-    def _tile(self, i: int, rng: np.random.Generator) -> np.ndarray:
-        path = self.a.wsi_paths[i]
+    def _tile(self, m: str, i: int, rng: np.random.Generator) -> np.ndarray:
+        path = self.a.image_paths[m][i]
         tiles = np.load(path, mmap_mode="r")
         if tiles.ndim != 4 or tiles.shape[1:] != (self.tile_size, self.tile_size, 3) or tiles.dtype != np.uint8:
             raise ValueError(f"{path}: expected uint8 tiles [K, {self.tile_size}, {self.tile_size}, 3] for patient "
-                             f"{self.a.patients[i]}, got {tiles.dtype} {tiles.shape}; rerun the wsi stage")
+                             f"{self.a.patients[i]}, got {tiles.dtype} {tiles.shape}; rerun the {m} stage")
         if len(tiles) == 0:
-            raise ValueError(f"{path}: no tiles for patient {self.a.patients[i]} although wsi_qc.tsv says ok")
+            raise ValueError(f"{path}: no tiles for patient {self.a.patients[i]} although {m}_qc.tsv says ok")
         return np.array(tiles[int(rng.integers(len(tiles)))])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, 0 if self.fixed_tile else self.epoch, i])
         avail = self.a.available[i] & self.mask
-        item: dict[str, Any] = {"rna": torch.from_numpy(self.a.rna[i]), "dnam": torch.from_numpy(self.a.dnam[i])}
-        if avail[MODALITIES.index("wsi")]:
-            tile = self._tile(i, rng)
-            item["wsi"] = torch.from_numpy(tile).permute(2, 0, 1).float().div_(255.0)
-        else:
-            item["wsi"] = torch.zeros(3, self.tile_size, self.tile_size)
+        item: dict[str, Any] = {m: torch.from_numpy(x[i]) for m, x in self.a.vectors.items()}
+        for m in self.a.image_paths:
+            if avail[self.a.column(m)]:
+                item[m] = torch.from_numpy(self._tile(m, i, rng)).permute(2, 0, 1).float().div_(255.0)
+            else:
+                item[m] = torch.zeros(3, self.tile_size, self.tile_size)
         item["available"] = torch.from_numpy(avail.copy())
-        for k, m in enumerate(MODALITIES, start=1):   # one stream per modality: every run masks m alike
+        for k, m in enumerate(self.a.modalities, start=1):   # one stream per modality: every run masks m alike
             if m in self.modalities:
                 noise_rng = np.random.default_rng([self.seed, self.epoch, i, k])
                 item[f"noise_{m}"] = torch.from_numpy(noise_rng.random(self.n_patches[m], dtype=np.float32))
         if self.modality_dropout > 0:
-            hidden = np.zeros(len(MODALITIES), dtype=bool)
+            hidden = np.zeros(len(self.a.modalities), dtype=bool)
             hide_rng = np.random.default_rng([self.seed, self.epoch, i, 9])
             present = np.flatnonzero(avail)
             if len(present) >= 2 and hide_rng.random() < self.modality_dropout:

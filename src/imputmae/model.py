@@ -6,16 +6,15 @@ The method and its decisions: docs/design.md, ``imputmae.model``.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.mae_config import MAEConfig
+from imputmae.modalities import MODALITIES, active
 from imputmae.layers import (IMAGENET_MEAN, IMAGENET_STD, Block, WSIHead, patches_channel_first, patchify_image,
                              random_masking, sincos_1d, sincos_2d, take_rows, unpatchify_image)
 
@@ -26,85 +25,10 @@ log = logging.getLogger(__name__)
 
 
 
-@dataclass
-class MAEConfig:
-    """Sizes of the model. ``rna_len``/``dnam_len`` are feature counts (inputs are zero-padded to whole patches;
-    the padding is excluded from the loss)."""
-
-    rna_len: int = 0
-    dnam_len: int = 0
-    modalities: tuple[str, ...] = MODALITIES
-    hidden_size: int = 256
-    num_heads: int = 4
-    intermediate_size: int = 1024
-    rna_layers: int = 6
-    dnam_layers: int = 6
-    wsi_layers: int = 4
-    decoder_hidden_size: int = 256
-    decoder_layers: int = 3
-    decoder_heads: int = 4
-    decoder_intermediate_size: int = 512
-    tile_size: int = 256
-    wsi_patch_size: int = 16
-    rna_patch: int = 256
-    dnam_patch: int = 512
-    mask_ratio: float = 0.5
-    norm_eps: float = 1e-6          # facebookresearch/mae; transformers' ViTMAE uses 1e-12 (negligible difference)
-
-    def __post_init__(self) -> None:
-        self.modalities = tuple(self.modalities)
-        bad = [m for m in self.modalities if m not in MODALITIES]
-        if bad or not self.modalities:
-            raise ValueError(f"modalities: got {list(self.modalities)}, expected a non-empty subset of {MODALITIES}")
-        for m in vector_modalities(self.modalities):
-            if getattr(self, f"{m}_len") <= 0:
-                raise ValueError(f"{m}_len: got {getattr(self, f'{m}_len')}, expected the number of {m} features (> 0)")
-        if self.tile_size % self.wsi_patch_size:
-            raise ValueError(f"wsi_patch_size {self.wsi_patch_size} does not divide tile_size {self.tile_size}")
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], rna_len: int, dnam_len: int,
-                    modalities: Sequence[str] | None = None) -> MAEConfig:
-        """Build from the pipeline config (``model``, ``omics``, ``wsi`` sections and ``pretrain.modalities``)."""
-        from imputmae.config import model_dims
-
-        mods = tuple(modalities) if modalities is not None else tuple(cfg["pretrain"]["modalities"])
-        return cls(rna_len=int(rna_len), dnam_len=int(dnam_len), modalities=tuple(m for m in MODALITIES if m in mods),
-                   **model_dims(cfg["model"]), tile_size=int(cfg["wsi"]["tile_size"]),
-                   wsi_patch_size=int(cfg["model"]["wsi_patch_size"]),
-                   rna_patch=int(cfg["omics"]["rna"]["patch_size"]), dnam_patch=int(cfg["omics"]["dnam"]["patch_size"]),
-                   mask_ratio=float(cfg["model"]["mask_ratio"]))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["modalities"] = list(self.modalities)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MAEConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def patch(self, m: str) -> int:
-        return self.wsi_patch_size if is_image(m) else getattr(self, f"{m}_patch")
-
-    def n_patches(self, m: str) -> int:
-        if is_image(m):
-            return (self.tile_size // self.wsi_patch_size) ** 2
-        return math.ceil(getattr(self, f"{m}_len") / self.patch(m))
-
-    def patch_dim(self, m: str) -> int:
-        return 3 * self.wsi_patch_size ** 2 if is_image(m) else self.patch(m)
-
-    def input_len(self, m: str) -> int:
-        """Length of the zero-padded omics input vector."""
-        return self.n_patches(m) * self.patch(m)
-
-
 def _positions(cfg: MAEConfig, m: str, dim: int) -> Tensor:
     """[1, 1 + N_m, dim] float32, a zero row for the CLS token first."""
     n = cfg.n_patches(m)
-    pe = sincos_2d(dim, cfg.tile_size // cfg.wsi_patch_size) if is_image(m) else sincos_1d(dim, torch.arange(n))
+    pe = sincos_2d(dim, cfg.grid(m)) if cfg.is_image(m) else sincos_1d(dim, torch.arange(n))
     return torch.cat([torch.zeros(1, dim, dtype=pe.dtype), pe]).float()[None]
 
 
@@ -114,10 +38,10 @@ class Encoder(nn.Module):
     def __init__(self, cfg: MAEConfig, m: str):
         super().__init__()
         D, p = cfg.hidden_size, cfg.patch(m)
-        self.proj = nn.Conv2d(3, D, p, stride=p) if is_image(m) else nn.Conv1d(1, D, p, stride=p)
+        self.proj = nn.Conv2d(3, D, p, stride=p) if cfg.is_image(m) else nn.Conv1d(1, D, p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.register_buffer("pos_embed", _positions(cfg, m, D))
-        depth = getattr(cfg, f"{m}_layers")
+        depth = cfg.layers[m]
         self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.intermediate_size, cfg.norm_eps) for _ in range(depth))
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
 
@@ -179,12 +103,12 @@ class MultimodalMAE(nn.Module):
             Block(Dd, cfg.decoder_heads, cfg.decoder_intermediate_size, cfg.norm_eps)
             for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(Dd, eps=cfg.norm_eps)
-        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.wsi_patch_size) if is_image(m) else nn.Linear(Dd, cfg.patch(m))
+        self.heads = nn.ModuleDict({m: WSIHead(Dd, cfg.patch(m)) if cfg.is_image(m) else nn.Linear(Dd, cfg.patch(m))
                                     for m in self.modalities})
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        for m in vector_modalities(self.modalities):   # 1 where a patch element is a real feature, 0 padding: [N_m, P_m]
-            valid = torch.arange(cfg.input_len(m)) < getattr(cfg, f"{m}_len")
+        for m in cfg.lengths:   # 1 where a patch element is a real feature, 0 padding: [N_m, P_m]
+            valid = torch.arange(cfg.input_len(m)) < cfg.lengths[m]
             self.register_buffer(f"element_weight_{m}", valid.float().view(cfg.n_patches(m), -1), persistent=False)
         self.apply(self._init_weights)
         for m in self.modalities:
@@ -196,9 +120,9 @@ class MultimodalMAE(nn.Module):
         # Small prediction heads, omics starting at 0.5 (quantile-normalised features are uniform on [0, 1]): the
         # first predictions sit near the targets' mean instead of thousands of Adam steps (of size lr) away.
         for m in self.modalities:
-            w = self.heads[m].deconv.weight if is_image(m) else self.heads[m].weight
+            w = self.heads[m].deconv.weight if self.cfg.is_image(m) else self.heads[m].weight
             nn.init.normal_(w, std=0.02)
-            if not is_image(m):
+            if not self.cfg.is_image(m):
                 nn.init.constant_(self.heads[m].bias, 0.5)
 
     @staticmethod
@@ -216,7 +140,7 @@ class MultimodalMAE(nn.Module):
     def _input(self, batch: Mapping[str, Tensor], m: str) -> Tensor:
         """The modality's model input: omics padded to whole patches [B, L_pad]; WSI normalised [B, 3, H, W]."""
         x = batch[m].float()
-        if is_image(m):
+        if self.cfg.is_image(m):
             return (x - self.pixel_mean).div_(self.pixel_std)   # in place on the new tensor: one image less
         pad = self.cfg.input_len(m) - x.shape[1]
         if pad < 0:
@@ -225,20 +149,20 @@ class MultimodalMAE(nn.Module):
 
     def patchify(self, m: str, x: Tensor) -> Tensor:
         """Model input (see :meth:`_input`) -> patches [B, N_m, P_m]."""
-        if is_image(m):
-            return patchify_image(x, self.cfg.wsi_patch_size)
+        if self.cfg.is_image(m):
+            return patchify_image(x, self.cfg.patch(m))
         return x.view(x.shape[0], self.cfg.n_patches(m), self.cfg.patch(m))
 
     def unpatchify(self, m: str, patches: Tensor) -> Tensor:
         """Patches [B, N_m, P_m] -> input space: omics [B, L_pad] in [0, 1]; WSI [B, 3, H, W] in [0, 1]."""
-        if is_image(m):
-            img = unpatchify_image(patches, self.cfg.wsi_patch_size) * self.pixel_std + self.pixel_mean
+        if self.cfg.is_image(m):
+            img = unpatchify_image(patches, self.cfg.patch(m)) * self.pixel_std + self.pixel_mean
             return img.clamp(0, 1)
         return (patches.reshape(patches.shape[0], -1) * self.element_weight(m).flatten()).clamp(0, 1)
 
     def element_weight(self, m: str) -> Tensor:
         """[N_m, P_m]: 1 for real input elements, 0 for omics padding."""
-        if is_image(m):
+        if self.cfg.is_image(m):
             return self.pixel_std.new_ones(self.cfg.n_patches(m), self.cfg.patch_dim(m))
         return getattr(self, f"element_weight_{m}")
 
@@ -247,7 +171,7 @@ class MultimodalMAE(nn.Module):
             return torch.zeros(B, dtype=torch.bool, device=device)
         if "available" not in batch:
             return torch.ones(B, dtype=torch.bool, device=device)
-        return batch["available"][:, MODALITIES.index(m)].to(device=device, dtype=torch.bool)
+        return batch["available"][:, active().index(m)].to(device=device, dtype=torch.bool)
 
     def _batch_size(self, batch: Mapping[str, Tensor]) -> tuple[int, torch.device]:
         for m in (*self.modalities, "available"):
@@ -273,11 +197,12 @@ class MultimodalMAE(nn.Module):
             present = self._available(batch, m, B, device)
             valid = present
             if "hidden" in batch:
-                valid = present & ~batch["hidden"][:, MODALITIES.index(m)].to(device=device, dtype=torch.bool)
+                valid = present & ~batch["hidden"][:, active().index(m)].to(device=device, dtype=torch.bool)
             if m in batch:
                 x = self._input(batch, m)
             else:
-                shape = (B, 3, self.cfg.tile_size, self.cfg.tile_size) if is_image(m) else (B, self.cfg.input_len(m))
+                T = self.cfg.tile_size
+                shape = (B, 3, T, T) if self.cfg.is_image(m) else (B, self.cfg.input_len(m))
                 x = torch.zeros(shape, device=device)
             # nobody has the modality: the encoder sees only its CLS (no tokens at all)
             len_keep = int(N * (1 - mask_ratio)) if bool(valid.any()) else 0
@@ -349,7 +274,7 @@ class MultimodalMAE(nn.Module):
 
     def _head(self, m: str, h: Tensor, channel_first: bool) -> Tensor:
         """Decoder states [B, M, Dd] -> modality m's patches [B, M, P_m] (WSI optionally channel-first)."""
-        return self.heads[m](h, channel_first) if is_image(m) else self.heads[m](h)
+        return self.heads[m](h, channel_first) if self.cfg.is_image(m) else self.heads[m](h)
 
     def loss_rows(self, enc: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """The patches the loss can count, per modality [B, M_m]: the masked ones (M_m = N_m - K_m, in masking
@@ -373,9 +298,9 @@ class MultimodalMAE(nn.Module):
         ``rows`` must list every patch whose weight is nonzero); ``channel_first``: WSI pred in (channel, row, col)
         order, ``patches`` x already cut that way (optional: saves a copy). Omics padding is never counted.
         """
-        if is_image(m):                                                          # every element is real
+        if self.cfg.is_image(m):                                                # every element is real
             if channel_first:
-                target = patches if patches is not None else patches_channel_first(x, self.cfg.wsi_patch_size)
+                target = patches if patches is not None else patches_channel_first(x, self.cfg.patch(m))
             else:
                 target = self.patchify(m, x)
             if rows is not None:
@@ -431,7 +356,7 @@ class MultimodalMAE(nn.Module):
             patches = self.patchify(m, self._input({m: mean[None].to(self.pixel_std.device)}, m))[0]   # [N, P]
             ew = self.element_weight(m)
             bias = (patches * ew).sum(0) / ew.sum(0).clamp_min(1)
-            (self.heads[m].pixel_bias if is_image(m) else self.heads[m].bias).copy_(bias)
+            (self.heads[m].pixel_bias if self.cfg.is_image(m) else self.heads[m].bias).copy_(bias)
 
     # -- uses of a trained model ---------------------------------------------------------------------------------
 
@@ -484,7 +409,7 @@ class MultimodalMAE(nn.Module):
         for m in self.modalities:
             recon = total[m] / len(draws)
             x = batch[m].float() if m in batch else torch.zeros_like(recon)
-            if not is_image(m):
+            if not self.cfg.is_image(m):
                 x = F.pad(x, (0, recon.shape[1] - x.shape[1]))
             shape = (-1,) + (1,) * (recon.dim() - 1)
             out[m] = torch.where(valid[m].view(shape), x, recon)

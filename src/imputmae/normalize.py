@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["OmicsNormalizer", "quantile_fit", "quantile_transform", "quantile_inverse", "upper_quartile_scale",
-           "DEFAULT_PATCH_SIZE"]
+from imputmae.modalities import get, vector_modalities
+
+__all__ = ["OmicsNormalizer", "quantile_fit", "quantile_transform", "quantile_inverse", "upper_quartile_scale"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATCH_SIZE: dict[str, int] = {"rna": 256, "dnam": 512}
 BOUNDS_THRESHOLD = 1e-7  # scikit-learn's: values this close to the training range's ends map to 0 or 1
 _FORMAT = "imputmae.OmicsNormalizer/1"
 
@@ -132,11 +132,12 @@ class OmicsNormalizer:
     """Fit on training patients, transform anyone; saved with the model as plain tensors, lists and numbers.
 
     Args:
-        kind: ``rna`` (gene filter and ``log1p``) or ``dnam``.
-        min_std: RNA gene filter on the raw training values (std, ddof=1, must exceed it); ``None`` keeps all.
-            Ignored for DNAm.
+        kind: a vector modality of the registry in use; its entry says which steps apply
+            (:attr:`Modality.log1p`, :attr:`Modality.std_filter`: RNA both, DNAm neither).
+        min_std: the feature filter on the raw training values (std, ddof=1, must exceed it); ``None`` keeps all.
+            Ignored for a modality without :attr:`Modality.std_filter`.
         n_quantiles: quantiles of the quantile transform (fewer when fewer training patients).
-        patch_size: the feature axis is zero-padded to a multiple of it (default RNA 256, DNAm 512).
+        patch_size: the feature axis is zero-padded to a multiple of it (default: the entry's, RNA 256, DNAm 512).
         mode: ``paper`` (every step) or ``identity`` (NaN fill and padding only, for matrices the user already
             normalised).
         quantile_dtype: storage of the fitted quantiles, the bulk of the state (features x min(n_quantiles,
@@ -150,11 +151,12 @@ class OmicsNormalizer:
         n_features_, n_padded_: output widths before and after padding.
     """
 
-    def __init__(self, kind: Literal["rna", "dnam"], min_std: float | None = 0.1, n_quantiles: int = 10_000,
+    def __init__(self, kind: str, min_std: float | None = 0.1, n_quantiles: int = 10_000,
                  patch_size: int | None = None, mode: Literal["paper", "identity"] = "paper",
                  quantile_dtype: Literal["float32", "float64"] = "float64"):
-        if kind not in ("rna", "dnam"):
-            raise ValueError(f"kind must be 'rna' or 'dnam', got {kind!r}")
+        entry = get(kind)
+        if entry.is_image:
+            raise ValueError(f"kind must be a vector modality ({', '.join(vector_modalities())}), got {kind!r}")
         if mode not in ("paper", "identity"):
             raise ValueError(f"mode must be 'paper' or 'identity', got {mode!r}")
         if quantile_dtype not in ("float32", "float64"):
@@ -163,19 +165,22 @@ class OmicsNormalizer:
         if n_quantiles < 2:
             raise ValueError(f"n_quantiles must be >= 2, got {n_quantiles}")
         self.kind, self.mode = kind, mode
-        self.min_std = min_std if kind == "rna" else None
+        self.log1p = entry.log1p
+        self.min_std = min_std if entry.std_filter else None
         self.n_quantiles = int(n_quantiles)
-        self.patch_size = int(patch_size or DEFAULT_PATCH_SIZE[kind])
+        self.patch_size = int(patch_size or entry.patch_size)
         self._fitted = False
 
     @classmethod
-    def from_config(cls, kind: Literal["rna", "dnam"], omics_cfg: Mapping[str, Any],
+    def from_config(cls, kind: str, omics_cfg: Mapping[str, Any],
                     already_normalized: bool = False) -> OmicsNormalizer:
         """From the config's ``omics`` section; ``already_normalized`` (see
-        :func:`imputmae.omics.matrix_is_normalized`) selects the identity mode."""
-        section = omics_cfg[kind]
+        :func:`imputmae.omics.matrix_is_normalized`) selects the identity mode. A modality without its
+        ``omics.<kind>`` section (one added in a registry, not in the schema) takes its registry entry's patch
+        size and no feature filter."""
+        section = omics_cfg.get(kind) or {}
         return cls(kind, min_std=section.get("min_std"), n_quantiles=omics_cfg["n_quantiles"],
-                   patch_size=section["patch_size"], mode="identity" if already_normalized else "paper")
+                   patch_size=section.get("patch_size"), mode="identity" if already_normalized else "paper")
 
     # ------------------------------------------------------------------------------------------ fitting
 
@@ -197,14 +202,15 @@ class OmicsNormalizer:
             log.info("%s: %d features never observed in training are filled with 0", self.kind, int(never.sum()))
         self.median_ = torch.from_numpy(median)
         keep = np.arange(raw.shape[1])
-        if self.mode == "paper" and self.kind == "rna" and self.min_std is not None:
+        if self.mode == "paper" and self.min_std is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a feature seen once or never: std NaN, dropped
                 std = np.nanstd(raw, axis=0, ddof=1)
             keep = np.flatnonzero(np.nan_to_num(std, nan=0.0) > self.min_std)
-            log.info("rna: %d of %d genes have training std > %g", keep.size, raw.shape[1], self.min_std)
+            log.info("%s: %d of %d features have training std > %g", self.kind, keep.size, raw.shape[1],
+                     self.min_std)
             if keep.size == 0:
-                raise ValueError(f"no gene has a training standard deviation > {self.min_std}")
+                raise ValueError(f"{self.kind}: no feature has a training standard deviation > {self.min_std}")
         self.keep_ = torch.from_numpy(keep.astype(np.int64))
         self.feature_names_ = [self.features_in_[i] for i in keep]
         self.n_features_ = len(self.feature_names_)
@@ -256,10 +262,10 @@ class OmicsNormalizer:
         x = self._fill(x)
         if self.keep_.numel() != x.shape[1]:
             x = x[:, self.keep_]
-        if self.kind == "rna":
+        if self.log1p:
             if (x < 0).any():
-                raise ValueError("rna: negative expression values; the paper's steps expect raw FPKM-UQ (>= 0). "
-                                 "For a matrix already normalised set the cohort's normalize: false")
+                raise ValueError(f"{self.kind}: negative values; the paper's steps expect raw values >= 0 (RNA: "
+                                 "FPKM-UQ). For a matrix already normalised set the cohort's normalize: false")
             x.log1p_()
         uq = upper_quartile_scale(x)
         bad = ~(uq > 0) | ~torch.isfinite(uq)
@@ -313,7 +319,7 @@ class OmicsNormalizer:
             scale = (torch.as_tensor(np.asarray(row_scale), dtype=torch.float64) if row_scale is not None
                      else torch.full((y.shape[0],), self.uq_reference_, dtype=torch.float64))
             y = y * scale.unsqueeze(1)
-            if self.kind == "rna":
+            if self.log1p:
                 y = torch.expm1(y)
         return pd.DataFrame(y.numpy(), index=index, columns=self.feature_names_)
 

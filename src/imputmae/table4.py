@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader
 from imputmae import data as _data
 from imputmae.data import PatientDataset, build_arrays, collate, load_omics, load_patients, read_splits
 from imputmae.checkpoint import load_pretrained
-from imputmae.modalities import MODALITIES, is_image, label, vector_modalities
+from imputmae.modalities import active, label
 from imputmae.model import MultimodalMAE
 from imputmae.tables import markdown_lines, write_texts
 
 __all__ = ["evaluate_reconstruction", "evaluate_imputation", "ridge_imputation", "table4", "table4_by_size",
+           "table4_columns",
            "table4_markdown", "write_table4"]
 
 
@@ -61,9 +62,10 @@ def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_mea
     """
     model.eval().to(device)
     out = {}
+    reg = active()
     for m in model.modalities:
-        j = MODALITIES.index(m)
-        others = [MODALITIES.index(o) for o in model.modalities if o != m]
+        j = reg.index(m)
+        others = [reg.index(o) for o in model.modalities if o != m]
         if not others:
             continue
         sse_model = sse_mean = count = 0.0
@@ -80,13 +82,15 @@ def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_mea
             cut["available"][:, j] = False
             cut[m] = torch.zeros_like(cut[m])
             recon = model.impute(cut, views=views)[m]
-            if is_image(m):
+            if model.cfg.is_image(m):
                 w = torch.ones_like(truth)
             else:
                 recon = recon[:, : truth.shape[1]]
-                real = torch.arange(truth.shape[1], device=device) < getattr(model.cfg, f"{m}_len")
+                real = torch.arange(truth.shape[1], device=device) < model.cfg.lengths[m]
                 w = real.float().expand_as(truth)
-            mean = train_means[m].to(device)[..., : truth.shape[-1]] if not is_image(m) else train_means[m].to(device)
+            mean = train_means[m].to(device)
+            if not model.cfg.is_image(m):
+                mean = mean[..., : truth.shape[-1]]
             sse_model += (((recon - truth) ** 2) * w).sum().item()
             sse_mean += (((mean.expand_as(truth) - truth) ** 2) * w).sum().item()
             count += w.sum().item()
@@ -99,35 +103,46 @@ def evaluate_imputation(model: MultimodalMAE, dataset: PatientDataset, train_mea
 
 def ridge_imputation(model: MultimodalMAE, train: Any, test: Any, train_means: Mapping[str, torch.Tensor]
                      ) -> dict[str, float]:
-    """An independent reference for whole-modality imputation: scikit-learn ``RidgeCV`` from the other omics
+    """An independent reference for whole-modality imputation: scikit-learn ``RidgeCV`` from another vector
     modality, fitted on the training patients; the training mean where the test patient lacks that modality.
 
     Scored on the rows :func:`evaluate_imputation` uses (patients with the modality and at least one other).
-    ``train``/``test``: :class:`imputmae.data.OmicsArrays`. Returns {m: MSE over real elements} for RNA and DNAm.
+    ``train``/``test``: :class:`imputmae.data.OmicsArrays`. Returns {m: MSE over real elements} per vector modality
+    m, from the first other vector modality o of the model (for the built-in registry: RNA from DNAm and back).
     """
     from sklearn.linear_model import RidgeCV
 
     out = {}
-    vectors = vector_modalities()
+    reg = active()
+    vectors = reg.vectors(model.modalities)
     for m, o in ((a, b) for a in vectors for b in vectors if a != b):
-        if m not in model.modalities or o not in model.modalities:
+        if m in out:
             continue
-        j, k = MODALITIES.index(m), MODALITIES.index(o)
-        others = [MODALITIES.index(x) for x in model.modalities if x != m]
-        n_m, n_o = getattr(model.cfg, f"{m}_len"), getattr(model.cfg, f"{o}_len")
+        j, k = train.column(m), train.column(o)
+        others = [test.column(x) for x in model.modalities if x != m]
+        n_m, n_o = model.cfg.lengths[m], model.cfg.lengths[o]
         fit_rows = train.available[:, j] & train.available[:, k]
         rows = test.available[:, j] & test.available[:, others].any(1)
         if fit_rows.sum() < 3 or not rows.any():
             continue
-        ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(getattr(train, o)[fit_rows, :n_o],
-                                                            getattr(train, m)[fit_rows, :n_m])
-        truth = getattr(test, m)[rows, :n_m]
+        ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(train.vectors[o][fit_rows, :n_o],
+                                                            train.vectors[m][fit_rows, :n_m])
+        truth = test.vectors[m][rows, :n_m]
         pred = np.broadcast_to(train_means[m].numpy()[:n_m], truth.shape).copy()
         has_o = test.available[rows, k]
         if has_o.any():
-            pred[has_o] = ridge.predict(getattr(test, o)[rows][has_o, :n_o])
+            pred[has_o] = ridge.predict(test.vectors[o][rows][has_o, :n_o])
         out[m] = float(((np.clip(pred, 0, 1) - truth) ** 2).mean())
     return out
+
+
+PAPER_COLUMNS = ("wsi", "rna", "dnam")   # Table 4's column order in the paper
+
+
+def table4_columns() -> list[str]:
+    """Table 4's columns: the paper's (WSI, RNA, DNAm), then any other modality of the registry in use, as labels."""
+    names = active().names
+    return [label(m) for m in (*[m for m in PAPER_COLUMNS if m in names], *[m for m in names if m not in PAPER_COLUMNS])]
 
 
 def _test_dataset(cfg: Mapping[str, Any], model: MultimodalMAE, normalizer_states: Mapping[str, Any], fold: int,
@@ -147,8 +162,9 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
     """Table 4 from pretrained checkpoints {(run, fold): path}.
 
     Returns (table: rows ``Multimodal pretraining``/``Unimodal pretraining``, columns WSI, RNA, DNAm: mean over
-    folds of the test patients' masked-patch MSE, both rows on the folds the unimodal run has; per_fold: long form run, fold, modality, mse; imputation: per
-    modality the multimodal model's error imputing the whole modality from the others vs the training mean).
+    folds of the test patients' masked-patch MSE, both rows on the folds the unimodal run has (:func:`table4_columns`);
+    per_fold: long form run, fold, modality, mse; imputation: per modality the multimodal model's error imputing the
+    whole modality from the others vs the training mean).
     """
     dev = torch.device(device)
     results = Path(cfg["results"])
@@ -173,7 +189,7 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
             for m, r in evaluate_imputation(model, ds, means, dev).items():
                 imp_rows.append({"fold": fold, "modality": m, **r, "ridge": ridge.get(m, float("nan"))})
     per_fold = pd.DataFrame(rows)
-    table = pd.DataFrame(index=["Multimodal pretraining", "Unimodal pretraining"], columns=["WSI", "RNA", "DNAm"],
+    table = pd.DataFrame(index=["Multimodal pretraining", "Unimodal pretraining"], columns=table4_columns(),
                          dtype=float)
     if len(per_fold):
         uni = per_fold[(per_fold["run"] != "multimodal") & (per_fold["run"] == per_fold["modality"])]
@@ -238,7 +254,7 @@ def table4_markdown(table: pd.DataFrame, imputation: pd.DataFrame, n_folds: int)
              "Masked-patch MSE (50% of patches masked, fixed seeded noise) on each fold's test patients that have",
              "the modality. RNA and DNAm in the normalised [0, 1] space; WSI in ImageNet-normalised pixels (the",
              "space the model is trained in, as in MAE).", "",
-             *markdown_lines(table[["WSI", "RNA", "DNAm"]].reset_index(), rule="plain", cell=_number),
+             *markdown_lines(table.reset_index(), rule="plain", cell=_number),
              "", "Paper (Table 4): multimodal 0.028 / 0.0039 / 0.0085; unimodal 0.0165 / 0.0092 / 0.0087.", ""]
     if len(imputation):
         columns = {"size": "Model", **IMPUTATION_COLUMNS} if "size" in imputation else IMPUTATION_COLUMNS

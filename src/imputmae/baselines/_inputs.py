@@ -13,6 +13,9 @@ Built once per fold and shared by every baseline row of that fold (:func:`baseli
   (:func:`imputmae.finetune.features.iter_complete_inputs`, a group of patients at a time, as impuTMAE's own
   fine-tuning does; a missing slide becomes
   one imputed tile) and marks them available; ``missing="zero"`` gives zeros and marks them unavailable.
+
+The baselines are the published networks on the three built-in modalities (:data:`MODALITIES`, whatever the
+registry in use holds besides): a further modality is not one of their inputs.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
     else:
         raise ValueError(f"extractor {extractor!r}: 'mae_cls' (the fold's pretrained WSI encoder) or 'resnet50'")
     mods = [m for m in MODALITIES if m in mae.modalities]     # a model pretrained without slides has no WSI
-    lengths = {"rna": mae.cfg.rna_len, "dnam": mae.cfg.dnam_len}
+    lengths = {m: mae.cfg.lengths.get(m, 0) for m in ("rna", "dnam")}
     omics = {m: torch.zeros(len(patients), lengths[m]) for m in ("rna", "dnam")}
     tiles: list[Tensor] = [torch.zeros(1, D)] * len(patients)
     avail = torch.zeros(len(patients), len(MODALITIES), dtype=torch.bool)

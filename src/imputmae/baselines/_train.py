@@ -36,7 +36,7 @@ from imputmae.baselines._inputs import BaselineInputs, collate_inputs
 from imputmae.baselines.cmta import CMTA, CMTAConfig
 from imputmae.baselines.mome import MoME, MoMEConfig
 from imputmae.baselines.multisurv import MultiSurv, MultiSurvConfig
-from imputmae.modalities import MODALITIES
+from imputmae.modalities import MODALITIES, REGISTRY
 from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
 
@@ -135,7 +135,7 @@ def _drop_modality(batch: dict[str, Tensor], p: float, g: torch.Generator) -> di
     which = scores.argmax(1)
     for i in torch.nonzero(drop).view(-1).tolist():
         m = MODALITIES[int(which[i])]
-        if m == "wsi":
+        if REGISTRY.get(m).is_image:                            # the slide: its tiles masked out
             out["tile_mask"][i] = False
         else:
             out[m][i] = 0.0
@@ -153,18 +153,36 @@ def _optimizer(model: nn.Module, cfg: BaselineConfig) -> torch.optim.Optimizer:
     raise ValueError(f"baseline optimizer must be adam or sgd, got {cfg.optimizer!r}")
 
 
-def train_baseline(bi: BaselineInputs, clinical: pd.DataFrame, train: Sequence[str], test: Sequence[str],
-                   cfg: BaselineConfig, fold: int = 0, device: str | torch.device | None = None) -> BaselineResult:
-    """Train baseline ``cfg.name`` on one fold and score its test patients (protocol: module docstring).
+@dataclass
+class _FoldLabels:
+    """One fold's survival labels, indexed by row of the :class:`BaselineInputs` (zeros for other patients).
 
-    bi: the fold's inputs (:func:`imputmae.baselines.baseline_inputs`, every patient of train and test);
-    clinical: index patient, columns time (days) and event (0/1).
-    """
-    from imputmae.finetune import baseline_hazard_logits, split_validation
+    cuts [T] (fitted on the training patients); y_idx [P] int64 and y_ev [P] float32 (discretised); t_obs, e_obs
+    [P] (days, 0/1); t_tr, e_tr: the training patients' (for IBS's censoring estimate); fit, val: the training
+    patients split for epoch selection; *_idx: their rows."""
 
-    t0 = time.perf_counter()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(cfg.seed)
+    cuts: np.ndarray
+    y_idx: np.ndarray
+    y_ev: np.ndarray
+    t_obs: np.ndarray
+    e_obs: np.ndarray
+    t_tr: np.ndarray
+    e_tr: np.ndarray
+    train: list[str]
+    test: list[str]
+    fit: list[str]
+    val: list[str]
+    fit_idx: np.ndarray
+    val_idx: np.ndarray
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+def _fold_labels(bi: BaselineInputs, clinical: pd.DataFrame, train: Sequence[str], test: Sequence[str],
+                 cfg: BaselineConfig) -> _FoldLabels:
+    """Cuts and the validation split from the training patients only (steps 1-2 of the module docstring)."""
+    from imputmae.finetune import split_validation
+
     known = set(bi.patients) & set(clinical.index)
     train = [p for p in train if p in known]
     test = [p for p in test if p in known]
@@ -180,20 +198,37 @@ def train_baseline(bi: BaselineInputs, clinical: pd.DataFrame, train: Sequence[s
     t_obs[idx] = clinical.loc[everyone, "time"].to_numpy(float)
     e_obs[idx] = clinical.loc[everyone, "event"].to_numpy(float)
     y_idx[idx], y_ev[idx] = discretize(cuts, t_obs[idx], e_obs[idx])
-    fit_idx, val_idx = np.array([where[p] for p in fit]), np.array([where[p] for p in val])
-    train_idx, test_idx = np.array([where[p] for p in train]), np.array([where[p] for p in test])
+    rows = {k: np.array([where[p] for p in ps]) for k, ps in (("fit", fit), ("val", val), ("train", train),
+                                                                  ("test", test))}
+    return _FoldLabels(cuts, y_idx, y_ev, t_obs, e_obs, t_tr, e_tr, train, test, fit, val, rows["fit"], rows["val"],
+                       rows["train"], rows["test"])
 
-    model = build_baseline(cfg.name, bi.rna.shape[1], bi.dnam.shape[1], bi.tile_dim, len(cuts), **cfg.model)
+
+def _new_baseline(bi: BaselineInputs, labels: _FoldLabels, cfg: BaselineConfig) -> nn.Module:
+    """The network for these inputs, its data-fitted preprocessing on the training patients and its hazard bias
+    at the fit patients' life-table hazards (steps 3-4)."""
+    from imputmae.finetune import baseline_hazard_logits
+
+    n_bins = len(labels.cuts)
+    model = build_baseline(cfg.name, bi.rna.shape[1], bi.dnam.shape[1], bi.tile_dim, n_bins, **cfg.model)
     if hasattr(model, "fit_preprocessing"):
-        tr = torch.from_numpy(train_idx)
+        tr = torch.from_numpy(labels.train_idx)
         a = bi.available[tr]
         model.fit_preprocessing(bi.rna[tr][a[:, MODALITIES.index("rna")]], bi.dnam[tr][a[:, MODALITIES.index("dnam")]])
     with torch.no_grad():
-        model.classifier.bias.copy_(baseline_hazard_logits(y_idx[fit_idx], y_ev[fit_idx], len(cuts)))
-    model = model.to(device)
+        model.classifier.bias.copy_(baseline_hazard_logits(labels.y_idx[labels.fit_idx], labels.y_ev[labels.fit_idx],
+                                                           n_bins))
+    return model
+
+
+def _fit_epochs(model: nn.Module, bi: BaselineInputs, labels: _FoldLabels, cfg: BaselineConfig,
+                device: torch.device) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train ``cfg.epochs`` epochs on the fit patients, scoring each on the validation patients (steps 5-6) ->
+    (best: {epoch, val, state}, history: one row per epoch)."""
     opt = _optimizer(model, cfg)
     g = torch.Generator().manual_seed(cfg.seed)
-    yi, ye = torch.from_numpy(y_idx).to(device), torch.from_numpy(y_ev).to(device)
+    yi, ye = torch.from_numpy(labels.y_idx).to(device), torch.from_numpy(labels.y_ev).to(device)
+    fit_idx, val_idx = labels.fit_idx, labels.val_idx
     best = {"epoch": -1, "val": -np.inf, "state": copy.deepcopy(model.state_dict())}
     history = []
     n_batches = max(1, -(-len(fit_idx) // cfg.batch_size))
@@ -217,34 +252,58 @@ def train_baseline(bi: BaselineInputs, clinical: pd.DataFrame, train: Sequence[s
         phi = predict_baseline(model, bi, val_idx)
         vt = torch.from_numpy(val_idx)
         val_nll = float(nll_logistic_hazard(phi, yi[vt].cpu(), ye[vt].cpu()))
-        val_c = evaluate_survival(hazard_to_survival(phi).numpy(), cuts, t_obs[val_idx], e_obs[val_idx],
-                                  cfg.n_sub)[cfg.cindex]
+        val_c = evaluate_survival(hazard_to_survival(phi).numpy(), labels.cuts, labels.t_obs[val_idx],
+                                  labels.e_obs[val_idx], cfg.n_sub)[cfg.cindex]
         score = val_c if cfg.select_on == "cindex" else -val_nll
         history.append({"epoch": epoch, "train_loss": total / len(fit_idx), f"val_{cfg.cindex}": val_c,
                         "val_nll": val_nll})
         if np.isfinite(score) and score > best["val"]:
             best = {"epoch": epoch, "val": float(score), "state": copy.deepcopy(model.state_dict())}
-    model.load_state_dict(best["state"])
-    t_train = time.perf_counter() - t0
-    all_idx = np.concatenate([train_idx, test_idx])
-    surv = hazard_to_survival(predict_baseline(model, bi, all_idx)).numpy()
-    s_te = surv[len(train_idx):]
-    metrics: dict[str, Any] = evaluate_survival(s_te, cuts, t_obs[test_idx], e_obs[test_idx], cfg.n_sub, t_tr, e_tr)
-    metrics.update(model=cfg.name, fold=int(fold), n_parameters=count_parameters(model), n_train=len(train_idx),
-                   n_fit=len(fit_idx), n_val=len(val_idx), n_test=len(test_idx),
-                   n_test_events=int(e_obs[test_idx].sum()), best_epoch=int(best["epoch"]),
-                   best_val=float(best["val"]), select_on=cfg.select_on, device=str(device),
-                   extractor=bi.extractor, seconds_train=round(t_train, 3),
-                   n_test_imputed={m: int(bi.imputed[test_idx, j].sum()) for j, m in enumerate(MODALITIES)})
-    pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(cuts))])
-    pred.insert(0, "event", e_obs[all_idx].astype(int))
-    pred.insert(0, "time", t_obs[all_idx])
+    return best, history
+
+
+def _predictions(surv: np.ndarray, bi: BaselineInputs, labels: _FoldLabels, fold: int) -> pd.DataFrame:
+    """The fold's predictions table: patient, fold, split, imputed_<m>, risk, time, event, s_0..s_{T-1}; training
+    patients first, then test patients."""
+    all_idx = np.concatenate([labels.train_idx, labels.test_idx])
+    pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(labels.cuts))])
+    pred.insert(0, "event", labels.e_obs[all_idx].astype(int))
+    pred.insert(0, "time", labels.t_obs[all_idx])
     pred.insert(0, "risk", risk_from_survival(surv))
     for j, m in reversed(list(enumerate(MODALITIES))):
         pred.insert(0, f"imputed_{m}", bi.imputed[all_idx, j].numpy())
-    pred.insert(0, "split", ["train"] * len(train_idx) + ["test"] * len(test_idx))
+    pred.insert(0, "split", ["train"] * len(labels.train_idx) + ["test"] * len(labels.test_idx))
     pred.insert(0, "fold", int(fold))
     pred.insert(0, "patient", [bi.patients[i] for i in all_idx])
-    state = {"cuts": cuts, "train_patients": list(train), "test_patients": list(test), "fit_patients": list(fit),
-             "val_patients": list(val), "best_epoch": int(best["epoch"]), "history": history, "config": asdict(cfg)}
-    return BaselineResult(model, pred, metrics, state)
+    return pred
+
+
+def train_baseline(bi: BaselineInputs, clinical: pd.DataFrame, train: Sequence[str], test: Sequence[str],
+                   cfg: BaselineConfig, fold: int = 0, device: str | torch.device | None = None) -> BaselineResult:
+    """Train baseline ``cfg.name`` on one fold and score its test patients (protocol: module docstring).
+
+    bi: the fold's inputs (:func:`imputmae.baselines.baseline_inputs`, every patient of train and test);
+    clinical: index patient, columns time (days) and event (0/1).
+    """
+    t0 = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    labels = _fold_labels(bi, clinical, train, test, cfg)
+    model = _new_baseline(bi, labels, cfg).to(device)
+    best, history = _fit_epochs(model, bi, labels, cfg, device)
+    model.load_state_dict(best["state"])
+    t_train = time.perf_counter() - t0
+    train_idx, test_idx = labels.train_idx, labels.test_idx
+    surv = hazard_to_survival(predict_baseline(model, bi, np.concatenate([train_idx, test_idx]))).numpy()
+    metrics: dict[str, Any] = evaluate_survival(surv[len(train_idx):], labels.cuts, labels.t_obs[test_idx],
+                                                labels.e_obs[test_idx], cfg.n_sub, labels.t_tr, labels.e_tr)
+    metrics.update(model=cfg.name, fold=int(fold), n_parameters=count_parameters(model), n_train=len(train_idx),
+                   n_fit=len(labels.fit_idx), n_val=len(labels.val_idx), n_test=len(test_idx),
+                   n_test_events=int(labels.e_obs[test_idx].sum()), best_epoch=int(best["epoch"]),
+                   best_val=float(best["val"]), select_on=cfg.select_on, device=str(device),
+                   extractor=bi.extractor, seconds_train=round(t_train, 3),
+                   n_test_imputed={m: int(bi.imputed[test_idx, j].sum()) for j, m in enumerate(MODALITIES)})
+    state = {"cuts": labels.cuts, "train_patients": labels.train, "test_patients": labels.test,
+             "fit_patients": labels.fit, "val_patients": labels.val, "best_epoch": int(best["epoch"]),
+             "history": history, "config": asdict(cfg)}
+    return BaselineResult(model, _predictions(surv, bi, labels, fold), metrics, state)

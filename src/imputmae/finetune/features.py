@@ -21,15 +21,16 @@ import torch
 from torch import Tensor, nn
 
 from imputmae.choices import CacheDtype, MissingInputs
-from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.modalities import active, is_image, names, vector_modalities
 from imputmae.model import MultimodalMAE
 
 @dataclass
 class PatientInputs:
     """Normalised model inputs of a set of patients (what the MAE was pretrained on).
 
-    ``omics[m]``: {patient: float32 [L_m]} in [0, 1]; ``tiles``: {patient: uint8 [K, H, W, 3]} (docs/layout.md), an
-    array or a :class:`TileFile` (read when used: what the file readers give).
+    ``omics[m]``: {patient: float32 [L_m]} in [0, 1] for each vector modality m; ``tiles``: {patient: uint8
+    [K, H, W, 3]} (docs/layout.md) of the image modality (the registry's one image entry, wsi), an array or a
+    :class:`TileFile` (read when used: what the file readers give).
     A patient absent from a mapping does not have that modality.
     """
 
@@ -107,9 +108,9 @@ def iter_complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Se
     group: list[int] = []
     n_rows = 0
     for i, p in enumerate(patients):
-        if not any(inputs.has(p, m) for m in MODALITIES):
+        if not any(inputs.has(p, m) for m in names()):
             raise ValueError(f"patient {p}: no modality available")
-        k = _n_tiles(inputs, p, max_tiles) if inputs.has(p, "wsi") else 1
+        k = _n_tiles(inputs, p, max_tiles) if p in inputs.tiles else 1
         if group and n_rows + k > rows:
             yield group, *_complete_group(mae, inputs, [patients[j] for j in group], modalities, missing, max_tiles,
                                           rows, dev)
@@ -125,8 +126,8 @@ def _complete_group(mae: MultimodalMAE, inputs: PatientInputs, patients: list[st
                     missing: MissingInputs, max_tiles: int | None, rows: int, dev: torch.device
                     ) -> tuple[dict[str, dict[str, Tensor]], dict[str, np.ndarray]]:
     """One group of :func:`iter_complete_inputs`: data[m][patient], imputed[m] bool [len(patients)]."""
-    have = {p: tuple(inputs.has(p, m) for m in MODALITIES) for p in patients}
-    tiles = {p: _tiles_to_tensor(inputs.tiles[p], max_tiles).to(dev) for p in patients if inputs.has(p, "wsi")}
+    have = {p: tuple(inputs.has(p, m) for m in names()) for p in patients}
+    tiles = {p: _tiles_to_tensor(inputs.tiles[p], max_tiles).to(dev) for p in patients if p in inputs.tiles}
     omics = {p: {m: torch.from_numpy(np.asarray(inputs.omics[m][p], np.float32)).to(dev)
                  for m in vector_modalities() if inputs.has(p, m)} for p in patients}
     need = {p: [m for m in modalities if not inputs.has(p, m)] for p in patients}
@@ -156,18 +157,19 @@ def _impute_rows(mae: MultimodalMAE, who: list[str], tiles: dict[str, Tensor], o
     tiles; a patient without tiles gives one row, and its imputed tile is that row's. Writes recon[p][m]."""
     owner = [j for j, p in enumerate(who) for _ in range(tiles[p].shape[0] if p in tiles else 1)]
     owner_t = torch.tensor(owner, device=dev)
-    wsi = pattern[MODALITIES.index("wsi")]
-    all_tiles = (torch.cat([tiles[p] for p in who]) if len(who) > 1 else tiles[who[0]]) if wsi else None
+    reg = active()
+    image = [m for m in reg.images() if pattern[reg.index(m)]]   # the image modality, when these patients have it
+    all_tiles = (torch.cat([tiles[p] for p in who]) if len(who) > 1 else tiles[who[0]]) if image else None
     sums: dict[str, Tensor] = {}
     first_tile: dict[int, Tensor] = {}
     for s in range(0, len(owner), rows):
         own = owner_t[s:s + rows]
         batch: dict[str, Tensor] = {"available": torch.tensor([pattern] * len(own), device=dev)}
-        for m in vector_modalities():
-            if pattern[MODALITIES.index(m)]:
+        for m in reg.vectors():
+            if pattern[reg.index(m)]:
                 batch[m] = torch.stack([omics[who[j]][m] for j in own.tolist()])
         if all_tiles is not None:
-            batch["wsi"] = all_tiles[s:s + rows]
+            batch[image[0]] = all_tiles[s:s + rows]
         out = mae.impute(batch)
         for m in need:
             if is_image(m):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from imputmae.finetune.features import PatientInputs, iter_complete_inputs
-from imputmae.modalities import MODALITIES, is_image
+from imputmae.modalities import is_image, names, vector_modalities
 from imputmae.model import MultimodalMAE
 
 __all__ = ["fit_mean_fill", "mean_filled_inputs", "decoder_filled_inputs"]
@@ -30,7 +30,7 @@ def fit_mean_fill(inputs: PatientInputs, train: Sequence[str]) -> dict[str, np.n
     """Per modality, the mean over the TRAINING patients who have it: omics float32 [L_m], WSI uint8 [1, H, W, 3]
     (mean over all their tiles, streamed patient by patient). A modality no training patient has is left out."""
     fill: dict[str, np.ndarray] = {}
-    for m in MODALITIES:
+    for m in names():
         who = [p for p in train if inputs.has(p, m)]
         if not who:
             continue
@@ -47,10 +47,10 @@ def fit_mean_fill(inputs: PatientInputs, train: Sequence[str]) -> dict[str, np.n
 
 
 def _filled(inputs: PatientInputs, patients: Sequence[str], fill_of) -> tuple[PatientInputs, dict[str, np.ndarray]]:
-    out = PatientInputs(omics={m: {} for m in MODALITIES if not is_image(m)})
-    filled = {m: np.zeros(len(patients), bool) for m in MODALITIES}
+    out = PatientInputs(omics={m: {} for m in vector_modalities()})
+    filled = {m: np.zeros(len(patients), bool) for m in names()}
     for i, p in enumerate(patients):
-        for m in MODALITIES:
+        for m in names():
             value = (inputs.tiles[p] if is_image(m) else inputs.omics[m][p]) if inputs.has(p, m) else fill_of(p, m)
             if value is None:
                 continue
@@ -74,7 +74,7 @@ def decoder_filled_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: S
     """``patients``' inputs with each missing modality set to the pretrained decoder's reconstruction: omics
     float32 [L_pad], a missing slide one imputed tile uint8 [1, H, W, 3] (rounded from the decoder's [0, 1])."""
     patients = list(patients)
-    mods = [m for m in MODALITIES if m in mae.modalities]
+    mods = [m for m in names() if m in mae.modalities]
     made: dict[str, dict[str, np.ndarray]] = {m: {} for m in mods}
     # a group of patients at a time, keeping only the reconstructions (never a cohort's float tiles)
     for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mods, "impute"):

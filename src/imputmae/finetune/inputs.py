@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from imputmae.finetune.features import PatientInputs, TileFile
-from imputmae.modalities import MODALITIES, is_image, vector_modalities
+from imputmae.modalities import active, is_image, names, vector_modalities
 
 log = logging.getLogger(__name__)
 
@@ -49,33 +49,34 @@ def normalize_omics(normalizer: Any, df: pd.DataFrame, source: str = "table") ->
 
 def load_cohort_inputs(results: str | Path, cohort: str, normalizers: Mapping[str, Any],
                        patients: Sequence[str] | None = None) -> PatientInputs:
-    """The cohort's normalised inputs: ``{R}/{cohort}/{rna,dnam}.parquet`` through the fold's normalisers (fitted
-    on its training patients at pretraining) and the tiles of the patients ``wsi_qc.tsv`` marks ``ok``
-    (``{R}/{cohort}/wsi/{patient}.npy``, read when used: :class:`TileFile`), with the availability rules of
-    :func:`imputmae.data.load_patients` (the ones pretraining used)."""
+    """The cohort's normalised inputs: each vector modality's ``{R}/{cohort}/<m>.parquet`` through the fold's
+    normalisers (fitted on its training patients at pretraining) and the tiles of the patients the image
+    modality's ``<m>_qc.tsv`` marks ``ok`` (``{R}/{cohort}/<m>/{patient}.npy``, read when used: :class:`TileFile`),
+    with the availability rules of :func:`imputmae.data.load_patients` (the ones pretraining used)."""
     from imputmae.data import load_patients
 
-    root = Path(results) / cohort
+    reg = active()
     table = load_patients(results, [cohort])
     if patients is not None:
         table = table[table["patient"].isin(set(patients))]
     inp = PatientInputs(omics={})
-    for m in vector_modalities():
+    for m in reg.vectors():
         who = table.loc[table[f"has_{m}"], "patient"]
         if m not in normalizers or who.empty:
             continue
-        path = root / f"{m}.parquet"
+        path = reg.get(m).matrix_path(results, cohort)
         df = pd.read_parquet(path)
         if df.index.name != "patient" and "patient" in df.columns:
             df = df.set_index("patient")
         df.index = df.index.astype(str)
         inp.omics[m] = normalize_omics(normalizers[m], df[df.index.isin(set(who))], str(path))
-    for p, f in table.loc[table["has_wsi"], ["patient", "wsi_path"]].itertuples(index=False):
-        tiles = TileFile(f)
-        if tiles.ndim != 4 or tiles.shape[-1] != 3:
-            raise ValueError(f"{f}: expected uint8 tiles [K, H, W, 3], got shape {tiles.shape}")
-        if tiles.shape[0] > 0:
-            inp.tiles[p] = tiles
+    for m in reg.images():
+        for p, f in table.loc[table[f"has_{m}"], ["patient", f"{m}_path"]].itertuples(index=False):
+            tiles = TileFile(f)
+            if tiles.ndim != 4 or tiles.shape[-1] != 3:
+                raise ValueError(f"{f}: expected uint8 tiles [K, H, W, 3], got shape {tiles.shape}")
+            if tiles.shape[0] > 0:
+                inp.tiles[p] = tiles
     return inp
 
 
@@ -84,13 +85,14 @@ def read_user_inputs(paths: Sequence[str | Path], normalizers: Mapping[str, Any]
 
     Each path is a table (.parquet, .csv, .tsv: first column the patient id, then features in raw units) or tiles
     (``<patient>.npy``, uint8 [K, H, W, 3]); a folder is searched for ``*.npy``. A table's modality is the one
-    whose training features it shares most columns with; prefix ``rna:`` or ``dnam:`` to say it explicitly.
+    whose training features it shares most columns with; prefix the modality (``rna:``, ``dnam:``) to say it
+    explicitly.
     """
     inp = PatientInputs(omics={})
     for raw in paths:
         s = str(raw)
         forced = None
-        if s.split(":", 1)[0] in MODALITIES and ":" in s:
+        if s.split(":", 1)[0] in names() and ":" in s:
             forced, s = s.split(":", 1)
         path = Path(s)
         if path.is_dir():

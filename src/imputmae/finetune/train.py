@@ -21,7 +21,7 @@ from imputmae.choices import CacheDtype, CIndexName, CutScheme, MissingInputs, S
 from imputmae.finetune.features import (FrozenFeatures, MemoryNeeded, PatientInputs, collate_batch,
                                         frozen_features, training_memory_bytes, usable_memory_bytes)
 from imputmae.finetune.network import SurvivalEnsemble, SurvivalModel, baseline_hazard_logits
-from imputmae.modalities import MODALITIES
+from imputmae.modalities import active, names
 from imputmae.model import MultimodalMAE
 from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
                                risk_from_survival)
@@ -66,8 +66,12 @@ class FinetuneConfig:
         return cls(**{"modset": modset, "cindex": cfg["evaluation"]["cindex"],
                       **{k: f[k] for k in CONFIG_KEYS if k in f}, **over})   # ``over`` wins
 
-    def modalities(self, available: Sequence[str] = MODALITIES) -> tuple[str, ...]:
-        return tuple(m for m in MODALITIES if m in available) if self.modset == "all" else (self.modset,)
+    def modalities(self, available: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The model's modalities: ``modset`` alone, or (``all``) those of ``available`` (default: every one of
+        the registry in use), in registry order."""
+        if self.modset != "all":
+            return (self.modset,)
+        return tuple(m for m in names() if available is None or m in available)
 
 
 @torch.no_grad()
@@ -85,7 +89,7 @@ def predict_features(model: SurvivalModel | SurvivalEnsemble, frozen: FrozenFeat
 def select_patients(inputs: PatientInputs, patients: Sequence[str], modset: str) -> list[str]:
     """The patients a modality set uses: those with that modality, or (``all``) those with any."""
     if modset == "all":
-        return [p for p in patients if any(inputs.has(p, m) for m in MODALITIES)]
+        return [p for p in patients if any(inputs.has(p, m) for m in names())]
     return [p for p in patients if inputs.has(p, modset)]
 
 
@@ -186,7 +190,8 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
 
 def frozen_rows_max(inputs: PatientInputs, patients: Sequence[str], modalities: Sequence[str]) -> int:
     """The most rows (tiles) one patient has among ``patients``: the batch's K_max (1 without slides)."""
-    return max([len(inputs.tiles[p]) for p in patients if p in inputs.tiles and "wsi" in modalities] or [1])
+    with_tiles = bool(active().images(modalities))
+    return max([len(inputs.tiles[p]) for p in patients if p in inputs.tiles and with_tiles] or [1])
 
 
 def check_memory(k_max: int, mae: MultimodalMAE, modalities: Sequence[str], cfg: FinetuneConfig,
@@ -215,6 +220,87 @@ class FinetuneResult:
     state: dict[str, Any]       # what model.pt holds besides the weights
 
 
+@dataclass
+class _FoldLabels:
+    """Labels indexed by row of the frozen features (zeros for patients outside the fold): idx_durations [n] int64 and
+    label_events [n] float32 (discretised at the cuts: the loss's), durations [n] and events [n] (observed: model
+    selection and metrics); ``where``: patient -> row."""
+
+    idx_durations: np.ndarray
+    label_events: np.ndarray
+    durations: np.ndarray
+    events: np.ndarray
+    where: dict[str, int]
+
+    def rows(self, patients: Sequence[str]) -> np.ndarray:
+        return np.array([self.where[p] for p in patients])
+
+
+def _fold_labels(frozen: FrozenFeatures, clinical: pd.DataFrame, everyone: Sequence[str], cuts: np.ndarray
+                 ) -> _FoldLabels:
+    pos = frozen.index(everyone)
+    t_all = clinical.loc[everyone, "time"].to_numpy(float)
+    e_all = clinical.loc[everyone, "event"].to_numpy(float)
+    idx_d, ev = discretize(cuts, t_all, e_all)
+    n = len(frozen.patients)
+    idx_durations_all, events_all, durations_all = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n)
+    idx_durations_all[pos], events_all[pos], durations_all[pos] = idx_d, e_all, t_all
+    label_events_all = np.zeros(n, np.float32)
+    label_events_all[pos] = ev
+    return _FoldLabels(idx_durations_all, label_events_all, durations_all, events_all, dict(zip(everyone, pos)))
+
+
+def _train_members(mae: MultimodalMAE, frozen: FrozenFeatures, labels: _FoldLabels, members_split: Sequence[Any],
+                   mods: Sequence[str], cuts: np.ndarray, cfg: FinetuneConfig, device: torch.device
+                   ) -> tuple[list[SurvivalModel], list[dict[str, Any]], dict[str, int], np.ndarray]:
+    """One member per (fit, validation) split of the training patients -> (members, their states, training
+    patient -> the member that validated on it, each validation patient's curve from its member [n, T])."""
+    members, member_state = [], []
+    val_member: dict[str, int] = {}
+    val_surv = np.zeros((len(frozen.patients), len(cuts)))
+    for k, (fit, val) in enumerate(members_split):
+        fit_idx, val_idx = labels.rows(fit), labels.rows(val)
+        model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
+        with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
+            model.head.bias.copy_(baseline_hazard_logits(labels.idx_durations[fit_idx], labels.label_events[fit_idx],
+                                                         len(cuts)))
+        model = model.to(device)
+        # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
+        try:
+            info = train_survival(model, frozen, fit_idx, val_idx, labels.idx_durations, labels.label_events,
+                                  labels.durations, labels.events, cuts, replace(cfg, seed=cfg.seed + k))
+        except torch.OutOfMemoryError as err:
+            raise MemoryNeeded(f"finetune: {device} ran out of memory training batches of {cfg.batch_size} "
+                               f"patients: lower finetune.batch_size (the figure it needed: {err})") from err
+        val_surv[val_idx] = info["val_surv"]
+        val_member.update({p: k for p in val})
+        members.append(model)
+        member_state.append({"fit_patients": list(fit), "val_patients": list(val),
+                             "best_epoch": info["best_epoch"], "best_val": info["best_val"],
+                             "history": info["history"]})
+    return members, member_state, val_member, val_surv
+
+
+def _fold_predictions(surv: np.ndarray, risk: np.ndarray, frozen: FrozenFeatures, labels: _FoldLabels,
+                      all_idx: np.ndarray, n_train: int, mods: Sequence[str], val_member: Mapping[str, int],
+                      cuts: np.ndarray, fold: int) -> pd.DataFrame:
+    """predictions.parquet's table: patient, fold, split, val_member, imputed_<m>, risk, time, event, s_0..s_{T-1}
+    (training patients first), the cut times in ``attrs``."""
+    pts = [frozen.patients[i] for i in all_idx]
+    pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(cuts))])
+    pred.insert(0, "event", labels.events[all_idx].astype(int))
+    pred.insert(0, "time", labels.durations[all_idx])
+    pred.insert(0, "risk", risk)
+    for m in mods:
+        pred.insert(0, f"imputed_{m}", frozen.imputed[m][all_idx])
+    pred.insert(0, "val_member", [val_member.get(p, -1) for p in pts])
+    pred.insert(0, "split", ["train"] * n_train + ["test"] * (len(all_idx) - n_train))
+    pred.insert(0, "fold", int(fold))
+    pred.insert(0, "patient", pts)
+    pred.attrs["cuts_days"] = [float(c) for c in cuts]   # s_k is S at cuts_days[k]; kept in predictions.parquet
+    return pred
+
+
 def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFrame, train: Sequence[str],
                  test: Sequence[str], cfg: FinetuneConfig, fold: int = 0,
                  features: FrozenFeatures | None = None, device: str | torch.device | None = None) -> FinetuneResult:
@@ -239,74 +325,30 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing, cache_dtype=cfg.cache_dtype,
                                          cache_dir=cfg.cache_dir)
     t_cache = time.perf_counter() - t0
-    pos = frozen.index(everyone)
-    t_all = clinical.loc[everyone, "time"].to_numpy(float)
-    e_all = clinical.loc[everyone, "event"].to_numpy(float)
-    idx_d, ev = discretize(cuts, t_all, e_all)
-    # arrays over frozen.patients
-    n = len(frozen.patients)
-    idx_durations_all, events_all, durations_all = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n)
-    idx_durations_all[pos], events_all[pos], durations_all[pos] = idx_d, e_all, t_all
-    label_events_all = np.zeros(n, np.float32)
-    label_events_all[pos] = ev
-    where = dict(zip(everyone, pos))
-    train_idx = np.array([where[p] for p in train])
-    test_idx = np.array([where[p] for p in test])
-    members, member_state = [], []
-    val_member = {}                                     # training patient -> the member that validated on it
-    val_surv = np.zeros((n, len(cuts)))                 # each validation patient's curve from its member
-    for k, (fit, val) in enumerate(members_split):
-        fit_idx = np.array([where[p] for p in fit])
-        val_idx = np.array([where[p] for p in val])
-        model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
-        with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
-            model.head.bias.copy_(baseline_hazard_logits(idx_durations_all[fit_idx], label_events_all[fit_idx], len(cuts)))
-        model = model.to(device)
-        # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
-        try:
-            info = train_survival(model, frozen, fit_idx, val_idx, idx_durations_all, label_events_all,
-                                  durations_all, events_all, cuts, replace(cfg, seed=cfg.seed + k))
-        except torch.OutOfMemoryError as err:
-            raise MemoryNeeded(f"finetune: {device} ran out of memory training batches of {cfg.batch_size} "
-                               f"patients: lower finetune.batch_size (the figure it needed: {err})") from err
-        val_surv[val_idx] = info["val_surv"]
-        val_member.update({p: k for p in val})
-        members.append(model)
-        member_state.append({"fit_patients": list(fit), "val_patients": list(val),
-                             "best_epoch": info["best_epoch"], "best_val": info["best_val"],
-                             "history": info["history"]})
+    labels = _fold_labels(frozen, clinical, everyone, cuts)
+    train_idx, test_idx = labels.rows(train), labels.rows(test)
+    members, member_state, val_member, val_surv = _train_members(mae, frozen, labels, members_split, mods, cuts, cfg,
+                                                                 device)
     ensemble = SurvivalEnsemble(members)
     t_train = time.perf_counter() - t0 - t_cache
-    vidx = np.array([where[p] for p in train if p in val_member])
-    validation = _cindex(cfg.cindex, val_surv[vidx], cuts, durations_all[vidx], events_all[vidx], cfg.n_sub)
+    vidx = np.array([labels.where[p] for p in train if p in val_member])
+    validation = _cindex(cfg.cindex, val_surv[vidx], cuts, labels.durations[vidx], labels.events[vidx], cfg.n_sub)
     all_idx = np.concatenate([train_idx, test_idx])
     surv = predict_features(ensemble, frozen, all_idx, cfg.batch_size).numpy()
-    s_te = surv[len(train_idx):]
-    metrics: dict[str, Any] = evaluate_survival(s_te, cuts, durations_all[test_idx], events_all[test_idx], cfg.n_sub,
-                                                t_tr, e_tr)
+    metrics: dict[str, Any] = evaluate_survival(surv[len(train_idx):], cuts, labels.durations[test_idx],
+                                                labels.events[test_idx], cfg.n_sub, t_tr, e_tr)
     risk = risk_from_survival(surv)
     metrics.update(
         fold=int(fold), modset=cfg.modset, missing=cfg.missing, members=len(members), n_train=len(train_idx),
         n_fit=[len(m["fit_patients"]) for m in member_state], n_val=[len(m["val_patients"]) for m in member_state],
-        n_test=len(test_idx), n_test_events=int(events_all[test_idx].sum()),
+        n_test=len(test_idx), n_test_events=int(labels.events[test_idx].sum()),
         best_epochs=[m["best_epoch"] for m in member_state], best_vals=[m["best_val"] for m in member_state],
         select_on=cfg.select_on, n_validation=len(vidx), **{f"validation_{cfg.cindex}": validation},
         device=str(device), train_median_risk=float(np.median(risk[: len(train_idx)])),
         n_test_imputed={m: int(frozen.imputed[m][test_idx].sum()) for m in mods},
         seconds_cache=round(t_cache, 3), seconds_train=round(t_train, 3),
         history=[m.pop("history") for m in member_state])
-    pts = [frozen.patients[i] for i in all_idx]
-    pred = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(len(cuts))])
-    pred.insert(0, "event", events_all[all_idx].astype(int))
-    pred.insert(0, "time", durations_all[all_idx])
-    pred.insert(0, "risk", risk)
-    for m in mods:
-        pred.insert(0, f"imputed_{m}", frozen.imputed[m][all_idx])
-    pred.insert(0, "val_member", [val_member.get(p, -1) for p in pts])
-    pred.insert(0, "split", ["train"] * len(train_idx) + ["test"] * len(test_idx))
-    pred.insert(0, "fold", int(fold))
-    pred.insert(0, "patient", pts)
-    pred.attrs["cuts_days"] = [float(c) for c in cuts]   # s_k is S at cuts_days[k]; kept in predictions.parquet
+    pred = _fold_predictions(surv, risk, frozen, labels, all_idx, len(train_idx), mods, val_member, cuts, fold)
     state = {"cuts": torch.from_numpy(cuts), "train_patients": list(train), "test_patients": list(test),
              "members": member_state, "config": asdict(cfg), "modalities": list(mods),
              "train_median_risk": metrics["train_median_risk"], "fold": int(fold)}
