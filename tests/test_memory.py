@@ -31,7 +31,7 @@ def cfg() -> dict:
 def test_parameter_count_is_the_models(cfg, size):
     c = merge_config(cfg, {"model": {"size": size}})
     with torch.device("meta"):
-        model = MultimodalMAE(MAEConfig.from_config(c, rna_len=RNA, dnam_len=DNAM))
+        model = MultimodalMAE(MAEConfig.from_config(c, {"rna": RNA, "dnam": DNAM}))
     patches = {"rna": 256, "dnam": 512, "wsi": 16}
     assert parameter_count(c["model"], patches) == sum(p.numel() for p in model.parameters())
 
@@ -39,7 +39,7 @@ def test_parameter_count_is_the_models(cfg, size):
 @pytest.mark.parametrize("size, batch, k", [("small", 24, 100), ("big", 4, 7)])
 def test_finetune_batch_term_is_the_jobs_own_estimate(cfg, size, batch, k):
     c = merge_config(cfg, {"model": {"size": size}})
-    mcfg = MAEConfig.from_config(c, rna_len=RNA, dnam_len=DNAM)
+    mcfg = MAEConfig.from_config(c, {"rna": RNA, "dnam": DNAM})
     omics = {"rna": MatrixShape(10, RNA), "dnam": MatrixShape(10, DNAM)}
     assert _finetune_batch_bytes(c, omics, batch, k) == training_memory_bytes(mcfg, ("rna", "dnam", "wsi"), batch, k)
 
