@@ -52,8 +52,8 @@ rule finetune:
     threads: 1 if config.get("demo") else 8
     resources:
         gpu=0 if config.get("demo") else 1,
-        # host memory grows by half per attempt (a retry after an out-of-memory kill)
-        mem_mb=lambda wildcards, attempt: (2000 if config.get("demo") else 64000) * (1 + attempt) // 2,
+        # host memory from the model, the batch and K tiles (common.smk), growing by half per attempt
+        mem_mb=finetune_mem_mb,
         runtime=10 if config.get("demo") else 600,
     shell:
         # exec: Slurm's SIGTERM reaches the trainer itself; one process (fine-tuning is not DDP: one GPU per job)
@@ -88,7 +88,7 @@ rule finetune_fold:
     threads: 1 if config.get("demo") else 8
     resources:
         gpu=0 if config.get("demo") else 1,
-        mem_mb=lambda wildcards, attempt: (2000 if config.get("demo") else 64000) * (1 + attempt) // 2,
+        mem_mb=finetune_mem_mb,   # one modality set's (they run one after another): common.smk
         runtime=(10 if config.get("demo") else 600) * len(FINETUNE_MODSETS),
     shell:
         "exec python -m imputmae finetune --checkpoint {input.checkpoint:q} --results {params.results:q} --cohort {wildcards.cohort} "
@@ -152,7 +152,7 @@ rule table3_rows:
     threads: 1 if config.get("demo") else 8
     resources:
         gpu=0 if config.get("demo") else 1,
-        mem_mb=lambda wildcards, attempt: (3000 if config.get("demo") else 64000) * (1 + attempt) // 2,
+        mem_mb=rows_mem_mb,   # the model, the batch, K tiles and the cohort's patients (common.smk)
         runtime=20 if config.get("demo") else 600,
     shell:
         "exec python -m imputmae table3-rows --checkpoint {input.checkpoint:q} --results {params.results:q} "
@@ -184,7 +184,7 @@ rule table3:
         # the demo: the oracle row; the paper's rows (TCGA) are quoted only beside real TCGA results
         extra=(f"--oracle {config['demo']['out']}/oracle.parquet --no-literature" if config.get("demo")
                else "" if GDC_COHORTS else "--no-literature")
-        + "".join(f" --not-applicable {c}:{s}" for c, s in NOT_FINETUNED),
+        + "".join(f" --not-applicable {c}:{s}" for c, s in NOT_FINETUNED) + deviation_args(),
     log:
         "logs/table3/table3.log",
     benchmark:
