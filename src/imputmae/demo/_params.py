@@ -156,7 +156,7 @@ SCALES: dict[str, FileScale] = {
     # the 450k and 27k arrays' 485,577 and 27,578 probes overlapping on 25,978 (DRIM's probe set); slides whose
     # tissue holds >= 1,000 distinct 256 px tiles at 20x (docs/demo.md, "Paper scale"), pyramid downsamples 1, 4, 16
     # as Aperio scanners write them. low_expression: ~16,300 genes pass min_std 0.1 (the paper's 16,304).
-    "paper": FileScale(n_genes=60_658, n_coding=19_962, low_expression=0.12, probes_450k=485_577,
+    "paper": FileScale(n_genes=60_658, n_coding=19_962, low_expression=0.167, probes_450k=485_577,
                        probes_27k=27_578, probes_shared=25_978, slide_20x=(15_360, 20_480), level_factor=4,
                        strip_rows=256, threads=2),
 }
