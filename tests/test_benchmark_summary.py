@@ -23,7 +23,8 @@ def _mod():
 def _bench(folder: Path, rel: str, s: float, rss: str, cpu: float, mtime: float | None = None) -> None:
     path = folder / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(HEADER + f"{s}\t0:00:{int(s):02d}\t{rss}\t1.0\t1.0\t1.0\t0\t0\t50\t{cpu}\n")
+    pss = "NA" if rss == "NA" else float(rss) / 2  # forked workers: RSS counts shared pages once per process
+    path.write_text(HEADER + f"{s}\t0:00:{int(s):02d}\t{rss}\t1.0\t1.0\t{pss}\t0\t0\t50\t{cpu}\n")
     if mtime is not None:
         os.utime(path, (mtime, mtime))
 
@@ -45,7 +46,7 @@ def test_sums_maxima_and_the_job_with_the_peak(folder):
     assert list(s.index) == ["finetune", "wsi_tiles", "splits"]  # longest summed wall time first
     ft = s.loc["finetune"]
     assert (ft.jobs, ft.wall_s, ft.max_wall_s, ft.cpu_s, ft.max_rss_mb) == (3, 75.0, 40.0, 58.0, 1200.0)
-    assert ft.max_rss_job == "UCEC/all/fold0"
+    assert ft.max_rss_job == "UCEC/all/fold0" and ft.max_pss_mb == 600.0
     tiles = s.loc["wsi_tiles"]
     assert tiles.jobs == 1 and tiles.wall_s == 7.0 and tiles.max_rss_job == "" and tiles.max_rss_mb != tiles.max_rss_mb
 
@@ -62,7 +63,7 @@ def test_the_printed_table_has_a_row_per_rule_and_a_total(folder, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| rule | jobs | wall s (sum)")
     assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| finetune", "| wsi_tiles", "| splits", "| total"]
-    assert lines[-1] == "| total | 5 | 84.0 | 40.0 | 64.5 | 1,200 |  |"
+    assert lines[-1] == "| total | 5 | 84.0 | 40.0 | 64.5 | 1,200 |  | 600 |"
     assert m.main([str(folder), "--since", "9e12"]) == 1
     assert "no benchmark files" in capsys.readouterr().err
 

@@ -140,9 +140,13 @@ def test_cli_passes_the_scale_and_defaults_the_size(tmp_path, monkeypatch, capsy
         write_demo(tmp_path, scale="huge")
 
 
-def test_paper_scale_defaults_to_the_rehearsal_size():
-    assert sum(SIZES["rehearsal"].values()) < 30
+def test_rehearsal_size_gives_every_cohort_two_folds_of_fine_tuning():
+    """config.rehearsal.yaml's 2 stratified folds need >= 2 events per cohort, and fine-tuning needs >= 4 training
+    patients with the modality (survival.fold_cuts): >= 10 labelled patients with each modality per cohort."""
+    assert sum(SIZES["rehearsal"].values()) <= 40
     p = simulate_patients(SIZES["rehearsal"], 0)
     ok = p[p.has_rna & (p.clinical_flaw == "")]
     cohort = ok["project_id"].replace({"DEMO-GBM": "GBMLGG", "DEMO-LGG": "GBMLGG"})
-    assert ok.groupby(cohort)["event"].sum().min() >= 2  # config.rehearsal.yaml's 2 stratified folds
+    assert ok.groupby(cohort)["event"].sum().min() >= 2
+    for m in ("has_dnam", "has_wsi"):
+        assert ok[ok[m]].groupby(cohort[ok[m]]).size().min() >= 10, m

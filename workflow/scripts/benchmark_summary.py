@@ -4,7 +4,9 @@
 
 Every rule writes ``benchmarks/<rule>/<wildcards...>.tsv`` (columns s, h:m:s, max_rss, ..., cpu_time; max_rss in
 MB). This prints one row per rule: its jobs, their summed and longest wall seconds, summed CPU seconds, the largest
-peak RSS and the job that had it. ``--since`` keeps only the files written at or after that time (a run's own jobs,
+peak RSS and the job that had it, and the largest peak PSS. Snakemake sums RSS over the job's process tree, so pages
+that forked workers share (a DataLoader's, ``pretrain.num_workers``) count once per process: PSS (each shared page
+split between its processes) is the job's real footprint where the two differ. ``--since`` keeps only the files written at or after that time (a run's own jobs,
 when the folder also holds an earlier run's). Exit status 1 when no benchmark file matches.
 """
 
@@ -16,13 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["rule", "jobs", "wall_s", "max_wall_s", "cpu_s", "max_rss_mb", "max_rss_job"]
+COLUMNS = ["rule", "jobs", "wall_s", "max_wall_s", "cpu_s", "max_rss_mb", "max_rss_job", "max_pss_mb"]
 
 
 def read_benchmarks(folder: str | Path, since: float | None = None) -> pd.DataFrame:
     """One row per benchmark file under ``folder``: rule (first folder below it), job (the path below the rule,
     without .tsv), wall_s (``s``), cpu_s (``cpu_time``), max_rss_mb (``max_rss``; a job too short for psutil to
-    sample writes "NA", read as NaN). Several rows in one file (``benchmark: repeat(...)``) count as one job, their
+    sample writes "NA", read as NaN), max_pss_mb (``max_pss``). Several rows in one file (``benchmark: repeat(...)``) count as one job, their
     mean. Files older than ``since`` (epoch seconds, mtime) are left out.
 
     Raises ValueError naming a file without the ``s`` and ``max_rss`` columns.
@@ -39,8 +41,9 @@ def read_benchmarks(folder: str | Path, since: float | None = None) -> pd.DataFr
         rows.append({"rule": rel.parts[0], "job": str(rel.relative_to(rel.parts[0]).with_suffix("")),
                      "wall_s": float(df["s"].mean()),
                      "cpu_s": float(df["cpu_time"].mean()) if "cpu_time" in df else float("nan"),
-                     "max_rss_mb": float(df["max_rss"].mean())})
-    return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "cpu_s", "max_rss_mb"])
+                     "max_rss_mb": float(df["max_rss"].mean()),
+                     "max_pss_mb": float(df["max_pss"].mean()) if "max_pss" in df else float("nan")})
+    return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "cpu_s", "max_rss_mb", "max_pss_mb"])
 
 
 def summarise(jobs: pd.DataFrame) -> pd.DataFrame:
@@ -50,7 +53,8 @@ def summarise(jobs: pd.DataFrame) -> pd.DataFrame:
         rss = g["max_rss_mb"]
         top = g.loc[rss.idxmax(), "job"] if rss.notna().any() else ""
         out.append({"rule": rule, "jobs": len(g), "wall_s": g["wall_s"].sum(), "max_wall_s": g["wall_s"].max(),
-                    "cpu_s": g["cpu_s"].sum(min_count=1), "max_rss_mb": rss.max(), "max_rss_job": top})
+                    "cpu_s": g["cpu_s"].sum(min_count=1), "max_rss_mb": rss.max(), "max_rss_job": top,
+                    "max_pss_mb": g["max_pss_mb"].max()})
     df = pd.DataFrame(out, columns=COLUMNS)
     return df.sort_values(["wall_s", "rule"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
@@ -59,13 +63,14 @@ def format_table(summary: pd.DataFrame, markdown: bool = False) -> str:
     """The summary as aligned text, or as a Markdown table (BENCHMARKS.md), with a total row."""
     total = {"rule": "total", "jobs": int(summary["jobs"].sum()), "wall_s": summary["wall_s"].sum(),
              "max_wall_s": summary["max_wall_s"].max(), "cpu_s": summary["cpu_s"].sum(min_count=1),
-             "max_rss_mb": summary["max_rss_mb"].max(), "max_rss_job": ""}
+             "max_rss_mb": summary["max_rss_mb"].max(), "max_rss_job": "", "max_pss_mb": summary["max_pss_mb"].max()}
     df = pd.concat([summary, pd.DataFrame([total])], ignore_index=True)
     cells = [[str(r.rule), f"{int(r.jobs):,}", f"{r.wall_s:,.1f}", f"{r.max_wall_s:,.1f}", _num(r.cpu_s, 1),
-              _num(r.max_rss_mb, 0), str(r.max_rss_job)] for r in df.itertuples()]
-    head = ["rule", "jobs", "wall s (sum)", "wall s (max)", "CPU s (sum)", "peak RSS MB", "job with the peak"]
+              _num(r.max_rss_mb, 0), str(r.max_rss_job), _num(r.max_pss_mb, 0)] for r in df.itertuples()]
+    head = ["rule", "jobs", "wall s (sum)", "wall s (max)", "CPU s (sum)", "peak RSS MB", "job with the peak",
+            "peak PSS MB"]
     if markdown:
-        lines = ["| " + " | ".join(head) + " |", "| --- | " + " | ".join(["---:"] * 5) + " | --- |"]
+        lines = ["| " + " | ".join(head) + " |", "| --- | " + " | ".join(["---:"] * 5) + " | --- | ---: |"]
         lines += ["| " + " | ".join(c) + " |" for c in cells]
         return "\n".join(lines)
     widths = [max(len(x[i]) for x in [head, *cells]) for i in range(len(head))]

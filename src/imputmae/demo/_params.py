@@ -63,7 +63,7 @@ SIZES: dict[str, dict[str, int]] = {
     "demo": {"DEMO-BRCA": 110, "DEMO-UCEC": 72, "DEMO-GBM": 20, "DEMO-LGG": 36},
     "benchmark": {"DEMO-BRCA": 600, "DEMO-UCEC": 400, "DEMO-GBM": 160, "DEMO-LGG": 300},
     # the paper-scale rehearsal (--scale paper's default; config.rehearsal.yaml): see docs/demo.md, "Paper scale"
-    "rehearsal": {"DEMO-BRCA": 8, "DEMO-UCEC": 6, "DEMO-GBM": 2, "DEMO-LGG": 5},
+    "rehearsal": {"DEMO-BRCA": 11, "DEMO-UCEC": 12, "DEMO-GBM": 4, "DEMO-LGG": 7},
 }
 DEFAULT_PATIENTS: dict[str, int] = SIZES["demo"]
 
