@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from imputmae.cli import main
@@ -45,3 +46,24 @@ def test_paper_overlay_changes_only_deviations_each_named_in_config_yaml_and_rea
         assert "DEVIATION" in comment, key
         assert f"| `{key}` |" in readme, key
     assert base["pretrain"]["modality_dropout"] == 1.0
+
+
+def test_one_list_of_deviations_drives_the_overlay_and_table3s_caption():
+    """imputmae.config.DEVIATIONS is the list: config.paper.yaml sets exactly those keys to the paper's values, each is
+    in force under config.yaml and none under the overlay, and Table 3's caption names those in force."""
+    from imputmae.config import DEVIATIONS, deviations_in_force, deviations_sentence
+    from imputmae.report import table3_latex, table3_markdown
+
+    overlay = dict(_leaves(yaml.safe_load((ROOT / "config.paper.yaml").read_text())))
+    assert overlay == {d.key: d.paper for d in DEVIATIONS}
+    base = load_config([ROOT / "config.yaml"])
+    paper = load_config([ROOT / "config.yaml", ROOT / "config.paper.yaml"])
+    in_force = [(d.key, v) for d, v in deviations_in_force(base)]
+    assert in_force == [("pretrain.modality_dropout", 1.0), ("omics.rna.min_std", 0.1)]
+    assert deviations_in_force(paper) == [] and deviations_sentence([]) == ""
+    table = pd.DataFrame({"model": ["impuTMAE"], "modality": ["all"], "missing": ["x"], "n": ["1"]})
+    md = table3_markdown(table, "antolini", deviations=in_force).splitlines()[0]
+    assert "Deviations from the paper's text in this run" in md
+    assert "pretrain.modality_dropout 1.0; paper: 0" in md and "standard deviation > 0.1" in md
+    assert "Deviations" not in table3_markdown(table, "antolini").splitlines()[0]
+    assert "pretrain.modality_dropout 1.0" in table3_latex(table, "antolini", deviations=in_force)

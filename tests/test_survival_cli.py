@@ -152,3 +152,57 @@ def test_predict_and_impute_round_trip(results, tmp_path):
     assert set(rec.index) == set(new) and (rec.to_numpy() >= 0).all() and rec.shape[1] <= rna.shape[1]
     assert set(rec.columns) <= set(rna.columns)
     assert main(["predict", "--model", str(tmp_path), str(tmp_path / "rna.csv"), "--out", str(out)]) == 2
+
+
+def _same_model_file(a, b) -> None:
+    """Two model.pt hold the same tensors and the same other entries (their zip bytes differ: each records the
+    temporary file name it was written under)."""
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+
+    def same(x, y):
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y)
+        if isinstance(x, dict):
+            return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return type(x) is type(y) and len(x) == len(y) and all(same(u, v) for u, v in zip(x, y))
+        return x == y
+
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert same(sa[k], sb[k]), k
+
+
+def test_several_modsets_in_one_process_give_each_set_its_own_bytes(results, tmp_path):
+    """finetune.one_job_per_fold: the four sets of a fold in one `imputmae finetune` (shared frozen features) write
+    the predictions (same bytes) and models (same tensors) that one job per set writes."""
+    R, *_ = results
+    ckpt = str(R / "pretrain/multimodal/fold0/checkpoint.pt")
+    params = json.dumps({"epochs": 3, "batch_size": 8, "warmup_epochs": 1, "lr": 1e-3, "n_bins": 6,
+                         "val_fraction": 0.25, "seed": 0})
+    common = ["finetune", "--checkpoint", ckpt, "--results", str(R), "--cohort", "SYN", "--fold", "0", "--params",
+              params]
+    sets = ["rna", "dnam", "wsi", "all"]
+    for s in sets:
+        assert main([*common, "--modset", s, "--out", str(tmp_path / "alone" / s)]) == 0
+    assert main([*common, "--modset", *sets, "--out", str(tmp_path / "grouped" / "{modset}")]) == 0
+    for s in sets:
+        a, g = tmp_path / "alone" / s, tmp_path / "grouped" / s
+        assert (a / "predictions.parquet").read_bytes() == (g / "predictions.parquet").read_bytes(), s
+        _same_model_file(a / "model.pt", g / "model.pt")
+        ma, mg = (json.loads((d / "metrics.json").read_text()) for d in (a, g))
+        timing = {"cpu_seconds", "seconds_cache", "seconds_train", "shared_cpu_seconds"}
+        assert {k: v for k, v in ma.items() if k not in timing} == {k: v for k, v in mg.items() if k not in timing}
+        # each grouped set's CPU time counts the shared frozen-feature pass it read (Table 3's CPU s / fold)
+        assert ma["shared_cpu_seconds"] == 0 and 0 < mg["shared_cpu_seconds"] <= mg["cpu_seconds"]
+    # the fixture's own runs (one job per set, fold 0) are the same too
+    assert ((R / "finetune/SYN/all/fold0/predictions.parquet").read_bytes()
+            == (tmp_path / "grouped/all/predictions.parquet").read_bytes())
+
+
+def test_several_modsets_need_an_out_pattern(results, capsys):
+    R, *_ = results
+    rc = main(["finetune", "--checkpoint", str(R / "pretrain/multimodal/fold0/checkpoint.pt"), "--results", str(R),
+               "--cohort", "SYN", "--fold", "0", "--modset", "rna", "all", "--out", str(R / "nowhere")])
+    assert rc != 0 and "{modset}" in capsys.readouterr().err
+    assert not (R / "nowhere").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import yaml
 from imputmae.modalities import MODALITIES
 
 __all__ = ["ConfigError", "load_schema", "merge_config", "validate_config", "load_config", "MODEL_SIZES", "model_dims",
-           "cohort_modalities", "cohort_modality_sets", "available_modalities", "last_cohorts", "pretrain_folds"]
+           "cohort_modalities", "cohort_modality_sets", "available_modalities", "last_cohorts", "pretrain_folds",
+           "VIT_MAE_SIZE", "cohort_model_size", "model_sizes", "size_cohorts", "pretrain_config", "pretrain_dir",
+           "pretrain_jobs", "Deviation", "DEVIATIONS", "deviations_in_force", "deviations_sentence"]
 
 
 class ConfigError(ValueError):
@@ -72,8 +75,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if v == "required":
         return f"{key}: {error.message}"
     if v == "oneOf" and key.startswith("cohorts."):
+        size = error.instance.get("model") if isinstance(error.instance, Mapping) else None
+        if size is not None and size not in MODEL_SIZES:
+            return (f"{key}.model: got {size!r}, expected one of {list(MODEL_SIZES)} (the model size this cohort "
+                    f"is fine-tuned with; leave it out for model.size)")
         return (f"{key}: a cohort is either {{projects: [TCGA-...]}} or {{tables: {{clinical: ..., rna: ..., "
-                f"dnam: ...}}, normalize: true|false}}; got {error.instance!r}")
+                f"dnam: ...}}, normalize: true|false}}, each with an optional model: small|big|tiny; got "
+                f"{error.instance!r}")
     expected = {
         "type": lambda: f"expected {error.validator_value}",
         "enum": lambda: f"expected one of {error.validator_value}",
@@ -155,6 +163,117 @@ def pretrain_folds(cfg: Mapping[str, Any], run: str = "multimodal") -> list[int]
     return folds
 
 
+# ---------------------------------------------------------------------------------------- model size per cohort
+# The paper fine-tunes GBM+LGG with the big model and BRCA, UCEC with the small one (Section 5). A cohort names its
+# size (``cohorts.<name>.model``, default ``model.size``); each size in use gets one pooled multimodal pretraining
+# (and Table 4's unimodal runs) per fold, on the cohorts fine-tuned at that size only: the cheapest choice, and a
+# cohort's model then never depends on cohorts fine-tuned at another size. When every cohort shares one size the
+# runs, their paths and their settings are those of a single ``model.size`` (``pretrain/{run}/fold{f}``).
+
+VIT_MAE_SIZE = "big"   # the one size whose WSI encoder and decoder have vit-mae-base's shapes (model.vit_mae_weights)
+
+
+def cohort_model_size(cfg: Mapping[str, Any], cohort: str) -> str:
+    """The model size ``cohort`` is fine-tuned with: ``cohorts.<cohort>.model``, else ``model.size``."""
+    return str(cfg["cohorts"][cohort].get("model") or cfg["model"]["size"])
+
+
+def model_sizes(cfg: Mapping[str, Any]) -> list[str]:
+    """The model sizes some cohort is fine-tuned with, in :data:`MODEL_SIZES` order (one pretraining each)."""
+    used = {cohort_model_size(cfg, c) for c in cfg["cohorts"]}
+    return [s for s in MODEL_SIZES if s in used]
+
+
+def size_cohorts(cfg: Mapping[str, Any], size: str) -> list[str]:
+    """The cohorts fine-tuned at ``size`` (sorted): what that size's pretraining pools."""
+    return sorted(c for c in cfg["cohorts"] if cohort_model_size(cfg, c) == size)
+
+
+def pretrain_config(cfg: Mapping[str, Any], size: str) -> dict[str, Any]:
+    """The configuration ``size``'s pretraining (and its Table 4 evaluation) runs with: ``cohorts`` restricted to
+    :func:`size_cohorts`, ``model.size`` set to ``size``, ``model.vit_mae_weights`` kept for :data:`VIT_MAE_SIZE`
+    only, ``pretrain.modalities``/``unimodal`` restricted to what those cohorts bring. With one size in use this is
+    ``cfg`` itself (equal key for key), so a one-size run's settings, and the jobs' parameters, are unchanged.
+
+    Raises:
+        ValueError: ``size`` is not one of :func:`model_sizes`.
+    """
+    if size not in model_sizes(cfg):
+        raise ValueError(f"model size {size!r}: no cohort is fine-tuned with it (sizes in use: "
+                         f"{', '.join(model_sizes(cfg))})")
+    out = copy.deepcopy(dict(cfg))
+    out["cohorts"] = {c: out["cohorts"][c] for c in size_cohorts(cfg, size)}
+    out["model"] = {**out["model"], "size": size}
+    if size != VIT_MAE_SIZE:
+        out["model"]["vit_mae_weights"] = None
+    have = available_modalities(out)
+    out["pretrain"] = {**out["pretrain"], **{k: [m for m in out["pretrain"][k] if m in have]
+                                             for k in ("modalities", "unimodal")}}
+    return out
+
+
+def pretrain_dir(cfg: Mapping[str, Any], *, size: str, run: str, fold: int | str) -> str:
+    """A pretraining's folder under ``results``: ``pretrain/{run}/fold{fold}`` when one size is in use (every
+    cohort's), ``pretrain/{size}/{run}/fold{fold}`` when several are. Strings pass through, so
+    ``pretrain_dir(cfg, size="{size}", run="{run}", fold="{fold}")`` is the workflow's wildcard pattern."""
+    if len(model_sizes(cfg)) > 1:
+        return f"pretrain/{size}/{run}/fold{fold}"
+    return f"pretrain/{run}/fold{fold}"
+
+
+def pretrain_jobs(cfg: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    """(size, run, fold) of every pretraining: per size in use, the multimodal run on :func:`pretrain_folds` and
+    Table 4's unimodal runs (``pretrain.unimodal``, restricted to the modalities of that size's cohorts)."""
+    jobs = []
+    for size in model_sizes(cfg):
+        sub = pretrain_config(cfg, size)
+        for run in ["multimodal", *sub["pretrain"]["unimodal"]]:
+            jobs += [(size, run, f) for f in pretrain_folds(sub, run)]
+    return jobs
+
+
+# ------------------------------------------------------------------------------- deviations from the paper
+@dataclass(frozen=True)
+class Deviation:
+    """A default of config.yaml that is not the paper's text (its comment says DEVIATION; config.paper.yaml sets
+    ``paper`` back). ``short``: how Table 3's caption names it."""
+
+    key: str          # dotted config key
+    paper: Any        # the paper's value (config.paper.yaml)
+    short: str        # "<what we do> (paper: <what it says>)", for Table 3's caption
+
+
+DEVIATIONS: tuple[Deviation, ...] = (
+    Deviation("pretrain.modality_dropout", 0.0,
+              "pretraining hides one whole modality of every patient with two or more (pretrain.modality_dropout "
+              "{value}; paper: 0, masked patches only)"),
+    Deviation("omics.rna.min_std", 0.31622776601683794,
+              "genes kept at training standard deviation > {value} (DRIM's code; paper: variance > 0.1)"),
+)
+
+
+def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        cfg = cfg[key]
+    return cfg
+
+
+def deviations_in_force(cfg: Mapping[str, Any]) -> list[tuple[Deviation, Any]]:
+    """(deviation, the value ``cfg`` has) for each of :data:`DEVIATIONS` that ``cfg`` does not set to the paper's."""
+    return [(d, _get(cfg, d.key)) for d in DEVIATIONS if _get(cfg, d.key) != d.paper]
+
+
+def deviations_sentence(deviations: Sequence[tuple[str, Any]]) -> str:
+    """Table 3's sentence naming the deviations in force, from (key, value) pairs (:func:`deviations_in_force`);
+    ``""`` when there are none (config.paper.yaml). Raises KeyError for a key not in :data:`DEVIATIONS`."""
+    known = {d.key: d for d in DEVIATIONS}
+    if not deviations:
+        return ""
+    parts = [known[key].short.format(value=value) for key, value in deviations]
+    return ("Deviations from the paper's text in this run (README, \"The paper's settings\"; config.paper.yaml "
+            "sets them back): " + "; ".join(parts) + ".")
+
+
 def _semantic_errors(cfg: Mapping[str, Any]) -> list[str]:
     """Cross-key rules, for the sections present (a stage may be handed only the sections it reads)."""
     errs: list[str] = []
@@ -169,11 +288,19 @@ def _semantic_errors(cfg: Mapping[str, Any]) -> list[str]:
             errs.append(f"wsi.score_v_max: got {wsi['score_v_max']}, expected > wsi.score_v_min ({wsi['score_v_min']})")
         if wsi["keep"] > wsi["n_candidates"]:
             errs.append(f"wsi.keep: got {wsi['keep']}, expected <= wsi.n_candidates ({wsi['n_candidates']})")
-    if model is not None:
-        dims = model_dims(model)
+    cohorts = cfg.get("cohorts")
+    sizes = ([model["size"]] if cohorts is None else model_sizes(cfg)) if model is not None else []
+    for size in sizes:
+        dims = model_dims({**model, "size": size})
         for enc, heads in (("hidden_size", "num_heads"), ("decoder_hidden_size", "decoder_heads")):
             if dims[enc] % dims[heads]:
-                errs.append(f"model.{heads}: got {dims[heads]}, expected a divisor of model.{enc} ({dims[enc]})")
+                which = f" (the {size} model: {', '.join(size_cohorts(cfg, size))})" if len(sizes) > 1 else ""
+                errs.append(f"model.{heads}: got {dims[heads]}, expected a divisor of model.{enc} ({dims[enc]})"
+                            + which)
+    if model is not None and cohorts is not None and model.get("vit_mae_weights") and VIT_MAE_SIZE not in sizes:
+        errs.append(f"model.vit_mae_weights: set, but no cohort is fine-tuned with the {VIT_MAE_SIZE} model (the one "
+                    f"whose WSI encoder and decoder have vit-mae-base's shapes): set model.size or "
+                    f"cohorts.<name>.model to {VIT_MAE_SIZE}, or vit_mae_weights to null")
     for stage in ("pretrain", "finetune"):
         s = cfg.get(stage)
         if s is not None and s["warmup_epochs"] > s["epochs"]:

@@ -246,15 +246,22 @@ def _fold_number(path: Path) -> tuple[int, str]:
 def _pretrain_section(results: Path, loss_px: int) -> str:
     out = ['<h2 id="pretraining">Pretraining loss curves</h2>\n']
     root = results / "pretrain"
-    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    runs = [r for r in PRETRAIN_RUNS if r in found] + [r for r in found if r not in PRETRAIN_RUNS]
     rows = []
-    for run in runs:
-        folds = sorted((d for d in (root / run).glob("fold*") if (d / "loss.png").is_file()), key=_fold_number)
-        if not folds:
-            continue
-        cells = "".join(_figure(d / "loss.png", results, f"{run}, {d.name}", loss_px) for d in folds)
-        rows.append(f'<div class="run"><h4>{_e(run)}</h4><div class="row">{cells}</div></div>\n')
+    # pretrain/{run}/fold{k}, or pretrain/{size}/{run}/fold{k} when cohorts are fine-tuned at several model sizes
+    tops = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    groups = [(f"{d.name}/", d) for d in tops if not any(d.glob("fold*")) and any(x.is_dir() for x in d.iterdir())]
+    if not groups and root.is_dir():
+        groups = [("", root)]
+    for prefix, where in groups:
+        found = sorted(p.name for p in where.iterdir() if p.is_dir())
+        runs = [r for r in PRETRAIN_RUNS if r in found] + [r for r in found if r not in PRETRAIN_RUNS]
+        for run in runs:
+            folds = sorted((d for d in (where / run).glob("fold*") if (d / "loss.png").is_file()), key=_fold_number)
+            if not folds:
+                continue
+            name = prefix + run
+            cells = "".join(_figure(d / "loss.png", results, f"{name}, {d.name}", loss_px) for d in folds)
+            rows.append(f'<div class="run"><h4>{_e(name)}</h4><div class="row">{cells}</div></div>\n')
     if not rows:
         return out[0] + _missing("Pretraining loss curves", ["pretrain/{run}/fold{k}/loss.png"])
     return out[0] + "".join(rows)

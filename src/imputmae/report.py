@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from imputmae.files import atomic_write
 from imputmae.choices import CIndexName
+from imputmae.config import deviations_sentence
 from imputmae.modalities import MODALITY_SETS, label
 from imputmae.survival import concordance_harrell
 from imputmae.tables import latex_lines, markdown_lines, write_texts
@@ -148,18 +150,22 @@ def published_table3(cohorts: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "modality", "source", *cohorts])
 
 
-def _caption(cindex: str, n_boot: int = 1000) -> str:
+def _caption(cindex: str, n_boot: int = 1000, deviations: Sequence[tuple[str, Any]] = ()) -> str:
+    """Table 3's caption; ``deviations``: the (config key, value) of each deviation from the paper's text in force
+    (:func:`imputmae.config.deviations_in_force`), named at its end (:func:`imputmae.config.deviations_sentence`)."""
+    dev = deviations_sentence(deviations)
     return (f"Table 3: {CINDEX_NAMES[cindex]} on the held-out test patients of the outer folds: the mean over folds "
             f"of each fold's C-index on the fold's common test set (every test patient with RNA-seq and a label), "
             f"its 95% CI (percentile bootstrap over test patients resampled within each fold, {n_boot} replicates) "
             f"and n, the test patients scored over all folds. 'vs all': the paired bootstrap of the difference to "
-            f"impuTMAE (all) on the same patients (difference [95% CI], two-sided p).")
+            f"impuTMAE (all) on the same patients (difference [95% CI], two-sided p)." + (f" {dev}" if dev else ""))
 
 
 def table3_markdown(table: pd.DataFrame, cindex: str, notes: Sequence[str] = (),
-                    published: pd.DataFrame | None = None, n_boot: int = 1000) -> str:
+                    published: pd.DataFrame | None = None, n_boot: int = 1000,
+                    deviations: Sequence[tuple[str, Any]] = ()) -> str:
     """GitHub markdown: caption, the table, note lines, then the "as published" block when given."""
-    lines = [_caption(cindex, n_boot), "", *markdown_lines(table, rule="compact", cell=str), ""]
+    lines = [_caption(cindex, n_boot, deviations), "", *markdown_lines(table, rule="compact", cell=str), ""]
     lines += [f"- {n}" for n in notes]
     if published is not None and len(published):
         lines += ["", "As published (the impuTMAE paper's Table 3 on TCGA, C-index mean ± std over folds; quoted, "
@@ -172,21 +178,24 @@ def _latex_cell(text: str) -> str:
     return text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
 
 
-def table3_latex(table: pd.DataFrame, cindex: str, n_boot: int = 1000) -> str:
+def table3_latex(table: pd.DataFrame, cindex: str, n_boot: int = 1000,
+                 deviations: Sequence[tuple[str, Any]] = ()) -> str:
     """A booktabs tabular with the caption as a comment line."""
     colspec = "l" * 4 + "c" * (len(table.columns) - 4)
-    lines = [f"% {_caption(cindex, n_boot)}", *latex_lines(table, colspec=colspec, escape=_latex_cell, cell=str)]
+    lines = [f"% {_caption(cindex, n_boot, deviations)}", *latex_lines(table, colspec=colspec, escape=_latex_cell, cell=str)]
     return "\n".join(lines) + "\n"
 
 
 def write_table3(out_dir: str | Path, table: pd.DataFrame, cells: pd.DataFrame, metrics: pd.DataFrame, cindex: str,
-                 notes: Sequence[str] = (), published: pd.DataFrame | None = None, n_boot: int = 1000) -> list[Path]:
+                 notes: Sequence[str] = (), published: pd.DataFrame | None = None, n_boot: int = 1000,
+                 deviations: Sequence[tuple[str, Any]] = ()) -> list[Path]:
     """``table3.{csv,md,tex}`` (:func:`imputmae.tables.write_texts`), ``table3_cells.csv`` (the numbers of every
     cell), ``table3_folds.csv`` (one row per model, cohort and fold) and, when given, ``table3_published.csv``."""
     out_dir = Path(out_dir)
     written = write_texts(out_dir / "table3", {"csv": table.to_csv(index=False),
-                                               "md": table3_markdown(table, cindex, notes, published, n_boot),
-                                               "tex": table3_latex(table, cindex, n_boot)})
+                                               "md": table3_markdown(table, cindex, notes, published, n_boot,
+                                                                     deviations),
+                                               "tex": table3_latex(table, cindex, n_boot, deviations)})
     written += write_texts(out_dir / "table3_cells", {"csv": cells.to_csv(index=False)})
     written += write_texts(out_dir / "table3_folds", {"csv": metrics.to_csv(index=False)})
     if published is not None and len(published):
@@ -275,7 +284,7 @@ def _fold_entry(d: Path, clinical: pd.DataFrame) -> tuple[FoldPredictions, dict]
 def build_table3(results: str | Path, cohorts: Sequence[str], modsets: Sequence[str], n_folds: int,
                  cindex: CIndexName = "antolini", rows: Sequence[str] = (), n_boot: int = 1000,
                  not_applicable: set[tuple[str, str]] = frozenset(), oracle: pd.DataFrame | None = None,
-                 literature: bool = True, km_modset: str = "all") -> dict:
+                 literature: bool = True, km_modset: str = "all", deviations: Sequence[tuple[str, Any]] = ()) -> dict:
     """Table 3 from a results folder (docs/layout.md): impuTMAE's ``finetune/{cohort}/{modset}/fold{k}``, the
     Cox-PCA reference ``baselines/cox/...`` and the rerun rows ``baselines/rows/{cohort}/fold{k}/{row}``; writes
     ``{R}/tables/table3*`` (:func:`write_table3`). Returns {table, cells, notes, km} (km: cohort -> the km_modset
@@ -351,6 +360,6 @@ def build_table3(results: str | Path, cohorts: Sequence[str], modsets: Sequence[
         notes.append("oracle: Harrell's C-index of the demo generator's true risk on the same test folds (an upper "
                      "reference; its own n: every test patient).")
     published = published_table3(cohorts) if literature else None
-    write_table3(R / "tables", table, cells, metrics, cindex, notes, published, n_boot)
+    write_table3(R / "tables", table, cells, metrics, cindex, notes, published, n_boot, deviations)
     return {"table": table, "cells": cells, "notes": notes, "published": published,
             "km": {c: pd.concat(v) for c, v in km.items()}}

@@ -8,7 +8,7 @@ pyramid levels, tiled, each a power-of-two downsample.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import cv2
@@ -17,7 +17,8 @@ import tifffile
 
 from imputmae.files import atomic_write
 
-__all__ = ["write_aperio_svs", "aperio_description"]
+__all__ = ["write_aperio_svs", "write_aperio_svs_strips",
+           "aperio_description"]
 
 
 def aperio_description(width: int, height: int, tile: int, app_mag: float | None, mpp: float | None,
@@ -72,6 +73,78 @@ def _write_svs(tmp: Path, image: np.ndarray, tile: int, app_mag: float, mpp: flo
         for i in range(1, n_levels):
             level = cv2.resize(level, (max(1, level.shape[1] // 2), max(1, level.shape[0] // 2)),
                                interpolation=cv2.INTER_AREA)
+            lh, lw = level.shape[:2]
+            tif.write(level, tile=(tile, tile),
+                      description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> {lw}x{lh}", **opts)
+
+
+def write_aperio_svs_strips(path: str | Path, shape: tuple[int, int], strips: Iterable[np.ndarray], *,
+                            mpp: float | None, app_mag: float | None, n_levels: int = 3, level_factor: int = 4,
+                            tile: int = 256, quality: int = 85, extra: dict[str, str] | None = None) -> Path:
+    """Write an Aperio SVS whose level 0 comes strip by strip: a slide too large to hold in memory whole.
+
+    Args:
+        shape: level-0 (height, width).
+        strips: uint8 ``[rows, width, 3]`` RGB, top to bottom, covering ``height`` rows; ``rows`` a multiple of
+            ``tile`` and of ``level_factor`` (the last strip may be shorter).
+        n_levels: pyramid levels including level 0; each is ``level_factor`` times smaller than the one before
+            (Aperio scanners write 4). The level below 0 is kept in memory (1 / level_factor^2 of level 0) for the
+            lower levels and the thumbnail, even for a one-level file.
+
+    Same layout as :func:`write_aperio_svs` (level 0 tiled, a stripped thumbnail, the lower levels tiled); same
+    inputs, same bytes. Returns the path written.
+    """
+    return atomic_write(path, lambda tmp: _write_svs_strips(tmp, shape, strips, mpp, app_mag, n_levels, level_factor,
+                                                            tile, quality, extra))
+
+
+def _write_svs_strips(tmp: Path, shape: tuple[int, int], strips: Iterable[np.ndarray], mpp: float | None,
+                      app_mag: float | None, n_levels: int, factor: int, tile: int, quality: int,
+                      extra: Mapping[str, str] | None) -> None:
+    h, w = shape
+    if h % factor or w % factor:
+        raise ValueError(f"slide shape {shape} must be a multiple of the level factor {factor}")
+    desc = aperio_description(w, h, tile, app_mag, mpp, quality, extra)
+    opts = dict(photometric="rgb", compression="jpeg", compressionargs={"level": quality}, metadata=None,
+                software=False)
+    below = np.empty((h // factor, w // factor, 3), np.uint8)  # level 1, filled as level 0 goes by
+
+    def tiles() -> Iterator[np.ndarray]:
+        y = 0
+        for strip in strips:
+            rows = strip.shape[0]
+            if (strip.dtype != np.uint8 or strip.shape[1:] != (w, 3) or rows % factor or y + rows > h
+                    or (rows % tile and y + rows != h)):
+                raise ValueError(f"strip at row {y}: {strip.dtype} {strip.shape} does not fit a {w} px wide, "
+                                 f"{h} px high slide by multiples of {tile} rows")
+            below[y // factor:(y + rows) // factor] = cv2.resize(strip, (w // factor, rows // factor),
+                                                                 interpolation=cv2.INTER_AREA)
+            for t0 in range(0, rows, tile):
+                band = strip[t0:t0 + tile]
+                if band.shape[0] < tile:
+                    band = np.concatenate([band, np.zeros((tile - band.shape[0], w, 3), np.uint8)])
+                for x0 in range(0, w, tile):
+                    part = band[:, x0:x0 + tile]
+                    if part.shape[1] < tile:
+                        part = np.concatenate([part, np.zeros((tile, tile - part.shape[1], 3), np.uint8)], 1)
+                    yield part
+            y += rows
+        if y != h:
+            raise ValueError(f"strips covered {y} of the slide's {h} rows")
+
+    with tifffile.TiffWriter(tmp, bigtiff=False) as tif:  # JPEG keeps even a 40x paper-scale slide far below 4 GB
+        tif.write(tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), description=desc, **opts)
+        levels = [below]
+        while len(levels) < max(1, n_levels - 1):
+            prev = levels[-1]
+            levels.append(cv2.resize(prev, (max(1, prev.shape[1] // factor), max(1, prev.shape[0] // factor)),
+                                     interpolation=cv2.INTER_AREA))
+        small = levels[-1]
+        scale = 768 / max(h, w)
+        thumb = cv2.resize(small, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        tif.write(thumb, description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> {thumb.shape[1]}x{thumb.shape[0]}",
+                  rowsperstrip=16, **opts)
+        for level in levels[: n_levels - 1]:
             lh, lw = level.shape[:2]
             tif.write(level, tile=(tile, tile),
                       description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> {lw}x{lh}", **opts)

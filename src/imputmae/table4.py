@@ -4,7 +4,7 @@ multimodal model's whole-modality imputation against the training mean and a rid
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from imputmae.modalities import active, label
 from imputmae.model import MultimodalMAE
 from imputmae.tables import markdown_lines, write_texts
 
-__all__ = ["evaluate_reconstruction", "evaluate_imputation", "ridge_imputation", "table4", "table4_columns",
+__all__ = ["evaluate_reconstruction", "evaluate_imputation", "ridge_imputation", "table4", "table4_by_size",
+           "table4_columns",
            "table4_markdown", "write_table4"]
 
 
@@ -214,6 +215,24 @@ def table4(cfg: Mapping[str, Any], *, checkpoints: Mapping[tuple[str, int], str 
     return table, per_fold, imputation
 
 
+def table4_by_size(parts: Mapping[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]],
+                   cohorts: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Table 4 of several pretrainings, one per model size ({size: :func:`table4` of that size's configuration}),
+    each on its own cohorts' test patients (``cohorts``: {size: names}): rows ``Multimodal pretraining (big:
+    GBMLGG)``, ...; per_fold and imputation gain a first column ``size``."""
+    tables, folds, imputations = [], [], []
+    for size, (table, per_fold, imputation) in parts.items():
+        tag = f" ({size}: {', '.join(cohorts[size])})"
+        tables.append(table.rename(index=lambda r, tag=tag: r + tag))
+        folds.append(per_fold.assign(size=size)[["size", *per_fold.columns]])
+        if len(imputation):
+            imputations.append(imputation.assign(size=size)[["size", *imputation.columns]])
+    table = pd.concat(tables)
+    table.index.name = "Pretraining"
+    return table, pd.concat(folds, ignore_index=True), (pd.concat(imputations, ignore_index=True) if imputations
+                                                        else pd.DataFrame())
+
+
 def _number(v: object) -> str:
     """Table 4's cells: 4 significant digits, ``n/a`` for NaN, integers and labels as they are."""
     if isinstance(v, str):
@@ -238,7 +257,8 @@ def table4_markdown(table: pd.DataFrame, imputation: pd.DataFrame, n_folds: int)
              *markdown_lines(table.reset_index(), rule="plain", cell=_number),
              "", "Paper (Table 4): multimodal 0.028 / 0.0039 / 0.0085; unimodal 0.0165 / 0.0092 / 0.0087.", ""]
     if len(imputation):
-        shown = imputation[list(IMPUTATION_COLUMNS)].astype({"n_patients": "int64"}).rename(columns=IMPUTATION_COLUMNS)
+        columns = {"size": "Model", **IMPUTATION_COLUMNS} if "size" in imputation else IMPUTATION_COLUMNS
+        shown = imputation[list(columns)].astype({"n_patients": "int64"}).rename(columns=columns)
         lines += ["## Whole-modality imputation (multimodal model)", "",
                   "Each modality removed from test patients that have it and at least one other; reconstructed by",
                   "the decoder from the others (shown masked as in pretraining, 8 seeded draws averaged), against",

@@ -17,7 +17,9 @@ if SRC not in sys.path:
 from snakemake.settings.types import DeploymentMethod  # noqa: E402
 
 from imputmae.config import (ConfigError, available_modalities, cohort_modalities,  # noqa: E402
-                              cohort_modality_sets, last_cohorts, pretrain_folds, validate_config)
+                              cohort_modality_sets, cohort_model_size, deviations_in_force, last_cohorts,
+                              model_sizes, pretrain_config, pretrain_dir, pretrain_jobs, size_cohorts,
+                              validate_config)
 from imputmae.gdc import usable_downloads  # noqa: E402
 from imputmae.modalities import MODALITIES, MODALITY_SETS, is_image  # noqa: E402
 
@@ -65,6 +67,11 @@ def all_targets(wildcards):
     for t in TARGETS:
         out.extend([t] if isinstance(t, str) else t(wildcards))
     return out
+
+
+def deviation_args():
+    """`` --deviation KEY=VALUE`` for each deviation from the paper's text in force (Table 3's caption names them)."""
+    return "".join(f" --deviation {shlex.quote(f'{d.key}={json.dumps(v)}')}" for d, v in deviations_in_force(config))
 
 
 def gdc_source_args():
@@ -211,8 +218,54 @@ def pooled_input(files):
 
 # ------------------------------------------------------------------------------------------- fine-tuning stage
 def finetune_checkpoint(wildcards):
+    """The multimodal pretraining a cohort's fine-tuning (and its Table 3 rows) starts from: that of the cohort's
+    model size (cohorts.<name>.model, default model.size) and of the fold (fold 0 without pretrain.per_fold)."""
     fold = wildcards.fold if config["pretrain"]["per_fold"] else 0
-    return f"{RESULTS}/pretrain/multimodal/fold{fold}/checkpoint.pt"
+    size = cohort_model_size(config, wildcards.cohort)
+    return f"{RESULTS}/{pretrain_dir(config, size=size, run='multimodal', fold=fold)}/checkpoint.pt"
+
+
+# ------------------------------------------------------------------------------------------- memory per job
+# mem_mb of the training rules (Slurm's --mem), from what a job can know when it is scheduled: the model size,
+# the batch, K tiles, and the shapes of the omics matrices it reads (their Parquet footers). Snakemake evaluates
+# these once while building the DAG (matrices not written yet: the figure without them) and again when the job's
+# inputs exist, before it is submitted. Formulas and measurements: docs/scaling.md, "Memory per job".
+from imputmae.memory import (finetune_memory, matrix_shape, pretrain_memory, rows_memory,  # noqa: E402
+                             to_mem_mb)
+
+_TRAIN_ON_GPU = not config.get("demo")   # the rules' gpu resource: none in the CPU demo
+
+
+def _shapes(paths):
+    """The shapes of those of ``paths`` that exist (a matrix not written yet counts as empty)."""
+    return [matrix_shape(p) for p in paths if os.path.isfile(p)]
+
+
+def _omics_inputs(input):
+    """{rna: [shape per cohort], dnam: [...]} of a job's matrix inputs."""
+    named = dict(input.items())
+    out = {}
+    for m in MODALITIES:
+        if m in named and not is_image(m):
+            paths = named[m] if isinstance(named[m], list) else [named[m]]
+            out[m] = _shapes([str(p) for p in paths])
+    return out
+
+
+def _cohort_config(cohort):
+    return pretrain_config(config, cohort_model_size(config, cohort))
+
+
+def finetune_mem_mb(wildcards, input, attempt):
+    omics = {m: s[0] for m, s in _omics_inputs(input).items() if s}
+    return to_mem_mb(finetune_memory(_cohort_config(wildcards.cohort), omics, gpu=_TRAIN_ON_GPU), attempt)
+
+
+def rows_mem_mb(wildcards, input, attempt):
+    omics = {m: s[0] for m, s in _omics_inputs(input).items() if s}
+    clinical = _shapes([str(input.clinical)])
+    patients = clinical[0].rows if clinical else 0
+    return to_mem_mb(rows_memory(_cohort_config(wildcards.cohort), omics, patients, gpu=_TRAIN_ON_GPU), attempt)
 
 
 def modality_tables(cohort):

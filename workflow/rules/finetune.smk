@@ -1,5 +1,6 @@
-# Survival fine-tuning (one job per cohort x modality set x outer fold), the Cox-PCA reference, Table 3 and the
-# Kaplan-Meier figures.
+# Survival fine-tuning (one job per cohort x modality set x outer fold, or with finetune.one_job_per_fold one job per
+# cohort x fold training its sets in turn: the same files), the Cox-PCA reference, Table 3 and the Kaplan-Meier
+# figures.
 #
 # Each fine-tuning loads the multimodal pretraining of ITS fold (trained on that fold's training patients only);
 # with pretrain.per_fold: false every fold reuses fold 0's pretraining, which has seen the other folds' test
@@ -11,6 +12,14 @@ FINETUNE_FOLDS = list(range(config["splits"]["n_folds"]))
 # says so); the Cox-PCA reference writes a metrics.json saying "no patient has it" for such a set.
 FINETUNE_RUNS = [(c, s) for c in COHORTS for s in cohort_modality_sets(config, c)]
 NOT_FINETUNED = [(c, s) for c in COHORTS for s in FINETUNE_MODSETS if (c, s) not in FINETUNE_RUNS]
+# finetune.one_job_per_fold (the demo): rule finetune_fold trains every set of a cohort x fold in one process (one
+# interpreter, checkpoint and input load, one frozen-feature pass; each set's files are those of its own job:
+# src/imputmae/finetune/grouped.py). A cohort lacking a modality (own tables without it) keeps one job per set.
+FINETUNE_GROUPED = bool(config["finetune"].get("one_job_per_fold", False))
+FINETUNE_FOLD_COHORTS = [c for c in COHORTS if FINETUNE_GROUPED and cohort_modality_sets(config, c) == FINETUNE_MODSETS]
+FINETUNE_SET_COHORTS = [c for c in COHORTS if c not in FINETUNE_FOLD_COHORTS]
+NO_MATCH = "(?!)"   # a wildcard constraint no value matches (a rule with no job)
+FINETUNE_OUT = f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}"
 # Table 3's rerun rows (baselines, ablations; src/imputmae/baselines/rows.py): one job per cohort x fold trains them
 # all, sharing the imputed inputs and tile features (baselines.one_job_per_fold: true), or one job per row (false).
 BASELINE_ROWS = list(config["baselines"]["rows"])
@@ -23,9 +32,9 @@ rule finetune:
         unpack(cohort_stage_outputs),
         checkpoint=finetune_checkpoint,
     output:
-        predictions=f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/predictions.parquet",
-        metrics=f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/metrics.json",
-        model=f"{RESULTS}/finetune/{{cohort}}/{{modset}}/fold{{fold}}/model.pt",
+        predictions=f"{FINETUNE_OUT}/predictions.parquet",
+        metrics=f"{FINETUNE_OUT}/metrics.json",
+        model=f"{FINETUNE_OUT}/model.pt",
     params:
         results=lambda wildcards, output: str(Path(output.metrics).parents[4]),
         finetune=as_json(config["finetune"]),
@@ -33,6 +42,7 @@ rule finetune:
         out_dir=lambda wildcards, output: str(Path(output.metrics).parent),
     wildcard_constraints:
         modset="|".join(MODALITY_SETS),
+        cohort="|".join(FINETUNE_SET_COHORTS) or NO_MATCH,
     log:
         "logs/finetune/{cohort}/{modset}/fold{fold}.log",
     benchmark:
@@ -42,14 +52,48 @@ rule finetune:
     threads: 1 if config.get("demo") else 8
     resources:
         gpu=0 if config.get("demo") else 1,
-        # host memory grows by half per attempt (a retry after an out-of-memory kill)
-        mem_mb=lambda wildcards, attempt: (2000 if config.get("demo") else 64000) * (1 + attempt) // 2,
+        # host memory from the model, the batch and K tiles (common.smk), growing by half per attempt
+        mem_mb=finetune_mem_mb,
         runtime=10 if config.get("demo") else 600,
     shell:
         # exec: Slurm's SIGTERM reaches the trainer itself; one process (fine-tuning is not DDP: one GPU per job)
         "exec python -m imputmae finetune --checkpoint {input.checkpoint:q} --results {params.results:q} --cohort {wildcards.cohort} "
         "--modset {wildcards.modset} --fold {wildcards.fold} --params {params.finetune:q} "
         "--cindex {params.cindex} --out {params.out_dir:q} --threads {threads} > {log} 2>&1"
+
+
+rule finetune_fold:
+    input:
+        unpack(cohort_stage_outputs),
+        checkpoint=finetune_checkpoint,
+    output:
+        predictions=[FINETUNE_OUT.replace("{modset}", s) + "/predictions.parquet" for s in FINETUNE_MODSETS],
+        metrics=[FINETUNE_OUT.replace("{modset}", s) + "/metrics.json" for s in FINETUNE_MODSETS],
+        model=[FINETUNE_OUT.replace("{modset}", s) + "/model.pt" for s in FINETUNE_MODSETS],
+    params:
+        results=lambda wildcards, output: str(Path(output.metrics[0]).parents[4]),
+        finetune=as_json(config["finetune"]),
+        cindex=config["evaluation"]["cindex"],
+        modsets=" ".join(FINETUNE_MODSETS),
+        out_pattern=lambda wildcards: FINETUNE_OUT.format(cohort=wildcards.cohort, fold=wildcards.fold,
+                                                          modset="{modset}"),
+    wildcard_constraints:
+        cohort="|".join(FINETUNE_FOLD_COHORTS) or NO_MATCH,
+    log:
+        "logs/finetune/{cohort}/fold{fold}.log",
+    benchmark:
+        "benchmarks/finetune_fold/{cohort}/fold{fold}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1 if config.get("demo") else 8
+    resources:
+        gpu=0 if config.get("demo") else 1,
+        mem_mb=finetune_mem_mb,   # one modality set's (they run one after another): common.smk
+        runtime=(10 if config.get("demo") else 600) * len(FINETUNE_MODSETS),
+    shell:
+        "exec python -m imputmae finetune --checkpoint {input.checkpoint:q} --results {params.results:q} --cohort {wildcards.cohort} "
+        "--modset {params.modsets} --fold {wildcards.fold} --params {params.finetune:q} "
+        "--cindex {params.cindex} --out {params.out_pattern:q} --threads {threads} > {log} 2>&1"
 
 
 rule cox_baseline:
@@ -108,7 +152,7 @@ rule table3_rows:
     threads: 1 if config.get("demo") else 8
     resources:
         gpu=0 if config.get("demo") else 1,
-        mem_mb=lambda wildcards, attempt: (3000 if config.get("demo") else 64000) * (1 + attempt) // 2,
+        mem_mb=rows_mem_mb,   # the model, the batch, K tiles and the cohort's patients (common.smk)
         runtime=20 if config.get("demo") else 600,
     shell:
         "exec python -m imputmae table3-rows --checkpoint {input.checkpoint:q} --results {params.results:q} "
@@ -140,7 +184,7 @@ rule table3:
         # the demo: the oracle row; the paper's rows (TCGA) are quoted only beside real TCGA results
         extra=(f"--oracle {config['demo']['out']}/oracle.parquet --no-literature" if config.get("demo")
                else "" if GDC_COHORTS else "--no-literature")
-        + "".join(f" --not-applicable {c}:{s}" for c, s in NOT_FINETUNED),
+        + "".join(f" --not-applicable {c}:{s}" for c, s in NOT_FINETUNED) + deviation_args(),
     log:
         "logs/table3/table3.log",
     benchmark:

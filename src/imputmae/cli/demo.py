@@ -1,4 +1,5 @@
-"""``imputmae demo-data OUT_DIR [--size demo|benchmark]``: write the embedded demo cohort as a local GDC mirror."""
+"""``imputmae demo-data OUT_DIR [--size demo|benchmark|rehearsal] [--scale demo|paper]``: write the embedded demo
+cohort as a local GDC mirror."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write the embedded demo cohort (a local mirror in gdc-client layout)")
     p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=["demo", "benchmark"], default="demo",
-                   help="demo: the quick demo (make demo); benchmark: hundreds of patients per cohort (docs/demo.md)")
+    p.add_argument("--size", choices=["demo", "benchmark", "rehearsal"], default=None,
+                   help="patients: demo (make demo), benchmark (hundreds per cohort) or rehearsal (a few per "
+                        "cohort); default: rehearsal with --scale paper, else demo (docs/demo.md)")
+    p.add_argument("--scale", choices=["demo", "paper"], default="demo",
+                   help="the files' dimensions: demo (small files) or paper (GDC's sizes: 60,660 STAR rows, "
+                        "485,577 / 27,578 probes, slides for 1,000 candidate tiles; docs/demo.md, 'Paper scale')")
     p.add_argument("--sizes", default="{}",
                    help='patients per project as JSON, overriding --size, e.g. \'{"DEMO-BRCA": 40}\'')
     p.set_defaults(func=_run)
@@ -21,6 +26,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from imputmae.demo import write_demo
 
-    summary = write_demo(args.out, seed=args.seed, n_patients=json.loads(args.sizes) or None, size=args.size)
+    summary = write_demo(args.out, seed=args.seed, n_patients=json.loads(args.sizes) or None, size=args.size,
+                         scale=args.scale)
     print(summary)
     return 0

@@ -29,16 +29,25 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from imputmae.cli import UserError
     from imputmae.engine import EXIT_PREEMPTED, pretrain
+    from imputmae.finetune import MemoryNeeded
+    from imputmae.memory import check_pretrain_memory
 
     cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(cfg["results"]) / "pretrain" / args.run / f"fold{args.fold}")
+    gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     try:
+        check_pretrain_memory(cfg, gpu=gpu)     # before anything is loaded: the rule, the figure, the setting
         res = pretrain(cfg, run=args.run, fold=args.fold, out_dir=out_dir, resume=args.resume, device=args.device,
                        progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, MemoryNeeded) as exc:
         raise UserError(str(exc)) from None
+    except torch.OutOfMemoryError as exc:
+        raise UserError(f"pretrain {args.run} fold {args.fold}: the GPU ran out of memory on batches of "
+                        f"{cfg['pretrain']['batch_size']} ({str(exc).splitlines()[0]}): lower pretrain.batch_size, "
+                        f"or give the job more GPUs (`set-resources: pretrain: gpu:` in the profile: the batch is "
+                        f"split over them)") from None
     if res["status"] == "preempted":
         print(f"preempted at epoch {res['epoch']}, step {res['step']}: checkpoint written; rerun with --resume",
               file=sys.stderr)

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--km-modset", default="all", choices=MODSETS, help="the model whose risk splits the KM curves")
     p.add_argument("--not-applicable", action="append", default=[], metavar="COHORT:MODSET",
                    help="a cell not fine-tuned because the cohort has no such modality (own tables without it)")
+    p.add_argument("--deviation", action="append", default=[], metavar="KEY=JSON",
+                   help="a deviation from the paper's text in force (imputmae.config.DEVIATIONS), named in the caption")
     p.set_defaults(func=_table3)
 
 
@@ -52,10 +54,11 @@ def _table3(args: argparse.Namespace) -> int:
         splits = _read_table(R / "splits.parquet", "the outer-fold splits")
         clin = pd.concat([_read_table(R / c / "clinical.parquet", f"{c} clinical labels") for c in args.cohorts])
         oracle = oracle_cindex(_read_table(Path(args.oracle), "the demo oracle"), splits, clin)
+    deviations = _deviations(args.deviation)
     rows = [r for r in args.rows if r != "none"]
     try:
         out = build_table3(R, args.cohorts, args.modsets, args.folds, args.cindex, rows, args.n_boot, absent, oracle,
-                           not args.no_literature, args.km_modset)
+                           not args.no_literature, args.km_modset, deviations)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     for cohort in args.cohorts:
@@ -66,7 +69,24 @@ def _table3(args: argparse.Namespace) -> int:
         p = plot_km(km_split(preds, med), f"{cohort}: impuTMAE ({args.km_modset}) test patients, split at the "
                     f"training median risk", R / "figures" / f"km_{cohort}.png")
         log.info("%s: KM log-rank p = %.3g", cohort, p)
-    print(table3_markdown(out["table"], args.cindex, out["notes"], out["published"], args.n_boot))
+    print(table3_markdown(out["table"], args.cindex, out["notes"], out["published"], args.n_boot, deviations))
     return 0
 
 
+def _deviations(items: list[str]) -> list[tuple[str, object]]:
+    """--deviation KEY=JSON items as (key, value), each key one of imputmae.config.DEVIATIONS."""
+    import json
+
+    from imputmae.config import DEVIATIONS
+
+    known = [d.key for d in DEVIATIONS]
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise UserError(f"--deviation {item}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        try:
+            out.append((key, json.loads(value)))
+        except json.JSONDecodeError:
+            raise UserError(f"--deviation {item}: the value is not JSON") from None
+    return out

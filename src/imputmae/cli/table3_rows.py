@@ -20,13 +20,13 @@ log = logging.getLogger("imputmae.table3_rows")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from imputmae.baselines.rows import ROWS
-
+    # The row names are checked when the command runs (imputmae.baselines.rows.ROWS): importing the baselines here
+    # would import torch and lifelines in every `imputmae` command, ~4 CPU-s per Snakemake job.
     p = sub.add_parser("table3-rows", help="Table 3's baselines and ablations on one cohort and outer fold")
     add_fold_arguments(p)
     p.add_argument("--fold", required=True, type=int)
-    p.add_argument("--rows", nargs="+", required=True, choices=list(ROWS), help="the rows to train (one job: shared "
-                   "imputed inputs and tile features)")
+    p.add_argument("--rows", nargs="+", required=True, metavar="ROW", help="the rows to train (one job: shared "
+                   "imputed inputs and tile features): names of imputmae.baselines.rows.ROWS, e.g. multisurv cmta")
     p.add_argument("--params", default="{}", help="JSON: {finetune: the config's finetune section, baselines: "
                    "per-baseline setting overrides, cox: n_components, penalizer, n_bins, cut_scheme, seed}")
     p.add_argument("--cindex", default="antolini", choices=CINDEX_CHOICES)
@@ -38,8 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _table3_rows(args: argparse.Namespace) -> int:
     import torch
 
-    from imputmae.baselines.rows import run_fold_rows_from_results
+    from imputmae.baselines.rows import ROWS, run_fold_rows_from_results
 
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        raise UserError(f"--rows: unknown row(s) {', '.join(unknown)}; the rows are {', '.join(ROWS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     p = json.loads(args.params)

@@ -21,25 +21,35 @@ def _table4(args: argparse.Namespace) -> int:
     import torch
 
     from imputmae.cli import UserError
+    from imputmae.config import model_sizes, pretrain_config, pretrain_dir, size_cohorts
     from imputmae.engine import folds_to_run
-    from imputmae.table4 import table4, write_table4
+    from imputmae.table4 import table4, table4_by_size, write_table4
 
     cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = Path(cfg["results"]) / "pretrain"
-    runs = ["multimodal", *cfg["pretrain"]["unimodal"]]
-    checkpoints = {(run, f): root / run / f"fold{f}" / "checkpoint.pt" for run in runs for f in folds_to_run(cfg, run)}
-    missing = [str(p) for p in checkpoints.values() if not p.is_file()]
-    if missing:
-        raise UserError(f"missing checkpoints: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
-                        "(run `imputmae pretrain` or snakemake first)")
-    try:
-        table, per_fold, imputation = table4(cfg, checkpoints=checkpoints, device=args.device)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    out = Path(args.out_dir or Path(cfg["results"]) / "tables")
-    # the reconstruction table's folds: those both the multimodal and the unimodal runs have
-    write_table4(out, table, per_fold, imputation, n_folds=min(len(folds_to_run(cfg, r)) for r in runs))
+    results = Path(cfg["results"])
+    parts, n_folds = {}, []
+    for size in model_sizes(cfg):   # one pooled pretraining per model size, each on its own cohorts
+        sub = pretrain_config(cfg, size)
+        runs = ["multimodal", *sub["pretrain"]["unimodal"]]
+        checkpoints = {(run, f): results / pretrain_dir(cfg, size=size, run=run, fold=f) / "checkpoint.pt"
+                       for run in runs for f in folds_to_run(sub, run)}
+        missing = [str(p) for p in checkpoints.values() if not p.is_file()]
+        if missing:
+            raise UserError(f"missing checkpoints: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                            "(run `imputmae pretrain` or snakemake first)")
+        try:
+            parts[size] = table4(sub, checkpoints=checkpoints, device=args.device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        # the reconstruction table's folds: those both the multimodal and the unimodal runs have
+        n_folds.append(min(len(folds_to_run(sub, r)) for r in runs))
+    if len(parts) == 1:
+        table, per_fold, imputation = next(iter(parts.values()))
+    else:
+        table, per_fold, imputation = table4_by_size(parts, {s: size_cohorts(cfg, s) for s in parts})
+    out = Path(args.out_dir or results / "tables")
+    write_table4(out, table, per_fold, imputation, n_folds=min(n_folds))
     print(table.to_string())
     return 0

@@ -35,8 +35,11 @@ How the cohort resembles TCGA (the figures and their sources: docs/demo.md; ever
 - **Sites in the barcode.** ``DEMO-<site>-<nnnn>``, the site a two-character TCGA tissue-source-site code, several
   per project with unequal sizes, no code shared between projects.
 
-Two sizes (:data:`SIZES`): ``demo`` (what ``make demo`` runs: each cohort with at least 10 events for five
-stratified folds) and ``benchmark`` (hundreds of patients per cohort). Same seed, same bytes.
+Sizes (:data:`SIZES`, patients): ``demo`` (what ``make demo`` runs: each cohort with at least 10 events for five
+stratified folds), ``benchmark`` (hundreds of patients per cohort) and ``rehearsal`` (a few per cohort). Scales
+(:data:`SCALES`, the files' dimensions): ``demo`` (a few thousand genes and probes, small slides) and ``paper``
+(GDC's: 60,660 STAR rows, the 450k and 27k arrays' probe lists, slides for 1,000 candidate tiles, written by
+strips). Same seed, same bytes.
 
 Files: ``_params`` (projects, sizes, :class:`DemoParams`), ``_latents`` (patients, latent factors, survival, risk),
 ``_omics`` (STAR and SeSAMe files), ``_slides`` (the slide images), ``_mirror`` (the GDC mirror, :func:`write_demo`),
@@ -44,10 +47,12 @@ Files: ``_params`` (projects, sizes, :class:`DemoParams`), ``_latents`` (patient
 """
 
 from imputmae.demo._latents import risk_shares, simulate_patients
-from imputmae.demo._mirror import read_oracle_metadata, resolve_sizes, write_demo
+from imputmae.demo._mirror import read_oracle_metadata, resolve_scale, resolve_sizes, write_demo
 from imputmae.demo._params import (DEFAULT_PARAMS, DEFAULT_PATIENTS, DNAM_SUFFIX, FACTORS, MODALITY_FACTORS, PROJECTS,
-                                   RNA_SUFFIX, SIZES, DemoParams, DemoSummary, ProjectSpec, Subtype)
+                                   RNA_SUFFIX, SCALES, SIZES, DemoParams, DemoSummary, FileScale, ProjectSpec,
+                                   Subtype)
 
 __all__ = ["DEFAULT_PATIENTS", "DEFAULT_PARAMS", "DemoParams", "DemoSummary", "FACTORS", "MODALITY_FACTORS",
-           "PROJECTS", "ProjectSpec", "SIZES", "Subtype", "read_oracle_metadata", "resolve_sizes", "risk_shares",
+           "PROJECTS", "ProjectSpec", "SCALES", "SIZES", "FileScale", "Subtype", "read_oracle_metadata",
+           "resolve_scale", "resolve_sizes", "risk_shares",
            "simulate_patients", "write_demo", "RNA_SUFFIX", "DNAM_SUFFIX"]

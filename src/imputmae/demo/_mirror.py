@@ -18,7 +18,8 @@ from imputmae.demo._latents import _case_hit, risk_shares, simulate_patients
 from imputmae.demo._omics import (_betas_txt, _make_omics_model, _OmicsModel, _rna_log_expression,
                                   _star_counts_tsv)
 from imputmae.demo._params import (DATA_RELEASE, DEFAULT_PARAMS, DNAM_SUFFIX, FACTORS, INTERACTION, MODALITY_FACTORS,
-                                   PROJECTS, RNA_SUFFIX, SIZES, SUBTYPE_MODALITIES, DemoParams, DemoSummary)
+                                   PROJECTS, RNA_SUFFIX, SCALES, SIZES, SUBTYPE_MODALITIES, DemoParams, DemoSummary,
+                                   FileScale)
 from imputmae.demo._slides import _plan_slides, _site_stain, _slide_payload, _Stain
 from imputmae.files import atomic_write
 
@@ -44,6 +45,13 @@ DNAM_FIELDS = dict(data_category="DNA Methylation", data_type="Methylation Beta 
                    analysis={"workflow_type": "SeSAMe Methylation Beta Estimation"})
 SLIDE_FIELDS = dict(data_category="Biospecimen", data_type="Slide Image", data_format="SVS")
 SAMPLE_TYPES = {"01": "Primary Tumor", "02": "Recurrent Tumor", "11": "Solid Tissue Normal"}
+
+
+def resolve_scale(scale: str) -> FileScale:
+    """The file dimensions called ``scale`` (:data:`SCALES`: ``demo`` or ``paper``)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown demo scale {scale!r}; choose from {sorted(SCALES)}")
+    return SCALES[scale]
 
 
 def resolve_sizes(size: str = "demo", n_patients: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -83,7 +91,8 @@ class _MirrorWriter:
 
 
 def _write_patient_files(add: Callable[..., None], p: Any, i: int, seed: int, om: _OmicsModel, params: DemoParams,
-                         patient_slides: list[dict[str, Any]], stains: Mapping[str, _Stain]) -> None:
+                         patient_slides: list[dict[str, Any]], stains: Mapping[str, _Stain],
+                         scale: FileScale) -> None:
     """Patient ``i``'s files, through ``add`` (:meth:`_MirrorWriter.add`): RNA (a second aliquot, a normal sample),
     DNAm (both arrays, a recurrence), the planned slides and an off-target file, from the patient's own stream."""
     prng = np.random.default_rng([seed, i])  # each patient's files from its own stream
@@ -109,7 +118,7 @@ def _write_patient_files(add: Callable[..., None], p: Any, i: int, seed: int, om
                 platform=f"Illumina Human Methylation {plat}", **DNAM_FIELDS)
     for slide in patient_slides:
         add(p, lambda fid, s=slide: f"{p.patient}-{s['sample']}-{s['portion']}-{s['tag']}.{fid.upper()}.svs",
-            lambda path, s=slide: _slide_payload(p, stains[p.site], params, prng, path, s), slide["sample"],
+            lambda path, s=slide: _slide_payload(p, stains[p.site], params, prng, path, s, scale), slide["sample"],
             experimental_strategy="Diagnostic Slide" if slide["tag"].startswith("DX") else "Tissue Slide",
             **SLIDE_FIELDS)
     if i % 17 == 7:  # a file type the manifest must filter out
@@ -121,19 +130,25 @@ def _write_patient_files(add: Callable[..., None], p: Any, i: int, seed: int, om
 
 
 def write_demo(out_dir: str | Path, seed: int = 0, n_patients: Mapping[str, int] | None = None,
-               size: str = "demo", params: DemoParams = DEFAULT_PARAMS, slides: bool = True) -> DemoSummary:
+               size: str | None = None, params: DemoParams = DEFAULT_PARAMS, slides: bool = True,
+               scale: str = "demo") -> DemoSummary:
     """Write the demo mirror into ``out_dir`` (replacing what a previous run left there) and return a summary.
 
     Args:
         out_dir: folder for ``files.json``, ``cases.json``, ``status.json``, ``oracle.parquet`` and ``data/``.
         seed: the whole data set is a function of it; same seed, same bytes.
         n_patients: patients per project (keys from :data:`PROJECTS`); overrides ``size``.
-        size: ``"demo"`` (the quick demo) or ``"benchmark"`` (hundreds of patients per cohort): :data:`SIZES`.
+        size: ``"demo"`` (the quick demo), ``"benchmark"`` (hundreds of patients per cohort) or ``"rehearsal"`` (a
+            few per cohort): :data:`SIZES`; None: ``"rehearsal"`` at the paper's scale, else ``"demo"``.
         params: the generator's parameters (:class:`DemoParams`).
         slides: False writes no slide files (omics and clinical only: a fast check of the omics signal; the
             oracle's ``has_wsi`` still says who would have one).
+        scale: the files' dimensions (:data:`SCALES`): ``"demo"`` (small files, the demo's speed) or ``"paper"``
+            (GDC's sizes: 60,660 genes, 485,577 / 27,578 probes, slides for 1,000 candidate tiles; written by
+            strips, memory bounded by a slide's strips and its level 1).
     """
-    sizes = resolve_sizes(size, n_patients)
+    dims = resolve_scale(scale)
+    sizes = resolve_sizes(size or ("rehearsal" if scale == "paper" else "demo"), n_patients)
     out = Path(out_dir)
     data = out / "data"
     if data.exists():
@@ -142,14 +157,14 @@ def write_demo(out_dir: str | Path, seed: int = 0, n_patients: Mapping[str, int]
     patients = simulate_patients(sizes, seed, params)
     rng = _stream(seed, "files")
     patients["case_id"] = [_uuid(rng) for _ in range(len(patients))]
-    om = _make_omics_model(seed, params)
+    om = _make_omics_model(seed, params, dims)
     stains = {c: _site_stain(c, seed, params) for c in sorted(set(patients["site"]))}
     summary = DemoSummary(out_dir=str(out), seed=seed, patients=sizes)
     writer = _MirrorWriter(data, rng, summary)
     rows = list(patients.itertuples(index=False))
     slide_plan = _plan_slides(rows) if slides else {}
     for i, p in enumerate(rows):
-        _write_patient_files(writer.add, p, i, seed, om, params, slide_plan.get(p.patient, []), stains)
+        _write_patient_files(writer.add, p, i, seed, om, params, slide_plan.get(p.patient, []), stains, dims)
     hits = writer.hits
 
     cases = [_case_hit(p, np.random.default_rng([seed, 10_000 + i])) for i, p in enumerate(rows)]

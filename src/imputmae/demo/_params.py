@@ -62,6 +62,8 @@ PROJECTS: dict[str, ProjectSpec] = {
 SIZES: dict[str, dict[str, int]] = {
     "demo": {"DEMO-BRCA": 110, "DEMO-UCEC": 72, "DEMO-GBM": 20, "DEMO-LGG": 36},
     "benchmark": {"DEMO-BRCA": 600, "DEMO-UCEC": 400, "DEMO-GBM": 160, "DEMO-LGG": 300},
+    # the paper-scale rehearsal (--scale paper's default; config.rehearsal.yaml): see docs/demo.md, "Paper scale"
+    "rehearsal": {"DEMO-BRCA": 11, "DEMO-UCEC": 12, "DEMO-GBM": 4, "DEMO-LGG": 7},
 }
 DEFAULT_PATIENTS: dict[str, int] = SIZES["demo"]
 
@@ -120,9 +122,48 @@ class DemoParams:
 
 DEFAULT_PARAMS = DemoParams()
 
-N_GENES, N_CODING = 3000, 2000  # a few thousand genes, two thirds protein coding
-N_PROBES_450K, N_PROBES_27K, N_PROBES_SHARED = 3000, 1300, 1100
-SLIDE_20X = (1024, 1536)  # level-0 height, width at 20x (0.5 um/px); 40x slides are twice that (small: demo speed)
+
+
+@dataclass(frozen=True)
+class FileScale:
+    """The dimensions of the demo's files (not of its cohort: patients come from :data:`SIZES`).
+
+    n_genes: STAR - Counts gene rows before the two ``_PAR_Y`` copies the writer adds; n_coding: how many of them are
+    protein coding; low_expression: share of genes hardly expressed anywhere (the std filter drops them);
+    probes_450k / probes_27k / probes_shared: the two arrays' probe lists and their overlap; slide_20x: level-0
+    (height, width) of a 20x slide (40x slides are twice each); level_factor: downsample between pyramid levels;
+    strip_rows: 0 renders a slide as one image, else by strips of this many 20x rows (bounded memory), in
+    ``threads`` threads.
+    """
+
+    n_genes: int
+    n_coding: int
+    low_expression: float
+    probes_450k: int
+    probes_27k: int
+    probes_shared: int
+    slide_20x: tuple[int, int]
+    level_factor: int
+    strip_rows: int
+    threads: int = 1
+
+
+SCALES: dict[str, FileScale] = {
+    # a few thousand genes (two thirds coding) and probes, 1024 x 1536 px slides: the demo's speed
+    "demo": FileScale(n_genes=3000, n_coding=2000, low_expression=0.12, probes_450k=3000, probes_27k=1300,
+                      probes_shared=1100, slide_20x=(1024, 1536), level_factor=2, strip_rows=0),
+    # GDC's sizes: STAR - Counts on GENCODE v36 (60,660 gene rows with the _PAR_Y copies, 19,962 protein coding),
+    # the 450k and 27k arrays' 485,577 and 27,578 probes overlapping on 25,978 (DRIM's probe set); slides whose
+    # tissue holds >= 1,000 distinct 256 px tiles at 20x (docs/demo.md, "Paper scale"), pyramid downsamples 1, 4, 16
+    # as Aperio scanners write them. low_expression: ~16,300 genes pass min_std 0.1 (the paper's 16,304).
+    "paper": FileScale(n_genes=60_658, n_coding=19_962, low_expression=0.167, probes_450k=485_577,
+                       probes_27k=27_578, probes_shared=25_978, slide_20x=(15_360, 20_480), level_factor=4,
+                       strip_rows=256, threads=2),
+}
+DEMO_SCALE = SCALES["demo"]
+N_GENES, N_CODING = DEMO_SCALE.n_genes, DEMO_SCALE.n_coding
+N_PROBES_450K, N_PROBES_27K, N_PROBES_SHARED = DEMO_SCALE.probes_450k, DEMO_SCALE.probes_27k, DEMO_SCALE.probes_shared
+SLIDE_20X = DEMO_SCALE.slide_20x
 DATA_RELEASE = "Data Release 43.0 (imputmae demo)"
 
 RNA_SUFFIX = ".rna_seq.augmented_star_gene_counts.tsv"
