@@ -88,6 +88,7 @@ def test_config_replaces_cohorts_and_validates(bench, tmp_path):
     assert cfg["cohorts"]["LGG"]["tables"]["rna"] == str(tables["LGG"] / "rna.parquet")
     assert cfg["finetune"]["modality_sets"] == ["rna", "all"] and cfg["pretrain"]["unimodal"] == []
     assert cfg["results"] == str(tmp_path / "run" / "results")
+    assert cfg["baselines"]["rows"] == []                        # impuTMAE against Cox-PCA only
 
 
 def test_numeric_vital_status_marks_deaths(bench):

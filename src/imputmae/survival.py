@@ -22,6 +22,9 @@ __all__ = [
     "kaplan_meier",
     "nll_logistic_hazard",
     "NLLLogisticHazardLoss",
+    "cox_partial_nll",
+    "breslow_log_increments",
+    "cox_hazard_logits",
     "hazard_to_survival",
     "risk_from_survival",
     "interpolate_survival",
@@ -161,6 +164,55 @@ class NLLLogisticHazardLoss(nn.Module):
 
     def forward(self, phi: Tensor, idx_durations: Tensor, events: Tensor) -> Tensor:
         return nll_logistic_hazard(phi, idx_durations, events, self.reduction)
+
+
+def cox_partial_nll(eta: Tensor, durations: Tensor, events: Tensor) -> Tensor:
+    """Cox's negative log partial likelihood (Breslow's ties), mean over the events of the batch.
+
+    eta: [B] log relative risks; durations: [B] observed times; events: [B] 0/1. Per event i:
+    ``log sum_{j: t_j >= t_i} exp(eta_j) - eta_i``. A batch without an event gives 0 (with a gradient of 0).
+    """
+    if eta.ndim != 1 or eta.shape != durations.shape or eta.shape != events.shape:
+        raise ValueError(f"eta, durations and events must be [B] alike, got {tuple(eta.shape)}, "
+                         f"{tuple(durations.shape)}, {tuple(events.shape)}")
+    order = torch.argsort(durations, descending=True)
+    t, e, x = durations[order], events[order].to(eta.dtype), eta[order]
+    lcse = torch.logcumsumexp(x, 0)
+    # tied times: every patient of a tie is in the risk set of each of them -> the tie group's last position
+    last = torch.searchsorted(-t.contiguous(), -t.contiguous(), right=True) - 1
+    n_events = e.sum()
+    if n_events == 0:
+        return eta.sum() * 0.0
+    return ((lcse[last] - x) * e).sum() / n_events
+
+
+def breslow_log_increments(eta: np.ndarray, durations: np.ndarray, events: np.ndarray, cuts: np.ndarray,
+                           floor: float = 1e-12) -> np.ndarray:
+    """Breslow's baseline cumulative hazard H0 (at eta = 0) between the cuts, as logs: [T] with
+    ``log(H0(cuts_k) - H0(cuts_{k-1}))`` (H0 before the first cut: 0), increments floored at ``floor``.
+
+    eta, durations, events: [N] of the patients the model is fitted on (never test patients).
+    H0(t) = sum over event times s <= t of d_s / sum_{j: t_j >= s} exp(eta_j).
+    """
+    eta, t, d = (np.asarray(a, dtype=np.float64) for a in (eta, durations, events))
+    c = np.asarray(cuts, dtype=np.float64)
+    times = np.unique(t[d > 0])
+    w = np.exp(eta - eta.max())
+    at_risk = np.array([w[t >= s].sum() for s in times]) * np.exp(eta.max())
+    deaths = np.array([d[(t == s)].sum() for s in times])
+    h0 = np.concatenate([[0.0], np.cumsum(deaths / at_risk)])
+    at_cuts = h0[np.searchsorted(times, c, side="right")]            # H0 at each cut (right-continuous)
+    return np.log(np.maximum(np.diff(at_cuts, prepend=0.0), floor))
+
+
+def cox_hazard_logits(eta: Tensor, log_increments: Tensor) -> Tensor:
+    """A proportional-hazards model as logistic-hazard logits: eta [B], log_increments [T] -> phi [B, T].
+
+    The bin hazard of S(t) = exp(-H0(t) exp(eta)) is ``1 - exp(-dH0_k exp(eta))``, whose logit is
+    ``log(expm1(u))`` with ``u = exp(eta + log dH0_k)``: :func:`hazard_to_survival` of phi gives that S at the cuts.
+    """
+    u = torch.exp(eta[:, None] + log_increments[None, :]).clamp_min(1e-30)
+    return torch.where(u > 20, u, torch.log(torch.expm1(torch.clamp(u, max=20.0))))
 
 
 def hazard_to_survival(phi: Tensor, eps: float = 1e-7) -> Tensor:

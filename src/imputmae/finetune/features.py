@@ -1,8 +1,9 @@
 """Fine-tuning inputs: each patient's normalised modalities completed by the decoder, and the frozen layers' cache.
 
 :class:`PatientInputs` holds what a patient has; :func:`complete_inputs` imputes what they lack with the pretrained
-decoder; :func:`frozen_features` runs every encoder block but the last once per patient (exact: the frozen layers do
-not change while fine-tuning), and :func:`collate_batch` pads a batch of those hidden states for the network.
+decoder; :func:`frozen_features` runs every encoder block but the last (``trainable_blocks``) once per patient
+(exact: the frozen layers do not change while fine-tuning), and :func:`collate_batch` pads a batch of those hidden
+states for the network.
 The decisions behind them: docs/finetune.md.
 """
 
@@ -300,12 +301,13 @@ class FrozenFeatures:
         return sum(s.nbytes for s in self.store.values())
 
 
-def _frozen_hidden(enc: nn.Module, x: Tensor) -> Tensor:
-    """Unmasked encoder input through all blocks but the last: x [K, ...] -> [K, 1 + N, D] (exact: as ``encode``)."""
+def _frozen_hidden(enc: nn.Module, x: Tensor, trainable_blocks: int = 1) -> Tensor:
+    """Unmasked encoder input through all blocks but the last ``trainable_blocks``: x [K, ...] -> [K, 1 + N, D]
+    (exact: as ``encode``)."""
     tokens = enc.embed(x)
     cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
     h = torch.cat([cls, tokens], dim=1)
-    for blk in enc.blocks[:-1]:
+    for blk in enc.blocks[:len(enc.blocks) - trainable_blocks]:
         h = blk(h)
     return h
 
@@ -322,8 +324,9 @@ def _rows_per_patient(mae: MultimodalMAE, inputs: PatientInputs, patients: Seque
 def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str], modalities: Sequence[str],
                     missing: MissingInputs = "impute", chunk: int = 64, max_tiles: int | None = None,
                     cache_dtype: CacheDtype = "float32", cache_dir: str | Path | None = None,
-                    rows: int = 128) -> FrozenFeatures:
-    """Impute (when asked) and run the frozen layers once per patient into a :class:`FeatureStore` per modality.
+                    rows: int = 128, trainable_blocks: int = 1) -> FrozenFeatures:
+    """Impute (when asked) and run the frozen layers (every block but the last ``trainable_blocks``) once per
+    patient into a :class:`FeatureStore` per modality.
 
     Patients go through in groups of about ``rows`` tile rows (:func:`iter_complete_inputs`), ``chunk`` rows at a
     time through the frozen blocks, and are written out before the next group is read: peak memory is one group's
@@ -349,20 +352,28 @@ def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
                     continue
                 x = data[m][p]
                 x = mae._input({m: x if is_image(m) else x[None]}, m)
-                store[m].write(i, torch.cat([_frozen_hidden(enc, x[j:j + chunk]) for j in range(0, x.shape[0], chunk)]))
+                store[m].write(i, torch.cat([_frozen_hidden(enc, x[j:j + chunk], trainable_blocks)
+                                             for j in range(0, x.shape[0], chunk)]))
                 present[m][i] = True
         bar.update(len(pos))
     bar.close()
     return FrozenFeatures(patients, store, present, imputed)
 
 
-def training_memory_bytes(cfg: Any, modalities: Sequence[str], batch_size: int, k_max: int) -> int:
+def training_memory_bytes(cfg: Any, modalities: Sequence[str], batch_size: int, k_max: int,
+                          trainable_blocks: int = 1) -> int:
     """Estimated peak bytes of one training step of :class:`SurvivalModel` (host or device): per modality the batch
     of hidden states [B, K, 1 + N, D] float32 and what autograd keeps of the last block for it (its input, the
     norm's output, keys and values: 4 such tensors), plus the collated copy: 6x the batch. Omics have K = 1.
+    Each further trainable block (``trainable_blocks`` > 1) runs on every token and keeps about 8 [1 + N, D]
+    tensors, 2 of the MLP's [1 + N, intermediate] and 2 attention maps [heads, 1 + N, 1 + N] per row.
     The frozen-feature pass needs less (``rows`` tiles at a time). Grows with the batch, not with the cohort."""
-    per = sum((k_max if is_image(m) else 1) * (1 + cfg.n_patches(m)) * cfg.hidden_size for m in modalities)
-    return 6 * 4 * batch_size * per + 2**28   # + 256 MiB for the model, optimizer and interpreter
+    per = 0
+    for m in modalities:
+        rows, t = (k_max if is_image(m) else 1), 1 + cfg.n_patches(m)
+        block = 8 * t * cfg.hidden_size + 2 * t * cfg.intermediate_size + 2 * cfg.num_heads * t * t
+        per += rows * (6 * t * cfg.hidden_size + (trainable_blocks - 1) * block)
+    return 4 * batch_size * per + 2**28   # + 256 MiB for the model, optimizer and interpreter
 
 
 def usable_memory_bytes() -> tuple[int, str]:

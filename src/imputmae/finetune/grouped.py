@@ -41,7 +41,7 @@ def shared_features(mae: MultimodalMAE, inputs, clinical: pd.DataFrame, train: S
                [p for p in select_patients(inputs, test, "all") if p in clinical.index]
     check_memory(frozen_rows_max(inputs, everyone, mods), mae, mods, cfg_all, device)
     return frozen_features(mae, inputs, everyone, mods, cfg.missing, cache_dtype=cfg.cache_dtype,
-                           cache_dir=cfg.cache_dir)
+                           cache_dir=cfg.cache_dir, trainable_blocks=cfg.trainable_blocks)
 
 
 def iter_finetune_sets(mae: MultimodalMAE, inputs, clinical: pd.DataFrame, train: Sequence[str],

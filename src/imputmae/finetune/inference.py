@@ -49,7 +49,9 @@ def load_survival_model(path: str | Path) -> tuple[SurvivalEnsemble, MultimodalM
     mae.eval()
     cfg = st["config"]
     model = SurvivalEnsemble([SurvivalModel(mae.cfg, st["modalities"], int(st["cuts"].numel()), cfg["dropout"],
-                                            cfg["fusion_heads"], mae.encoders) for _ in st["members"]])
+                                            cfg["fusion_heads"], mae.encoders, cfg.get("trainable_blocks", 1),
+                                            cfg.get("loss", "nll"))
+                                for _ in st["members"]])
     model.load_state_dict(st["survival"])
     model.eval()
     return model, mae, st
@@ -64,7 +66,8 @@ def predict_patients(model: SurvivalEnsemble, mae: MultimodalMAE, inputs: Patien
     patient, risk, high_risk (above the training median), imputed_* and s_0..s_{T-1}; cut times in ``attrs``.
     """
     patients = list(patients) if patients is not None else inputs.patients()
-    frozen = frozen_features(mae, inputs, patients, model.modalities, state["config"]["missing"])
+    frozen = frozen_features(mae, inputs, patients, model.modalities, state["config"]["missing"],
+                             trainable_blocks=state["config"].get("trainable_blocks", 1))
     surv = predict_features(model, frozen, np.arange(len(patients))).numpy()
     risk = risk_from_survival(surv)
     out = pd.DataFrame(surv, columns=[f"s_{k}" for k in range(surv.shape[1])])

@@ -1,6 +1,8 @@
 """The survival network on the pretrained encoders (paper Section 3.3): each modality's last encoder block
-(trainable) and final norm (frozen), one fusion self-attention layer over the modality tokens, and a linear head to
-T logistic-hazard logits; :class:`SurvivalEnsemble` averages K members' survival curves (docs/finetune.md).
+(trainable; ``trainable_blocks`` > 1: the last that many) and final norm (frozen), one fusion self-attention layer
+over the modality tokens, and a linear head to T logistic-hazard logits (``loss="cox"``: to one log relative risk,
+whose curves come from a Breslow baseline fitted on the fit patients); :class:`SurvivalEnsemble` averages K
+members' survival curves (docs/finetune.md).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from imputmae.model import MAEConfig, MultimodalMAE
-from imputmae.survival import hazard_to_survival
+from imputmae.survival import cox_hazard_logits, hazard_to_survival
 
 def cls_through_block(block: nn.Module, h: Tensor) -> Tensor:
     """The CLS row of ``block(h)`` computed alone: h [B, 1 + N, D] -> [B, D]. Exact (:meth:`Block.forward_rows`: only
@@ -22,19 +24,47 @@ def cls_through_block(block: nn.Module, h: Tensor) -> Tensor:
     return block.forward_rows(h, torch.zeros(h.shape[0], 1, dtype=torch.long, device=h.device))[:, 0]
 
 
+def check_trainable_blocks(mae_cfg: MAEConfig, modalities: Sequence[str], k: int) -> int:
+    """``k`` when every modality's encoder has at least k blocks (k >= 1), else ValueError naming the setting."""
+    layers = {m: mae_cfg.layers[m] for m in modalities}
+    if not isinstance(k, int) or k < 1 or any(k > n for n in layers.values()):
+        raise ValueError(f"finetune.trainable_blocks {k!r}: must be an integer from 1 to the encoders' number of "
+                         f"layers ({', '.join(f'{m} {n}' for m, n in layers.items())}): lower it or pick a deeper "
+                         f"model.size")
+    return k
+
+
 class SurvivalModel(nn.Module):
-    """Last encoder blocks (trainable) + fusion self-attention + linear hazard head; see the module docstring."""
+    """Last encoder blocks (trainable) + fusion self-attention + linear hazard head; see the module docstring.
+
+    ``trainable_blocks`` (k >= 1, at most every modality's number of encoder layers): how many of each encoder's
+    last blocks are trained; the inputs are the hidden states entering block -k (:func:`frozen_features` with the
+    same k). Blocks -k .. -2 run on every token (``earlier_blocks``, present only when k > 1, so that k = 1 keeps
+    the state dict of before the knob), the last one on the CLS row alone.
+
+    ``loss="cox"``: the head gives one log relative risk eta (:meth:`log_risk`) and :meth:`forward` turns it into
+    the logits of S(t) = exp(-H0(t) exp(eta)) with the buffer ``log_increments`` [T] (Breslow's H0 between the
+    cuts, set by the training loop on the fit patients: :func:`imputmae.survival.breslow_log_increments`).
+    """
 
     def __init__(self, mae_cfg: MAEConfig, modalities: Sequence[str], n_bins: int, dropout: float = 0.1,
-                 fusion_heads: int | None = None, encoders: nn.ModuleDict | None = None):
+                 fusion_heads: int | None = None, encoders: nn.ModuleDict | None = None, trainable_blocks: int = 1,
+                 loss: str = "nll"):
         super().__init__()
         D = mae_cfg.hidden_size
         self.modalities = tuple(modalities)
         self.mae_cfg = mae_cfg
-        # Only each modality's last block and (frozen) final norm; copied from the pretrained encoders when given.
+        if loss not in ("nll", "cox"):
+            raise ValueError(f"finetune.loss {loss!r}: nll (logistic-hazard NLL) or cox (partial likelihood)")
+        self.loss, self.n_bins = loss, n_bins
+        self.trainable_blocks = check_trainable_blocks(mae_cfg, self.modalities, trainable_blocks)
+        # Only each modality's last k blocks and (frozen) final norm; copied from the pretrained encoders when given.
         src = encoders if encoders is not None else MultimodalMAE(
             MAEConfig.from_dict({**mae_cfg.to_dict(), "modalities": list(self.modalities)})).encoders
         self.last_blocks = nn.ModuleDict({m: copy.deepcopy(src[m].blocks[-1]) for m in self.modalities})
+        if trainable_blocks > 1:
+            self.earlier_blocks = nn.ModuleDict({m: copy.deepcopy(src[m].blocks[-trainable_blocks:-1])
+                                                 for m in self.modalities})
         self.final_norms = nn.ModuleDict({m: copy.deepcopy(src[m].norm) for m in self.modalities})
         for p in self.final_norms.parameters():
             p.requires_grad_(False)
@@ -43,13 +73,20 @@ class SurvivalModel(nn.Module):
         self.fusion_norm = nn.LayerNorm(D)
         self.fusion = nn.MultiheadAttention(D, fusion_heads or mae_cfg.num_heads, dropout=dropout, batch_first=True)
         self.head_norm = nn.LayerNorm(D)
-        self.head = nn.Linear(D, n_bins)
+        self.head = nn.Linear(D, n_bins if loss == "nll" else 1)
+        if loss == "cox":
+            self.register_buffer("log_increments", torch.zeros(n_bins))
         nn.init.normal_(self.modality_embed, std=0.02)
 
     def embed_modality(self, m: str, h: Tensor, tile_mask: Tensor | None = None) -> Tensor:
-        """h: [B, K, 1 + N, D] frozen hidden states, tile_mask [B, K] (1 = real tile) -> CLS mean over tiles [B, D]."""
+        """h: [B, K, 1 + N, D] frozen hidden states (entering block -trainable_blocks), tile_mask [B, K] (1 = real
+        tile) -> CLS mean over tiles [B, D]."""
         B, K, T, D = h.shape
-        cls = self.final_norms[m](cls_through_block(self.last_blocks[m], h.reshape(B * K, T, D))).reshape(B, K, D)
+        x = h.reshape(B * K, T, D)
+        if self.trainable_blocks > 1:
+            for blk in self.earlier_blocks[m]:
+                x = blk(x)
+        cls = self.final_norms[m](cls_through_block(self.last_blocks[m], x)).reshape(B, K, D)
         if tile_mask is None:
             return cls.mean(1)
         w = tile_mask.to(cls.dtype)[..., None]
@@ -57,6 +94,17 @@ class SurvivalModel(nn.Module):
 
     def forward(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         """feats[m] = (h [B, K, 1+N, D], tile_mask [B, K], present [B] bool) -> hazard logits phi [B, T]."""
+        out = self._head(feats)
+        return out if self.loss == "nll" else cox_hazard_logits(out[:, 0], self.log_increments)
+
+    def log_risk(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """``loss="cox"``: the log relative risk eta [B] (what the partial likelihood trains)."""
+        if self.loss != "cox":
+            raise ValueError("log_risk: only a model with loss='cox' has one")
+        return self._head(feats)[:, 0]
+
+    def _head(self, feats: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """The head's output: [B, T] hazard logits (nll) or [B, 1] log relative risk (cox)."""
         tokens = []
         for i, m in enumerate(self.modalities):
             h, tile_mask, present = feats[m]

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,20 +20,22 @@ from torch import Tensor
 from imputmae.choices import CacheDtype, CIndexName, CutScheme, MissingInputs, SelectOn
 from imputmae.finetune.features import (FrozenFeatures, MemoryNeeded, PatientInputs, collate_batch,
                                         frozen_features, training_memory_bytes, usable_memory_bytes)
-from imputmae.finetune.network import SurvivalEnsemble, SurvivalModel, baseline_hazard_logits
+from imputmae.finetune.network import (SurvivalEnsemble, SurvivalModel, baseline_hazard_logits,
+                                       check_trainable_blocks)
 from imputmae.modalities import active, names
 from imputmae.model import MultimodalMAE
-from imputmae.survival import (discretize, evaluate_survival, fold_cuts, hazard_to_survival, nll_logistic_hazard,
-                               risk_from_survival)
+from imputmae.survival import (breslow_log_increments, cox_partial_nll, discretize, evaluate_survival, fold_cuts,
+                               hazard_to_survival, nll_logistic_hazard, risk_from_survival)
 
 log = logging.getLogger(__name__)
 
 ModSet = str                # one of imputmae.modalities.MODALITY_SETS
+SurvivalLoss = Literal["nll", "cox"]    # finetune.loss: logistic-hazard NLL (paper) | Cox partial likelihood
 
 FORMAT = "imputmae-survival-2"
 CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
                "val_fraction", "members", "select_on", "seed", "cache_dtype",
-               "cache_dir")   # the config's finetune keys FinetuneConfig takes
+               "cache_dir", "trainable_blocks", "loss")   # the config's finetune keys FinetuneConfig takes
 
 
 @dataclass
@@ -59,6 +61,8 @@ class FinetuneConfig:
     select_on: SelectOn = "cindex"                                          # what picks each member's epoch
     cache_dtype: CacheDtype = "float32"      # the frozen-feature file: float32 exact, float16 half the disk
     cache_dir: str | None = None             # where that file lives (None: $TMPDIR); docs/finetune.md "Memory"
+    trainable_blocks: int = 1                # how many of each encoder's last blocks are trained (1: the paper's)
+    loss: SurvivalLoss = "nll"               # nll: logistic hazard (paper); cox: partial likelihood + Breslow
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
@@ -82,8 +86,21 @@ def predict_features(model: SurvivalModel | SurvivalEnsemble, frozen: FrozenFeat
     dev = next(model.parameters()).device
     outs = [model(collate_batch(frozen, idx[i:i + batch_size], model.modalities, dev)).float().cpu()
             for i in range(0, len(idx), batch_size)]
-    head = model.head if isinstance(model, SurvivalModel) else model.members[0].head
-    return torch.cat(outs) if outs else torch.zeros(0, head.out_features)
+    n_bins = model.n_bins if isinstance(model, SurvivalModel) else model.members[0].n_bins
+    return torch.cat(outs) if outs else torch.zeros(0, n_bins)
+
+
+@torch.no_grad()
+def refit_baseline(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.ndarray, durations: np.ndarray,
+                   events: np.ndarray, cuts: np.ndarray, batch_size: int = 64) -> None:
+    """``loss="cox"``: set ``model.log_increments`` [T] to Breslow's baseline of the fit patients ``fit_idx`` at
+    the model's current log risks (eval mode); durations/events [n] observed, over ``frozen.patients``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    eta = torch.cat([model.log_risk(collate_batch(frozen, fit_idx[i:i + batch_size], model.modalities, dev)).cpu()
+                     for i in range(0, len(fit_idx), batch_size)]).double().numpy()
+    inc = breslow_log_increments(eta, durations[fit_idx], events[fit_idx], cuts)
+    model.log_increments.copy_(torch.from_numpy(inc).to(model.log_increments))
 
 
 def select_patients(inputs: PatientInputs, patients: Sequence[str], modset: str) -> list[str]:
@@ -135,6 +152,15 @@ def _cindex(name: str, surv: np.ndarray, cuts: np.ndarray, t: np.ndarray, e: np.
     return concordance_td(t, e, grid, times, name)
 
 
+def _batch_loss(model: SurvivalModel, batch: Mapping[str, tuple[Tensor, Tensor, Tensor]], loss: SurvivalLoss,
+                labels: tuple[Tensor, Tensor]) -> Tensor:
+    """One batch's training loss: nll, labels (idx_durations [B], discretised events [B]); cox, labels (observed
+    times [B], events [B]) and the partial likelihood on the log risks (the baseline is refitted after the epoch)."""
+    if loss == "cox":
+        return cox_partial_nll(model.log_risk(batch), *labels)
+    return nll_logistic_hazard(model(batch), *labels)
+
+
 def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.ndarray, val_idx: np.ndarray,
                    idx_durations: np.ndarray, label_events: np.ndarray, durations: np.ndarray,
                    events: np.ndarray, cuts: np.ndarray, cfg: FinetuneConfig) -> dict[str, Any]:
@@ -152,6 +178,7 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
     dev = next(model.parameters()).device
     y_idx = torch.from_numpy(idx_durations).to(dev)
     y_ev = torch.from_numpy(label_events.astype(np.float32)).to(dev)
+    t_obs, e_obs = torch.from_numpy(durations).to(dev), torch.from_numpy(events.astype(np.float32)).to(dev)
     best = {"epoch": -1, "val": -np.inf, "state": copy.deepcopy(model.state_dict()), "surv": None}
     history = []
     for epoch in range(cfg.epochs):
@@ -160,9 +187,9 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
         total, n = 0.0, 0
         for i in range(0, len(perm), cfg.batch_size):
             b = perm[i:i + cfg.batch_size]
-            phi = model(collate_batch(frozen, b, model.modalities, dev))
             bt = torch.from_numpy(b).to(dev)
-            loss = nll_logistic_hazard(phi, y_idx[bt], y_ev[bt])
+            loss = _batch_loss(model, collate_batch(frozen, b, model.modalities, dev), cfg.loss,
+                               (y_idx[bt], y_ev[bt]) if cfg.loss == "nll" else (t_obs[bt], e_obs[bt]))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite fine-tuning loss at epoch {epoch}")
             opt.zero_grad(set_to_none=True)
@@ -170,6 +197,8 @@ def train_survival(model: SurvivalModel, frozen: FrozenFeatures, fit_idx: np.nda
             opt.step()
             sched.step()
             total, n = total + loss.item() * len(b), n + len(b)
+        if cfg.loss == "cox":
+            refit_baseline(model, frozen, fit_idx, durations, events, cuts, cfg.batch_size)
         phi = predict_features(model, frozen, val_idx, cfg.batch_size)
         surv = hazard_to_survival(phi).numpy()
         val = _cindex(cfg.cindex, surv, cuts, durations[val_idx], events[val_idx], cfg.n_sub)
@@ -199,7 +228,7 @@ def check_memory(k_max: int, mae: MultimodalMAE, modalities: Sequence[str], cfg:
     """Raise :class:`MemoryNeeded` (naming the rule, the figure and the setting) before any work when a training
     batch of ``cfg.batch_size`` patients with ``k_max`` tiles would not fit the job's memory (host: the cgroup or
     Slurm limit, else what the system has available; CUDA: the device's free memory). Returns the estimate."""
-    need = training_memory_bytes(mae.cfg, modalities, cfg.batch_size, k_max)
+    need = training_memory_bytes(mae.cfg, modalities, cfg.batch_size, k_max, cfg.trainable_blocks)
     if device.type == "cuda":
         have, where = torch.cuda.mem_get_info(device)[0], f"{device} (free)"
     else:
@@ -260,10 +289,12 @@ def _train_members(mae: MultimodalMAE, frozen: FrozenFeatures, labels: _FoldLabe
     val_surv = np.zeros((len(frozen.patients), len(cuts)))
     for k, (fit, val) in enumerate(members_split):
         fit_idx, val_idx = labels.rows(fit), labels.rows(val)
-        model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders)
+        model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders,
+                              cfg.trainable_blocks, cfg.loss)
         with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
-            model.head.bias.copy_(baseline_hazard_logits(labels.idx_durations[fit_idx], labels.label_events[fit_idx],
-                                                         len(cuts)))
+            if cfg.loss == "nll":
+                model.head.bias.copy_(baseline_hazard_logits(labels.idx_durations[fit_idx],
+                                                             labels.label_events[fit_idx], len(cuts)))
         model = model.to(device)
         # the loss uses the discretised labels; model selection and metrics use the observed (time, event)
         try:
@@ -307,14 +338,16 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     """One fold: select patients, fit cuts on training patients, split validation, cache, train, evaluate.
 
     clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
-    computed with the same MAE, modalities and ``missing`` for a superset of the patients. ``device``: default
-    CUDA when available (each batch is read from the frozen-feature file and copied there), else CPU.
+    computed with the same MAE, modalities, ``missing`` and ``trainable_blocks`` for a superset of the patients.
+    ``device``: default CUDA when available (each batch is read from the frozen-feature file and copied there),
+    else CPU.
     """
     t0 = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     mae = mae.to(device)
     torch.manual_seed(cfg.seed)
     mods = cfg.modalities(mae.modalities)
+    check_trainable_blocks(mae.cfg, mods, cfg.trainable_blocks)   # before the feature pass, not after it
     train = [p for p in select_patients(inputs, train, cfg.modset) if p in clinical.index]
     test = [p for p in select_patients(inputs, test, cfg.modset) if p in clinical.index]
     t_tr, e_tr, cuts = fold_cuts(clinical, train, test, cfg.n_bins, cfg.cut_scheme,      # training patients only
@@ -323,7 +356,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     everyone = train + test
     check_memory(frozen_rows_max(inputs, everyone, mods), mae, mods, cfg, device)
     frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing, cache_dtype=cfg.cache_dtype,
-                                         cache_dir=cfg.cache_dir)
+                                         cache_dir=cfg.cache_dir, trainable_blocks=cfg.trainable_blocks)
     t_cache = time.perf_counter() - t0
     labels = _fold_labels(frozen, clinical, everyone, cuts)
     train_idx, test_idx = labels.rows(train), labels.rows(test)
