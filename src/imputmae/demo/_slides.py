@@ -54,6 +54,37 @@ def _nuclei(img: np.ndarray, region: np.ndarray, density: float, radius: float, 
         cv2.circle(img, (int(x), int(y)), int(r), colour, -1)
 
 
+def _tumour_share(p: Any, prm: DemoParams) -> float:
+    """The share of a patient's tissue that is tumour (a logistic function of z1)."""
+    return 1 / (1 + math.exp(-(prm.tumour_share_logit + prm.tumour_share_per_sd * p.z1)))
+
+
+def _islands_and_tumour(shape: tuple[int, int], extent: tuple[int, int], share: float,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two or three elliptic tissue islands placed within the top-left ``extent`` (rows, columns) of a ``shape`` map,
+    then tumour blobs inside the tissue until they cover ``share`` of it (at most 40 blobs). The random draws come in
+    one fixed order, so a seed gives the same slide. Returns uint8 [H, W] tissue mask and tumour mask (inside it)."""
+    h, w = shape
+    th, tw = extent
+    mask = np.zeros((h, w), np.uint8)
+    for _ in range(int(rng.integers(2, 4))):
+        cy, cx = rng.uniform(0.3, 0.7) * th, rng.uniform(0.25, 0.75) * tw
+        ay, ax = rng.uniform(0.18, 0.3) * th, rng.uniform(0.15, 0.28) * tw
+        cv2.ellipse(mask, (int(cx), int(cy)), (int(ax), int(ay)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    area = max(1, int(np.count_nonzero(mask)))
+    tumour = np.zeros((h, w), np.uint8)
+    ty, tx = np.nonzero(mask)
+    for _ in range(40):
+        if np.count_nonzero(tumour & mask) >= share * area:
+            break
+        j = int(rng.integers(len(ty)))
+        r = rng.uniform(0.04, 0.1) * min(th, tw)
+        cv2.ellipse(tumour, (int(tx[j]), int(ty[j])), (int(r * rng.uniform(0.7, 1.4)), int(r)),
+                    float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    tumour &= mask
+    return mask, tumour
+
+
 def _tissue_image(p: Any, stain: _Stain, prm: DemoParams, rng: np.random.Generator, shape: tuple[int, int],
                   kind: str) -> np.ndarray:
     """An H&E-like field at 20x: white background, tissue islands of stroma holding tumour regions. In the tumour,
@@ -65,24 +96,7 @@ def _tissue_image(p: Any, stain: _Stain, prm: DemoParams, rng: np.random.Generat
     img[:] = (242, 240, 244)
     img -= rng.integers(0, 6, (h, w, 1), dtype=np.uint8)
     if kind != "blank":
-        mask = np.zeros((h, w), np.uint8)
-        for _ in range(int(rng.integers(2, 4))):
-            cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.25, 0.75) * w
-            ay, ax = rng.uniform(0.18, 0.3) * h, rng.uniform(0.15, 0.28) * w
-            cv2.ellipse(mask, (int(cx), int(cy)), (int(ax), int(ay)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        # Tumour: blobs inside the tissue until they cover the patient's tumour share of it.
-        share = 1 / (1 + math.exp(-(prm.tumour_share_logit + prm.tumour_share_per_sd * p.z1)))
-        area = max(1, int(np.count_nonzero(mask)))
-        tumour = np.zeros((h, w), np.uint8)
-        ty, tx = np.nonzero(mask)
-        for _ in range(40):
-            if np.count_nonzero(tumour & mask) >= share * area:
-                break
-            j = int(rng.integers(len(ty)))
-            r = rng.uniform(0.04, 0.1) * min(h, w)
-            cv2.ellipse(tumour, (int(tx[j]), int(ty[j])), (int(r * rng.uniform(0.7, 1.4)), int(r)),
-                        float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        tumour &= mask
+        mask, tumour = _islands_and_tumour((h, w), (h, w), _tumour_share(p, prm), rng)
         stroma = mask & (1 - tumour)
         hue = stain.hue
         eosin = np.array([236 - 40 * hue, 150 - 35 * hue, 190 + 10 * hue], np.float32)
@@ -214,22 +228,8 @@ def _layout(p: Any, stain: _Stain, prm: DemoParams, rng: np.random.Generator, sh
     mask = np.zeros((h, w), np.uint8)
     tumour = np.zeros((h, w), np.uint8)
     if kind != "blank":
-        th, tw = max(1, int(h * extent)), max(1, int(w * extent))
-        for _ in range(int(rng.integers(2, 4))):
-            cy, cx = rng.uniform(0.3, 0.7) * th, rng.uniform(0.25, 0.75) * tw
-            ay, ax = rng.uniform(0.18, 0.3) * th, rng.uniform(0.15, 0.28) * tw
-            cv2.ellipse(mask, (int(cx), int(cy)), (int(ax), int(ay)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        share = 1 / (1 + math.exp(-(prm.tumour_share_logit + prm.tumour_share_per_sd * p.z1)))
-        area = max(1, int(np.count_nonzero(mask)))
-        ty, tx = np.nonzero(mask)
-        for _ in range(40):
-            if np.count_nonzero(tumour & mask) >= share * area:
-                break
-            j = int(rng.integers(len(ty)))
-            r = rng.uniform(0.04, 0.1) * min(th, tw)
-            cv2.ellipse(tumour, (int(tx[j]), int(ty[j])), (int(r * rng.uniform(0.7, 1.4)), int(r)),
-                        float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        tumour &= mask
+        extent_shape = (max(1, int(h * extent)), max(1, int(w * extent)))
+        mask, tumour = _islands_and_tumour((h, w), extent_shape, _tumour_share(p, prm), rng)
     low = cv2.resize(rng.standard_normal((h * d // 64 + 2, w * d // 64 + 2), np.float32), (w, h),
                      interpolation=cv2.INTER_CUBIC)
     stroma = mask & (1 - tumour)
