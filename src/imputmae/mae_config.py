@@ -11,7 +11,7 @@ from typing import Any
 
 from imputmae.modalities import MODALITIES, Kind, active, get, names
 
-__all__ = ["MAEConfig"]
+__all__ = ["MAEConfig", "config_patch_sizes"]
 
 
 @dataclass
@@ -88,7 +88,7 @@ class MAEConfig:
         dims = model_dims(cfg["model"])
         shared = {k: v for k, v in dims.items() if k not in {e.layers_setting for e in reg}}
         layers = {m: int(dims.get(reg.get(m).layers_setting, reg.get(m).layers)) for m in mods}
-        patch_sizes = {m: int(_setting(cfg, reg.get(m).patch_setting, reg.get(m).patch_size)) for m in mods}
+        patch_sizes = config_patch_sizes(cfg, mods)
         return cls(modalities=mods, lengths={m: int(lengths[m]) for m in reg.vectors(mods)}, layers=layers,
                    patch_sizes=patch_sizes, **shared, tile_size=int(cfg["wsi"]["tile_size"]),
                    mask_ratio=float(cfg["model"]["mask_ratio"]))
@@ -139,6 +139,14 @@ class MAEConfig:
     def input_len(self, m: str) -> int:
         """Length of the zero-padded vector input, N_m * P_m."""
         return self.n_patches(m) * self.patch(m)
+
+
+def config_patch_sizes(cfg: Mapping[str, Any], modalities: Sequence[str] | None = None) -> dict[str, int]:
+    """{m: patch size} from the pipeline config, each at its entry's :attr:`Modality.patch_setting`, the entry's
+    default where unset; ``modalities``: the registry's names when None."""
+    reg = active()
+    return {m: int(_setting(cfg, reg.get(m).patch_setting, reg.get(m).patch_size))
+            for m in (reg.names if modalities is None else modalities)}
 
 
 def _setting(cfg: Mapping[str, Any], path: Sequence[str], default: int) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imputmae.config import model_dims
+from imputmae.mae_config import config_patch_sizes
 from imputmae.modalities import MODALITIES, is_image
 
 __all__ = ["MIB", "MatrixShape", "matrix_shape", "parameter_count", "pretrain_memory", "finetune_memory",
@@ -92,8 +93,7 @@ def parameter_count(model_cfg: Mapping[str, Any], patches: Mapping[str, int],
 
 
 def _patches(cfg: Mapping[str, Any]) -> dict[str, int]:
-    return {"rna": cfg["omics"]["rna"]["patch_size"], "dnam": cfg["omics"]["dnam"]["patch_size"],
-            "wsi": cfg["model"]["wsi_patch_size"]}
+    return config_patch_sizes(cfg)
 
 
 def pretrain_memory(cfg: Mapping[str, Any], omics: Mapping[str, Sequence[MatrixShape]], *, gpu: bool) -> int:
