@@ -32,7 +32,8 @@ from torch import Tensor
 from imputmae.modalities import MODALITIES
 from imputmae.model import MultimodalMAE
 
-__all__ = ["BaselineInputs", "baseline_inputs", "collate_inputs", "mae_tile_features", "select_top_variance"]
+__all__ = ["BaselineInputs", "baseline_inputs", "cls_from_frozen", "collate_inputs", "mae_tile_features",
+           "select_top_variance"]
 
 Extractor = Literal["mae_cls", "resnet50"]
 
@@ -86,11 +87,19 @@ def mae_tile_features(mae: MultimodalMAE, tiles: Tensor, chunk: int = 64) -> Ten
 def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
                     missing: Literal["impute", "zero"] = "impute", extractor: Extractor = "mae_cls",
                     weights: str | Path | None = None, max_tiles: int | None = None,
-                    chunk: int = 64) -> BaselineInputs:
+                    chunk: int = 64, frozen=None, trainable_blocks: int = 1,
+                    recon_cache=None) -> BaselineInputs:
     """The fold's baseline inputs from impuTMAE's (``inputs``: :class:`imputmae.finetune.PatientInputs`).
 
     ``mae``: the fold's pretrained model (imputation, and the ``mae_cls`` extractor); ``weights``: the ResNet-50
     state dict for ``extractor="resnet50"``. See the module docstring.
+
+    Work shared with impuTMAE's rows of the same fold (:mod:`imputmae.baselines.rows`): ``frozen``, the same
+    ``mae``'s :class:`~imputmae.finetune.FrozenFeatures` (hidden states before its last ``trainable_blocks``
+    blocks): a real slide found there gets its ``mae_cls`` features from those states through the last blocks and
+    the final norm (the encoder's remaining layers only; equal to the full pass up to float rounding);
+    ``recon_cache``: reconstructions shared with other imputing calls
+    (:func:`~imputmae.finetune.features.iter_complete_inputs`).
     """
     from imputmae.finetune.features import iter_complete_inputs
 
@@ -120,19 +129,42 @@ def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
     tiles: list[Tensor] = [torch.zeros(1, D)] * len(patients)
     avail = torch.zeros(len(patients), len(MODALITIES), dtype=torch.bool)
     imp = torch.zeros(len(patients), len(MODALITIES), dtype=torch.bool)
+    known = _frozen_slides(frozen, "wsi") if extractor == "mae_cls" and "wsi" in mods else {}
     # a group of patients at a time: only the tile features [K, F] are kept, never a cohort's float tiles
-    for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mods, missing, max_tiles):
+    for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mods, missing, max_tiles,
+                                                   recon_cache=recon_cache):
         for j, i in enumerate(pos):
             p = patients[i]
             for m in ("rna", "dnam"):
                 if m in data and p in data[m]:
                     omics[m][i] = data[m][p][: lengths[m]].float().cpu()
             if "wsi" in data and p in data["wsi"]:
-                tiles[i] = features(data["wsi"][p].to(dev)).cpu()
+                if p in known and not imputed["wsi"][j]:
+                    h = frozen.h("wsi", known[p])[:max_tiles].to(dev)
+                    tiles[i] = torch.cat([cls_from_frozen(mae.encoders["wsi"], h[s:s + chunk], trainable_blocks)
+                                          for s in range(0, h.shape[0], chunk)]).cpu()
+                else:
+                    tiles[i] = features(data["wsi"][p].to(dev)).cpu()
             for k, m in enumerate(MODALITIES):
                 avail[i, k] = m in data and p in data[m]
                 imp[i, k] = bool(imputed[m][j]) if m in imputed else False
     return BaselineInputs(patients, omics["rna"], omics["dnam"], tiles, avail, imp, extractor)
+
+
+def _frozen_slides(frozen, m: str) -> dict[str, int]:
+    """{patient: row} of the patients whose own (not imputed) input of m ``frozen`` holds."""
+    if frozen is None or m not in frozen.store:
+        return {}
+    return {p: k for k, p in enumerate(frozen.patients) if frozen.present[m][k] and not frozen.imputed[m][k]}
+
+
+@torch.no_grad()
+def cls_from_frozen(enc, h: Tensor, trainable_blocks: int = 1) -> Tensor:
+    """Frozen hidden states h [K, 1 + N, D] (before ``enc``'s last ``trainable_blocks`` blocks) -> the unmasked
+    encoder's CLS after its final norm [K, D]: what :func:`mae_tile_features` computes from the tiles."""
+    for blk in enc.blocks[len(enc.blocks) - trainable_blocks:]:
+        h = blk(h)
+    return enc.norm(h)[:, 0]
 
 
 def collate_inputs(bi: BaselineInputs, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, Tensor]:

@@ -104,6 +104,7 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
     """
     from imputmae.baselines import BaselineConfig, baseline_inputs, fit_cox_pca, train_baseline
     from imputmae.finetune import run_finetune, select_patients
+    from imputmae.finetune.grouped import shared_features
     from imputmae.finetune.fill import decoder_filled_inputs, fit_mean_fill, mean_filled_inputs
     from imputmae.model import MultimodalMAE
 
@@ -125,6 +126,12 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
             shared_seconds[key] = round(time.process_time() - t0, 3)
         return shared[key]
 
+    recon: dict = {}   # the decoder's reconstructions, made once for every imputing row (ReconCache)
+
+    def zero_features():   # the pretrained encoders' frozen states of every present input, read by several rows
+        return once("frozen", lambda: shared_features(mae, inputs, clinical, train, test,
+                                                      replace(finetune_cfg, missing="zero"), dev))
+
     out: dict[str, RowResult] = {}
     for name in rows:
         row = ROWS[name]
@@ -133,7 +140,7 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
             cfg = replace(finetune_cfg, modset="all", missing="zero" if row.missing != "impute" or not row.pretrained
                           else "impute")
             if not row.pretrained:
-                filled, _ = once("decoder", lambda: decoder_filled_inputs(mae, inputs, everyone))
+                filled, _ = once("decoder", lambda: decoder_filled_inputs(mae, inputs, everyone, recon))
                 torch.manual_seed(finetune_cfg.seed)
                 net, data = MultimodalMAE(mae.cfg), filled
             elif row.missing == "mean":
@@ -141,11 +148,16 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
                 net = mae
             else:
                 net, data = mae, inputs
-            res = run_finetune(net, data, clinical, train, test, cfg, fold=fold, device=dev)
+            share = {} if not row.pretrained else (
+                {"features": zero_features()} if cfg.missing == "zero" and data is inputs
+                else {"reuse": zero_features()})
+            res = run_finetune(net, data, clinical, train, test, cfg, fold=fold, device=dev, **share)
             pred, metrics = res.predictions, res.metrics
             metrics["n_parameters"] = _trainable(res.model)
         elif row.kind == "network":
-            bi = once(f"bi_{row.missing}", lambda: baseline_inputs(mae, inputs, everyone, missing=row.missing))
+            bi = once(f"bi_{row.missing}", lambda: baseline_inputs(
+                mae, inputs, everyone, missing=row.missing, frozen=zero_features(),
+                trainable_blocks=finetune_cfg.trainable_blocks, recon_cache=recon))
             cfg = BaselineConfig.published(row.baseline, seed=finetune_cfg.seed, n_bins=finetune_cfg.n_bins,
                                            cut_scheme=finetune_cfg.cut_scheme, cindex=finetune_cfg.cindex,
                                            val_fraction=finetune_cfg.val_fraction,
@@ -157,7 +169,7 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
         else:
             if cox_features is None:
                 raise ValueError(f"row {name}: needs cox_features (the cohort's raw features per modality)")
-            filled, flags = once("decoder", lambda: decoder_filled_inputs(mae, inputs, everyone))
+            filled, flags = once("decoder", lambda: decoder_filled_inputs(mae, inputs, everyone, recon))
             feats = _cox_features(cox_features, filled, flags, everyone, normalizers)
             res = fit_cox_pca(feats, clinical, train, test, "all", **cox_params)
             pred, metrics = res.predictions, res.metrics
@@ -169,6 +181,9 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
         metrics.update(row=name, label=row.label, missing=row.missing, pretrained=row.pretrained,
                        cpu_seconds=round(time.process_time() - t0, 3), shared_cpu_seconds=dict(shared_seconds))
         out[name] = RowResult(pred, metrics)
+    if "frozen" in shared:
+        for store in shared["frozen"].store.values():
+            store.close()
     return out
 
 

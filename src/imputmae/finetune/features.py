@@ -25,6 +25,9 @@ from imputmae.choices import CacheDtype, MissingInputs
 from imputmae.modalities import active, is_image, names, vector_modalities
 from imputmae.model import MultimodalMAE
 
+ReconCache = dict[str, dict[str, Tensor]]   # {patient: {modality: the decoder's reconstruction}} (iter_complete_inputs)
+
+
 @dataclass
 class PatientInputs:
     """Normalised model inputs of a set of patients (what the MAE was pretrained on).
@@ -93,7 +96,7 @@ def _n_tiles(inputs: PatientInputs, p: str, max_tiles: int | None) -> int:
 @torch.no_grad()
 def iter_complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str],
                          modalities: Sequence[str], missing: MissingInputs = "impute",
-                         max_tiles: int | None = None, rows: int = 128
+                         max_tiles: int | None = None, rows: int = 128, recon_cache: ReconCache | None = None
                          ) -> Iterator[tuple[list[int], dict[str, dict[str, Tensor]], dict[str, np.ndarray]]]:
     """:func:`complete_inputs` a group of patients at a time: yields (positions in ``patients``, data, imputed)
     for consecutive groups of about ``rows`` rows (a patient's tiles, or one row for a patient without tiles; a
@@ -102,6 +105,12 @@ def iter_complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Se
     Within a group the decoder imputes the patients that share the same available modalities in one batch of
     ``rows`` rows at most (:meth:`MultimodalMAE.impute` depends only on each row's own inputs; one availability
     pattern per batch keeps its per-modality "nobody has it" branch the same as one patient at a time).
+
+    ``recon_cache`` ({patient: {modality: reconstruction}}, filled as patients are imputed): a patient whose every
+    needed reconstruction is already there is not imputed again. Share one only between calls with the same
+    ``mae`` and the same patient list, as Table 3's rows do (:mod:`imputmae.baselines.rows`): the second call then
+    takes every reconstruction from the first, the same values. It holds the reconstructions only (a vector per
+    missing omics modality, one tile per missing slide).
     """
     mae.eval()
     dev = next(mae.parameters()).device
@@ -114,17 +123,18 @@ def iter_complete_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Se
         k = _n_tiles(inputs, p, max_tiles) if p in inputs.tiles else 1
         if group and n_rows + k > rows:
             yield group, *_complete_group(mae, inputs, [patients[j] for j in group], modalities, missing, max_tiles,
-                                          rows, dev)
+                                          rows, dev, recon_cache)
             group, n_rows = [], 0
         group.append(i)
         n_rows += k
     if group:
         yield group, *_complete_group(mae, inputs, [patients[j] for j in group], modalities, missing, max_tiles,
-                                      rows, dev)
+                                      rows, dev, recon_cache)
 
 
 def _complete_group(mae: MultimodalMAE, inputs: PatientInputs, patients: list[str], modalities: Sequence[str],
-                    missing: MissingInputs, max_tiles: int | None, rows: int, dev: torch.device
+                    missing: MissingInputs, max_tiles: int | None, rows: int, dev: torch.device,
+                    recon_cache: ReconCache | None = None
                     ) -> tuple[dict[str, dict[str, Tensor]], dict[str, np.ndarray]]:
     """One group of :func:`iter_complete_inputs`: data[m][patient], imputed[m] bool [len(patients)]."""
     have = {p: tuple(inputs.has(p, m) for m in names()) for p in patients}
@@ -134,9 +144,17 @@ def _complete_group(mae: MultimodalMAE, inputs: PatientInputs, patients: list[st
     need = {p: [m for m in modalities if not inputs.has(p, m)] for p in patients}
     recon: dict[str, dict[str, Tensor]] = {p: {} for p in patients}
     if missing == "impute":
-        for pattern in dict.fromkeys(have[p] for p in patients if need[p]):
-            who = [p for p in patients if need[p] and have[p] == pattern]
+        cache = recon_cache if recon_cache is not None else {}
+        todo = [p for p in patients if need[p] and not all(m in cache.get(p, {}) for m in need[p])]
+        for pattern in dict.fromkeys(have[p] for p in todo):
+            who = [p for p in todo if have[p] == pattern]
             _impute_rows(mae, who, tiles, omics, pattern, {m for p in who for m in need[p]}, rows, dev, recon)
+        for p in patients:
+            if need[p] and p not in todo:
+                recon[p] = {m: cache[p][m] for m in need[p]}
+        if recon_cache is not None:
+            for p in todo:
+                recon_cache.setdefault(p, {}).update(recon[p])
     data: dict[str, dict[str, Tensor]] = {m: {} for m in modalities}
     imputed = {m: np.zeros(len(patients), bool) for m in modalities}
     for i, p in enumerate(patients):
@@ -324,13 +342,18 @@ def _rows_per_patient(mae: MultimodalMAE, inputs: PatientInputs, patients: Seque
 def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str], modalities: Sequence[str],
                     missing: MissingInputs = "impute", chunk: int = 64, max_tiles: int | None = None,
                     cache_dtype: CacheDtype = "float32", cache_dir: str | Path | None = None,
-                    rows: int = 128, trainable_blocks: int = 1) -> FrozenFeatures:
+                    rows: int = 128, trainable_blocks: int = 1, reuse: FrozenFeatures | None = None
+                    ) -> FrozenFeatures:
     """Impute (when asked) and run the frozen layers (every block but the last ``trainable_blocks``) once per
     patient into a :class:`FeatureStore` per modality.
 
     Patients go through in groups of about ``rows`` tile rows (:func:`iter_complete_inputs`), ``chunk`` rows at a
     time through the frozen blocks, and are written out before the next group is read: peak memory is one group's
     inputs and hidden states, whatever the number of patients. See :class:`FrozenFeatures`.
+
+    ``reuse``: features computed earlier by the SAME encoders and ``trainable_blocks``; a patient's own (not imputed)
+    input that is present and not imputed there is copied from it instead of being run again. What Table 3's rows
+    share: the zero-filled store serves the training-mean-filled one, whose present inputs are the same.
     """
     from tqdm.auto import tqdm
 
@@ -341,14 +364,19 @@ def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
                              f"{m} ({len(patients)} patients)") for m in modalities}
     imputed = {m: np.zeros(len(patients), bool) for m in modalities}
     present = {m: np.zeros(len(patients), bool) for m in modalities}
+    reused = {m: _reusable(reuse, m, store[m]) for m in modalities}
     bar = tqdm(total=len(patients), desc="frozen features", leave=False, disable=len(patients) < 50)
     for pos, data, imp in iter_complete_inputs(mae, inputs, patients, modalities, missing, max_tiles, rows):
         for m in modalities:
             imputed[m][pos] = imp[m]
             enc = mae.encoders[m]
-            for i in pos:
+            for j, i in enumerate(pos):
                 p = patients[i]
                 if p not in data[m]:
+                    continue
+                if p in reused[m] and not imp[m][j]:
+                    store[m].write(i, reuse.h(m, reused[m][p]))
+                    present[m][i] = True
                     continue
                 x = data[m][p]
                 x = mae._input({m: x if is_image(m) else x[None]}, m)
@@ -358,6 +386,16 @@ def frozen_features(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequenc
         bar.update(len(pos))
     bar.close()
     return FrozenFeatures(patients, store, present, imputed)
+
+
+def _reusable(reuse: FrozenFeatures | None, m: str, like: FeatureStore) -> dict[str, int]:
+    """{patient: row in ``reuse``} of the patients whose own input of m ``reuse`` holds (present, not imputed)."""
+    if reuse is None or m not in reuse.store:
+        return {}
+    if reuse.store[m].row_shape != like.row_shape:
+        raise ValueError(f"reuse: {m} features of shape {reuse.store[m].row_shape}, expected {like.row_shape} "
+                         "(another encoder or trainable_blocks)")
+    return {p: k for k, p in enumerate(reuse.patients) if reuse.present[m][k] and not reuse.imputed[m][k]}
 
 
 def training_memory_bytes(cfg: Any, modalities: Sequence[str], batch_size: int, k_max: int,

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from imputmae.finetune.features import PatientInputs, iter_complete_inputs
+from imputmae.finetune.features import PatientInputs, ReconCache, iter_complete_inputs
 from imputmae.modalities import is_image, names, vector_modalities
 from imputmae.model import MultimodalMAE
 
@@ -69,15 +69,16 @@ def mean_filled_inputs(inputs: PatientInputs, patients: Sequence[str], fill: Map
 
 
 @torch.no_grad()
-def decoder_filled_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str]
-                          ) -> tuple[PatientInputs, dict[str, np.ndarray]]:
+def decoder_filled_inputs(mae: MultimodalMAE, inputs: PatientInputs, patients: Sequence[str],
+                          recon_cache: ReconCache | None = None) -> tuple[PatientInputs, dict[str, np.ndarray]]:
     """``patients``' inputs with each missing modality set to the pretrained decoder's reconstruction: omics
-    float32 [L_pad], a missing slide one imputed tile uint8 [1, H, W, 3] (rounded from the decoder's [0, 1])."""
+    float32 [L_pad], a missing slide one imputed tile uint8 [1, H, W, 3] (rounded from the decoder's [0, 1]).
+    ``recon_cache``: see :func:`imputmae.finetune.features.iter_complete_inputs`."""
     patients = list(patients)
     mods = [m for m in names() if m in mae.modalities]
     made: dict[str, dict[str, np.ndarray]] = {m: {} for m in mods}
     # a group of patients at a time, keeping only the reconstructions (never a cohort's float tiles)
-    for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mods, "impute"):
+    for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mods, "impute", recon_cache=recon_cache):
         for m in mods:
             for j, i in enumerate(pos):
                 if imputed[m][j]:

@@ -334,11 +334,13 @@ def _fold_predictions(surv: np.ndarray, risk: np.ndarray, frozen: FrozenFeatures
 
 def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFrame, train: Sequence[str],
                  test: Sequence[str], cfg: FinetuneConfig, fold: int = 0,
-                 features: FrozenFeatures | None = None, device: str | torch.device | None = None) -> FinetuneResult:
+                 features: FrozenFeatures | None = None, device: str | torch.device | None = None,
+                 reuse: FrozenFeatures | None = None) -> FinetuneResult:
     """One fold: select patients, fit cuts on training patients, split validation, cache, train, evaluate.
 
     clinical: index patient, columns time (days) and event (0/1). ``features`` may be passed to reuse a cache
-    computed with the same MAE, modalities, ``missing`` and ``trainable_blocks`` for a superset of the patients.
+    computed with the same MAE, modalities, ``missing`` and ``trainable_blocks`` for a superset of the patients;
+    ``reuse``, features of the same MAE from which the patients' own inputs are copied (:func:`frozen_features`).
     ``device``: default CUDA when available (each batch is read from the frozen-feature file and copied there),
     else CPU.
     """
@@ -356,7 +358,8 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     everyone = train + test
     check_memory(frozen_rows_max(inputs, everyone, mods), mae, mods, cfg, device)
     frozen = features or frozen_features(mae, inputs, everyone, mods, cfg.missing, cache_dtype=cfg.cache_dtype,
-                                         cache_dir=cfg.cache_dir, trainable_blocks=cfg.trainable_blocks)
+                                         cache_dir=cfg.cache_dir, trainable_blocks=cfg.trainable_blocks,
+                                         reuse=reuse)
     t_cache = time.perf_counter() - t0
     labels = _fold_labels(frozen, clinical, everyone, cuts)
     train_idx, test_idx = labels.rows(train), labels.rows(test)
