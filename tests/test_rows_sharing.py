@@ -96,3 +96,17 @@ def test_baseline_tile_features_from_the_frozen_store_match_the_full_pass(tmp_pa
             assert alone.tiles[i].shape == shared.tiles[i].shape
             torch.testing.assert_close(shared.tiles[i], alone.tiles[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(shared.available, alone.available, rtol=0, atol=0)
+
+
+def test_zero_filled_baseline_inputs_from_the_imputed_ones():
+    """BaselineInputs.without_imputed (how the rows make the zero-filled inputs) equals baseline_inputs(missing=
+    "zero") bit for bit: same omics, same tile features, zero rows and unavailable where the modality is missing."""
+    mae = tiny_mae()
+    patients, inp, _ = synthetic_cohort(14)
+    imp = baseline_inputs(mae, inp, patients, "impute")
+    assert bool(imp.imputed.any())
+    derived, direct = imp.without_imputed(), baseline_inputs(mae, inp, patients, "zero")
+    for name in ("rna", "dnam", "available", "imputed"):
+        torch.testing.assert_close(getattr(derived, name), getattr(direct, name), rtol=0, atol=0)
+    for a, b in zip(derived.tiles, direct.tiles):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -66,6 +66,17 @@ class BaselineInputs:
         if self.available.shape[1] != len(MODALITIES):
             raise ValueError(f"available must be [P, {len(MODALITIES)}] ({', '.join(MODALITIES)})")
 
+    def without_imputed(self) -> BaselineInputs:
+        """These inputs with every imputed modality zero-filled and unavailable: what :func:`baseline_inputs`
+        gives with ``missing="zero"`` (the present values are shared, not copied)."""
+        keep = ~self.imputed
+        rna = torch.where(keep[:, MODALITIES.index("rna"), None], self.rna, 0.0)
+        dnam = torch.where(keep[:, MODALITIES.index("dnam"), None], self.dnam, 0.0)
+        wsi = MODALITIES.index("wsi")
+        tiles = [t if keep[i, wsi] else torch.zeros(1, t.shape[1]) for i, t in enumerate(self.tiles)]
+        return BaselineInputs(list(self.patients), rna, dnam, tiles, self.available & keep,
+                              torch.zeros_like(self.imputed), self.extractor)
+
     @property
     def tile_dim(self) -> int:
         return int(self.tiles[0].shape[1])

@@ -155,9 +155,13 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
             pred, metrics = res.predictions, res.metrics
             metrics["n_parameters"] = _trainable(res.model)
         elif row.kind == "network":
-            bi = once(f"bi_{row.missing}", lambda: baseline_inputs(
-                mae, inputs, everyone, missing=row.missing, frozen=zero_features(),
-                trainable_blocks=finetune_cfg.trainable_blocks, recon_cache=recon))
+            def imputed_inputs():
+                return once("bi_impute", lambda: baseline_inputs(
+                    mae, inputs, everyone, missing="impute", frozen=zero_features(),
+                    trainable_blocks=finetune_cfg.trainable_blocks, recon_cache=recon))
+
+            bi = (imputed_inputs() if row.missing == "impute"        # zero-filled: the imputed inputs without
+                  else once("bi_zero", lambda: imputed_inputs().without_imputed()))   # what was imputed
             cfg = BaselineConfig.published(row.baseline, seed=finetune_cfg.seed, n_bins=finetune_cfg.n_bins,
                                            cut_scheme=finetune_cfg.cut_scheme, cindex=finetune_cfg.cindex,
                                            val_fraction=finetune_cfg.val_fraction,
