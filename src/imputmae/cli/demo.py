@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "485,577 / 27,578 probes, slides for 1,000 candidate tiles; docs/demo.md, 'Paper scale')")
     p.add_argument("--sizes", default="{}",
                    help='patients per project as JSON, overriding --size, e.g. \'{"DEMO-BRCA": 40}\'')
+    p.add_argument("--projects", nargs="+", default=None, metavar="PROJECT",
+                   help="write only these projects of --size. Leading ones in the mirror's order (DEMO-BRCA, "
+                        "DEMO-UCEC, DEMO-GBM, DEMO-LGG; e.g. DEMO-BRCA DEMO-UCEC, CI's part of the paper-scale "
+                        "rehearsal) get the same bytes as in the whole mirror; any other choice is another draw")
     p.set_defaults(func=_run)
 
 
@@ -26,7 +30,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from imputmae.demo import write_demo
 
-    summary = write_demo(args.out, seed=args.seed, n_patients=json.loads(args.sizes) or None, size=args.size,
-                         scale=args.scale)
+    from imputmae.demo import resolve_sizes
+
+    sizes = json.loads(args.sizes) or None
+    if args.projects:
+        every = resolve_sizes(args.size or ("rehearsal" if args.scale == "paper" else "demo"), sizes)
+        unknown = sorted(set(args.projects) - set(every))
+        if unknown:
+            raise SystemExit(f"demo-data --projects: {unknown} not among {sorted(every)}")
+        sizes = {k: n for k, n in every.items() if k in args.projects}
+    summary = write_demo(args.out, seed=args.seed, n_patients=sizes, size=args.size, scale=args.scale)
     print(summary)
     return 0
