@@ -49,4 +49,25 @@ def test_the_cohorts_are_config_yamls_on_the_demo_projects():
 def test_ci_writes_the_mirror_the_overlay_reads():
     mirror = yaml.safe_load((ROOT / "config.rehearsal.yaml").read_text())["gdc"]["mirror"]
     script = (ROOT / ".ci" / "rehearsal").read_text()
-    assert f"imputmae demo-data {mirror} --scale paper" in script
+    assert f"imputmae demo-data {mirror} --scale paper $PROJECTS" in script
+
+
+def test_cis_part_is_config_yamls_small_model_cohorts_with_their_data():
+    """config.rehearsal-ci.yaml keeps exactly the cohorts config.yaml fine-tunes with the small model, with every
+    setting of theirs; .ci/rehearsal writes exactly their projects, and .ci/run calls it."""
+    from imputmae.config import cohort_model_size
+
+    real = load_config([ROOT / "config.yaml"])
+    ci = load_config([ROOT / "config.yaml", ROOT / "config.rehearsal.yaml", ROOT / "config.rehearsal-ci.yaml"])
+    small = {c for c in real["cohorts"] if cohort_model_size(real, c) == "small"}
+    assert small and set(ci["cohorts"]) == small
+    full = load_config([ROOT / "config.yaml", ROOT / "config.rehearsal.yaml"])
+    for c in small:
+        assert ci["cohorts"][c] == full["cohorts"][c]
+    changed = {k for k, v in _flat(ci).items() if _flat(full).get(k) != v}
+    assert changed == {"cohorts"}, changed
+    script = (ROOT / ".ci" / "rehearsal").read_text()
+    projects = sorted(p for c in small for p in ci["cohorts"][c]["projects"])
+    assert f'PROJECTS="--projects {" ".join(projects)}"' in script
+    assert "config.rehearsal.yaml config.rehearsal-ci.yaml" in script
+    assert "bash .ci/rehearsal" in (ROOT / ".ci" / "run").read_text()
