@@ -140,7 +140,7 @@ def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
     tiles: list[Tensor] = [torch.zeros(1, D)] * len(patients)
     avail = torch.zeros(len(patients), len(MODALITIES), dtype=torch.bool)
     imp = torch.zeros(len(patients), len(MODALITIES), dtype=torch.bool)
-    known = _frozen_slides(frozen, "wsi") if extractor == "mae_cls" and "wsi" in mods else {}
+    known = frozen.own_rows("wsi") if frozen is not None and extractor == "mae_cls" and "wsi" in mods else {}
     # a group of patients at a time: only the tile features [K, F] are kept, never a cohort's float tiles
     for pos, data, imputed in iter_complete_inputs(mae, inputs, patients, mods, missing, max_tiles,
                                                    recon_cache=recon_cache):
@@ -160,13 +160,6 @@ def baseline_inputs(mae: MultimodalMAE, inputs, patients: Sequence[str],
                 avail[i, k] = m in data and p in data[m]
                 imp[i, k] = bool(imputed[m][j]) if m in imputed else False
     return BaselineInputs(patients, omics["rna"], omics["dnam"], tiles, avail, imp, extractor)
-
-
-def _frozen_slides(frozen, m: str) -> dict[str, int]:
-    """{patient: row} of the patients whose own (not imputed) input of m ``frozen`` holds."""
-    if frozen is None or m not in frozen.store:
-        return {}
-    return {p: k for k, p in enumerate(frozen.patients) if frozen.present[m][k] and not frozen.imputed[m][k]}
 
 
 @torch.no_grad()

@@ -132,6 +132,11 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
         return once("frozen", lambda: shared_features(mae, inputs, clinical, train, test,
                                                       replace(finetune_cfg, missing="zero"), dev))
 
+    def imputed_inputs():   # the baselines' decoder-imputed inputs, their tile features from zero_features()
+        return once("bi_impute", lambda: baseline_inputs(
+            mae, inputs, everyone, missing="impute", frozen=zero_features(),
+            trainable_blocks=finetune_cfg.trainable_blocks, recon_cache=recon))
+
     out: dict[str, RowResult] = {}
     for name in rows:
         row = ROWS[name]
@@ -155,11 +160,6 @@ def run_fold_rows(rows: Sequence[str], mae, inputs, clinical: pd.DataFrame, trai
             pred, metrics = res.predictions, res.metrics
             metrics["n_parameters"] = _trainable(res.model)
         elif row.kind == "network":
-            def imputed_inputs():
-                return once("bi_impute", lambda: baseline_inputs(
-                    mae, inputs, everyone, missing="impute", frozen=zero_features(),
-                    trainable_blocks=finetune_cfg.trainable_blocks, recon_cache=recon))
-
             bi = (imputed_inputs() if row.missing == "impute"        # zero-filled: the imputed inputs without
                   else once("bi_zero", lambda: imputed_inputs().without_imputed()))   # what was imputed
             cfg = BaselineConfig.published(row.baseline, seed=finetune_cfg.seed, n_bins=finetune_cfg.n_bins,

@@ -28,9 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from imputmae.demo import write_demo
-
-    from imputmae.demo import resolve_sizes
+    from imputmae.demo import resolve_sizes, write_demo
 
     sizes = json.loads(args.sizes) or None
     if args.projects:

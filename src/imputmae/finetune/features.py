@@ -318,6 +318,12 @@ class FrozenFeatures:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.store.values())
 
+    def own_rows(self, m: str) -> dict[str, int]:
+        """{patient: row} of the patients whose own input of m is stored here (present, not imputed)."""
+        if m not in self.store:
+            return {}
+        return {p: k for k, p in enumerate(self.patients) if self.present[m][k] and not self.imputed[m][k]}
+
 
 def _frozen_hidden(enc: nn.Module, x: Tensor, trainable_blocks: int = 1) -> Tensor:
     """Unmasked encoder input through all blocks but the last ``trainable_blocks``: x [K, ...] -> [K, 1 + N, D]
@@ -395,7 +401,7 @@ def _reusable(reuse: FrozenFeatures | None, m: str, like: FeatureStore) -> dict[
     if reuse.store[m].row_shape != like.row_shape:
         raise ValueError(f"reuse: {m} features of shape {reuse.store[m].row_shape}, expected {like.row_shape} "
                          "(another encoder or trainable_blocks)")
-    return {p: k for k, p in enumerate(reuse.patients) if reuse.present[m][k] and not reuse.imputed[m][k]}
+    return reuse.own_rows(m)
 
 
 def training_memory_bytes(cfg: Any, modalities: Sequence[str], batch_size: int, k_max: int,
