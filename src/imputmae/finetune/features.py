@@ -405,18 +405,20 @@ def _reusable(reuse: FrozenFeatures | None, m: str, like: FeatureStore) -> dict[
 
 
 def training_memory_bytes(cfg: Any, modalities: Sequence[str], batch_size: int, k_max: int,
-                          trainable_blocks: int = 1) -> int:
+                          trainable_blocks: int = 1, pool: str = "cls") -> int:
     """Estimated peak bytes of one training step of :class:`SurvivalModel` (host or device): per modality the batch
     of hidden states [B, K, 1 + N, D] float32 and what autograd keeps of the last block for it (its input, the
     norm's output, keys and values: 4 such tensors), plus the collated copy: 6x the batch. Omics have K = 1.
     Each further trainable block (``trainable_blocks`` > 1) runs on every token and keeps about 8 [1 + N, D]
-    tensors, 2 of the MLP's [1 + N, intermediate] and 2 attention maps [heads, 1 + N, 1 + N] per row.
+    tensors, 2 of the MLP's [1 + N, intermediate] and 2 attention maps [heads, 1 + N, 1 + N] per row; so does the
+    last block with ``pool="mean"`` (it runs on every token, not on the CLS row alone).
     The frozen-feature pass needs less (``rows`` tiles at a time). Grows with the batch, not with the cohort."""
     per = 0
     for m in modalities:
         rows, t = (k_max if is_image(m) else 1), 1 + cfg.n_patches(m)
         block = 8 * t * cfg.hidden_size + 2 * t * cfg.intermediate_size + 2 * cfg.num_heads * t * t
-        per += rows * (6 * t * cfg.hidden_size + (trainable_blocks - 1) * block)
+        full = trainable_blocks - 1 + (pool == "mean")      # blocks that run on every token in the training step
+        per += rows * (6 * t * cfg.hidden_size + full * block)
     return 4 * batch_size * per + 2**28   # + 256 MiB for the model, optimizer and interpreter
 
 

@@ -50,7 +50,7 @@ def load_survival_model(path: str | Path) -> tuple[SurvivalEnsemble, MultimodalM
     cfg = st["config"]
     model = SurvivalEnsemble([SurvivalModel(mae.cfg, st["modalities"], int(st["cuts"].numel()), cfg["dropout"],
                                             cfg["fusion_heads"], mae.encoders, cfg.get("trainable_blocks", 1),
-                                            cfg.get("loss", "nll"))
+                                            cfg.get("loss", "nll"), cfg.get("pool", "cls"))
                                 for _ in st["members"]])
     model.load_state_dict(st["survival"])
     model.eval()

@@ -1,6 +1,7 @@
 """The survival network on the pretrained encoders (paper Section 3.3): each modality's last encoder block
 (trainable; ``trainable_blocks`` > 1: the last that many) and final norm (frozen), one fusion self-attention layer
-over the modality tokens, and a linear head to T logistic-hazard logits (``loss="cox"``: to one log relative risk,
+over the modality tokens, and a linear head to T logistic-hazard logits; a modality's embedding is its CLS token
+(the paper's) or, ``pool="mean"``, the mean of its patch tokens (MAE's global pooling) (``loss="cox"``: to one log relative risk,
 whose curves come from a Breslow baseline fitted on the fit patients); :class:`SurvivalEnsemble` averages K
 members' survival curves (docs/finetune.md).
 """
@@ -24,6 +25,13 @@ def cls_through_block(block: nn.Module, h: Tensor) -> Tensor:
     return block.forward_rows(h, torch.zeros(h.shape[0], 1, dtype=torch.long, device=h.device))[:, 0]
 
 
+def check_pool(pool: str) -> str:
+    """``pool`` when it is ``cls`` or ``mean``, else ValueError naming the setting."""
+    if pool not in ("cls", "mean"):
+        raise ValueError(f"finetune.pool {pool!r}: cls (the CLS token, the paper's) or mean (the patch tokens' mean)")
+    return pool
+
+
 def check_trainable_blocks(mae_cfg: MAEConfig, modalities: Sequence[str], k: int) -> int:
     """``k`` when every modality's encoder has at least k blocks (k >= 1), else ValueError naming the setting."""
     layers = {m: mae_cfg.layers[m] for m in modalities}
@@ -42,6 +50,10 @@ class SurvivalModel(nn.Module):
     same k). Blocks -k .. -2 run on every token (``earlier_blocks``, present only when k > 1, so that k = 1 keeps
     the state dict of before the knob), the last one on the CLS row alone.
 
+    ``pool="mean"``: a modality's embedding is the mean over its N patch tokens (CLS excluded) of the last block's
+    output through the frozen final norm, as MAE's fine-tuning pools (``global_pool``); the last block then runs
+    on every token instead of the CLS row alone (N times its MLP work: cheap on omics, costly on WSI tiles).
+
     ``loss="cox"``: the head gives one log relative risk eta (:meth:`log_risk`) and :meth:`forward` turns it into
     the logits of S(t) = exp(-H0(t) exp(eta)) with the buffer ``log_increments`` [T] (Breslow's H0 between the
     cuts, set by the training loop on the fit patients: :func:`imputmae.survival.breslow_log_increments`).
@@ -49,14 +61,14 @@ class SurvivalModel(nn.Module):
 
     def __init__(self, mae_cfg: MAEConfig, modalities: Sequence[str], n_bins: int, dropout: float = 0.1,
                  fusion_heads: int | None = None, encoders: nn.ModuleDict | None = None, trainable_blocks: int = 1,
-                 loss: str = "nll"):
+                 loss: str = "nll", pool: str = "cls"):
         super().__init__()
         D = mae_cfg.hidden_size
         self.modalities = tuple(modalities)
         self.mae_cfg = mae_cfg
         if loss not in ("nll", "cox"):
             raise ValueError(f"finetune.loss {loss!r}: nll (logistic-hazard NLL) or cox (partial likelihood)")
-        self.loss, self.n_bins = loss, n_bins
+        self.loss, self.n_bins, self.pool = loss, n_bins, check_pool(pool)
         self.trainable_blocks = check_trainable_blocks(mae_cfg, self.modalities, trainable_blocks)
         # Only each modality's last k blocks and (frozen) final norm; copied from the pretrained encoders when given.
         src = encoders if encoders is not None else MultimodalMAE(
@@ -80,13 +92,16 @@ class SurvivalModel(nn.Module):
 
     def embed_modality(self, m: str, h: Tensor, tile_mask: Tensor | None = None) -> Tensor:
         """h: [B, K, 1 + N, D] frozen hidden states (entering block -trainable_blocks), tile_mask [B, K] (1 = real
-        tile) -> CLS mean over tiles [B, D]."""
+        tile) -> each row's CLS (``pool="mean"``: its patch tokens' mean) [B * K, D], averaged over tiles [B, D]."""
         B, K, T, D = h.shape
         x = h.reshape(B * K, T, D)
         if self.trainable_blocks > 1:
             for blk in self.earlier_blocks[m]:
                 x = blk(x)
-        cls = self.final_norms[m](cls_through_block(self.last_blocks[m], x)).reshape(B, K, D)
+        if self.pool == "cls":
+            cls = self.final_norms[m](cls_through_block(self.last_blocks[m], x)).reshape(B, K, D)
+        else:
+            cls = self.final_norms[m](self.last_blocks[m](x))[:, 1:].mean(1).reshape(B, K, D)
         if tile_mask is None:
             return cls.mean(1)
         w = tile_mask.to(cls.dtype)[..., None]

@@ -21,7 +21,7 @@ from imputmae.choices import CacheDtype, CIndexName, CutScheme, MissingInputs, S
 from imputmae.finetune.features import (FrozenFeatures, MemoryNeeded, PatientInputs, collate_batch,
                                         frozen_features, training_memory_bytes, usable_memory_bytes)
 from imputmae.finetune.network import (SurvivalEnsemble, SurvivalModel, baseline_hazard_logits,
-                                       check_trainable_blocks)
+                                       check_pool, check_trainable_blocks)
 from imputmae.modalities import active, names
 from imputmae.model import MultimodalMAE
 from imputmae.survival import (breslow_log_increments, cox_partial_nll, discretize, evaluate_survival, fold_cuts,
@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 
 ModSet = str                # one of imputmae.modalities.MODALITY_SETS
 SurvivalLoss = Literal["nll", "cox"]    # finetune.loss: logistic-hazard NLL (paper) | Cox partial likelihood
+Pool = Literal["cls", "mean"]           # finetune.pool: CLS token (paper) | mean of the last block's patch tokens
 
 FORMAT = "imputmae-survival-2"
 CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "dropout", "n_bins", "cut_scheme",
                "val_fraction", "members", "select_on", "seed", "cache_dtype",
-               "cache_dir", "trainable_blocks", "loss")   # the config's finetune keys FinetuneConfig takes
+               "cache_dir", "trainable_blocks", "loss", "pool")   # the config's finetune keys FinetuneConfig takes
 
 
 @dataclass
@@ -63,6 +64,7 @@ class FinetuneConfig:
     cache_dir: str | None = None             # where that file lives (None: $TMPDIR); docs/finetune.md "Memory"
     trainable_blocks: int = 1                # how many of each encoder's last blocks are trained (1: the paper's)
     loss: SurvivalLoss = "nll"               # nll: logistic hazard (paper); cox: partial likelihood + Breslow
+    pool: Pool = "cls"                       # a modality's embedding: CLS token (paper) | mean of patch tokens
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], modset: str, **over: Any) -> FinetuneConfig:
@@ -228,7 +230,8 @@ def check_memory(k_max: int, mae: MultimodalMAE, modalities: Sequence[str], cfg:
     """Raise :class:`MemoryNeeded` (naming the rule, the figure and the setting) before any work when a training
     batch of ``cfg.batch_size`` patients with ``k_max`` tiles would not fit the job's memory (host: the cgroup or
     Slurm limit, else what the system has available; CUDA: the device's free memory). Returns the estimate."""
-    need = training_memory_bytes(mae.cfg, modalities, cfg.batch_size, k_max, cfg.trainable_blocks)
+    need = training_memory_bytes(mae.cfg, modalities, cfg.batch_size, k_max, cfg.trainable_blocks,
+                                 cfg.pool)
     if device.type == "cuda":
         have, where = torch.cuda.mem_get_info(device)[0], f"{device} (free)"
     else:
@@ -290,7 +293,7 @@ def _train_members(mae: MultimodalMAE, frozen: FrozenFeatures, labels: _FoldLabe
     for k, (fit, val) in enumerate(members_split):
         fit_idx, val_idx = labels.rows(fit), labels.rows(val)
         model = SurvivalModel(mae.cfg, mods, len(cuts), cfg.dropout, cfg.fusion_heads, mae.encoders,
-                              cfg.trainable_blocks, cfg.loss)
+                              cfg.trainable_blocks, cfg.loss, cfg.pool)
         with torch.no_grad():  # start from the fit patients' discrete hazards, not from hazard 0.5 in every bin
             if cfg.loss == "nll":
                 model.head.bias.copy_(baseline_hazard_logits(labels.idx_durations[fit_idx],
@@ -350,6 +353,7 @@ def run_finetune(mae: MultimodalMAE, inputs: PatientInputs, clinical: pd.DataFra
     torch.manual_seed(cfg.seed)
     mods = cfg.modalities(mae.modalities)
     check_trainable_blocks(mae.cfg, mods, cfg.trainable_blocks)   # before the feature pass, not after it
+    check_pool(cfg.pool)
     train = [p for p in select_patients(inputs, train, cfg.modset) if p in clinical.index]
     test = [p for p in select_patients(inputs, test, cfg.modset) if p in clinical.index]
     t_tr, e_tr, cuts = fold_cuts(clinical, train, test, cfg.n_bins, cfg.cut_scheme,      # training patients only
