@@ -45,7 +45,7 @@ def test_paper_overlay_changes_only_deviations_each_named_in_config_yaml_and_rea
         comment = " ".join(config_text[line:line + 2])
         assert "DEVIATION" in comment, key
         assert f"| `{key}` |" in readme, key
-    assert base["pretrain"]["modality_dropout"] == 1.0
+    assert base["pretrain"]["modality_dropout"] == 0.5
 
 
 def test_one_list_of_deviations_drives_the_overlay_and_table3s_caption():
@@ -59,11 +59,11 @@ def test_one_list_of_deviations_drives_the_overlay_and_table3s_caption():
     base = load_config([ROOT / "config.yaml"])
     paper = load_config([ROOT / "config.yaml", ROOT / "config.paper.yaml"])
     in_force = [(d.key, v) for d, v in deviations_in_force(base)]
-    assert in_force == [("pretrain.modality_dropout", 1.0), ("omics.rna.min_std", 0.1)]
+    assert in_force == [("pretrain.modality_dropout", 0.5), ("omics.rna.min_std", 0.1)]
     assert deviations_in_force(paper) == [] and deviations_sentence([]) == ""
     table = pd.DataFrame({"model": ["impuTMAE"], "modality": ["all"], "missing": ["x"], "n": ["1"]})
     md = table3_markdown(table, "antolini", deviations=in_force).splitlines()[0]
     assert "Deviations from the paper's text in this run" in md
-    assert "pretrain.modality_dropout 1.0; paper: 0" in md and "standard deviation > 0.1" in md
+    assert "pretrain.modality_dropout 0.5; paper: 0" in md and "standard deviation > 0.1" in md
     assert "Deviations" not in table3_markdown(table, "antolini").splitlines()[0]
-    assert "pretrain.modality_dropout 1.0" in table3_latex(table, "antolini", deviations=in_force)
+    assert "pretrain.modality_dropout 0.5" in table3_latex(table, "antolini", deviations=in_force)

@@ -245,8 +245,8 @@ class Deviation:
 
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("pretrain.modality_dropout", 0.0,
-              "pretraining hides one whole modality of every patient with two or more (pretrain.modality_dropout "
-              "{value}; paper: 0, masked patches only)"),
+              "pretraining hides one whole modality of a patient with two or more, with probability {value} "
+              "(pretrain.modality_dropout {value}; paper: 0, masked patches only)"),
     Deviation("omics.rna.min_std", 0.31622776601683794,
               "genes kept at training standard deviation > {value} (DRIM's code; paper: variance > 0.1)"),
 )
