@@ -39,7 +39,7 @@ draws, mean over the 5 folds), the paired difference impuTMAE - Cox-PCA on the s
 validation C-index of the training patients (what chooses a recipe; ``finetune.members > 1``), and the wall and
 CPU time of the workflow.
 
-    .venv/bin/python benchmarks/bench_real_omics.py                          # the preset, LGG (BRCA: unusable)
+    .venv/bin/python benchmarks/bench_real_omics.py                          # the preset, LGG and KIPAN (BRCA: unusable)
     .venv/bin/python benchmarks/bench_real_omics.py --overlay my.yaml --tag my   # a candidate recipe on top
 
 A fine-tuning candidate can reuse a finished run's pretraining: copy (``cp -a``, keeping mtimes) its
