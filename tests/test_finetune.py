@@ -46,6 +46,15 @@ def synthetic_cohort(n: int = 48, seed: int = 0, missing: bool = True):
     return patients, inp, clinical
 
 
+def patient_batch(inp: PatientInputs, p: str) -> dict[str, torch.Tensor]:
+    """A complete patient's MAE batch, one row per tile: rna [K, L], dnam [K, L], wsi [K, 3, H, W], available [K, 3]."""
+    tiles = torch.from_numpy(inp.tiles[p]).permute(0, 3, 1, 2).float() / 255
+    K = tiles.shape[0]
+    return {"rna": torch.from_numpy(inp.omics["rna"][p])[None].expand(K, -1),
+            "dnam": torch.from_numpy(inp.omics["dnam"][p])[None].expand(K, -1), "wsi": tiles,
+            "available": torch.ones(K, 3, dtype=torch.bool)}
+
+
 def test_frozen_cache_is_exact():
     mae = tiny_mae()
     patients, inp, _ = synthetic_cohort(12, missing=False)
@@ -54,12 +63,7 @@ def test_frozen_cache_is_exact():
     model = SurvivalModel(mae.cfg, mods, 5, 0.0, encoders=mae.encoders).eval()
     with torch.no_grad():
         for i, p in enumerate(patients):
-            tiles = torch.from_numpy(inp.tiles[p]).permute(0, 3, 1, 2).float() / 255
-            K = tiles.shape[0]
-            batch = {"rna": torch.from_numpy(inp.omics["rna"][p])[None].expand(K, -1),
-                     "dnam": torch.from_numpy(inp.omics["dnam"][p])[None].expand(K, -1), "wsi": tiles,
-                     "available": torch.ones(K, 3, dtype=torch.bool)}
-            ref = mae.encode(batch)
+            ref = mae.encode(patient_batch(inp, p))
             for m in mods:
                 got = model.embed_modality(m, ff.h(m, i)[None])[0]
                 want = ref[m].mean(0) if m == "wsi" else ref[m][0]

@@ -10,7 +10,7 @@ import torch
 from imputmae.config import load_config, validate_config
 from imputmae.finetune import (FinetuneConfig, SurvivalModel, frozen_features, load_survival_model,
                                predict_patients, run_finetune, save_survival_model, training_memory_bytes)
-from tests.test_finetune import CFG, _fold, synthetic_cohort, tiny_mae
+from tests.test_finetune import CFG, _fold, patient_batch, synthetic_cohort, tiny_mae
 
 MODS = ("rna", "dnam", "wsi")
 
@@ -26,11 +26,7 @@ def test_mean_pool_is_the_encoders_patch_token_mean(k):
     cls_model = SurvivalModel(mae.cfg, MODS, 5, 0.0, encoders=mae.encoders, trainable_blocks=k).eval()
     with torch.no_grad():
         for i, p in enumerate(patients):
-            tiles = torch.from_numpy(inp.tiles[p]).permute(0, 3, 1, 2).float() / 255
-            K = tiles.shape[0]
-            batch = {"rna": torch.from_numpy(inp.omics["rna"][p])[None].expand(K, -1),
-                     "dnam": torch.from_numpy(inp.omics["dnam"][p])[None].expand(K, -1), "wsi": tiles,
-                     "available": torch.ones(K, 3, dtype=torch.bool)}
+            batch = patient_batch(inp, p)
             enc = mae.forward_encoder(batch, 0.0, mae._unmasked_noise(batch))
             for m in MODS:
                 latent = enc[m]["latent"]                                      # [K, 1 + N, D]

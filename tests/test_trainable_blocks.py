@@ -10,7 +10,7 @@ import torch
 from imputmae.config import load_config, validate_config
 from imputmae.finetune import (FinetuneConfig, SurvivalModel, frozen_features, load_survival_model,
                                predict_patients, run_finetune, save_survival_model, training_memory_bytes)
-from tests.test_finetune import CFG, _fold, synthetic_cohort, tiny_mae
+from tests.test_finetune import CFG, _fold, patient_batch, synthetic_cohort, tiny_mae
 
 MODS = ("rna", "dnam", "wsi")
 
@@ -28,11 +28,7 @@ def test_cache_and_blocks_reproduce_the_encoder(k):
     assert n_trainable["rna"] == k * per_block
     with torch.no_grad():
         for i, p in enumerate(patients):
-            tiles = torch.from_numpy(inp.tiles[p]).permute(0, 3, 1, 2).float() / 255
-            K = tiles.shape[0]
-            ref = mae.encode({"rna": torch.from_numpy(inp.omics["rna"][p])[None].expand(K, -1),
-                              "dnam": torch.from_numpy(inp.omics["dnam"][p])[None].expand(K, -1), "wsi": tiles,
-                              "available": torch.ones(K, 3, dtype=torch.bool)})
+            ref = mae.encode(patient_batch(inp, p))
             for m in MODS:
                 got = model.embed_modality(m, ff.h(m, i)[None])[0]
                 torch.testing.assert_close(got, ref[m].mean(0) if m == "wsi" else ref[m][0], rtol=1e-5, atol=1e-5)
