@@ -31,15 +31,16 @@ What the files hold (checked on 1.2.2; :func:`describe_cohort` prints it again o
 What runs: each usable cohort is written as own tables (``rna.parquet``, ``dnam.parquet``, ``clinical.csv``), a
 config is written beside them (config.yaml, the preset overlay, optional candidate overlays, then the benchmark's
 own keys: the cohorts, no WSI, modality sets rna and all, no unimodal pretraining, none of Table 3's rerun
-baseline rows), and the workflow runs on it
-(``snakemake --cores N`` in the scratch folder, target Table 3): splits, the multimodal pretraining per fold, the
+baseline rows), and the workflow runs on it, one workflow per cohort (``<work>/<tag>`` for one cohort,
+``<work>/<tag>/<COHORT>`` for several, so that each cohort pretrains on its own patients, as the recipe search
+did; ``snakemake --cores N`` in that folder, target Table 3): splits, the multimodal pretraining per fold, the
 fine-tuning of rna and all per fold, the Cox-PCA reference (RNA and RNA + DNAm) and Table 3. Then, per cohort:
 Antolini C of each row with a 95% percentile bootstrap CI (test patients resampled within each fold, 1,000
 draws, mean over the 5 folds), the paired difference impuTMAE - Cox-PCA on the same resamples, the out-of-fold
 validation C-index of the training patients (what chooses a recipe; ``finetune.members > 1``), and the wall and
 CPU time of the workflow.
 
-    .venv/bin/python benchmarks/bench_real_omics.py                          # the preset, LGG and KIPAN (BRCA: unusable)
+    .venv/bin/python benchmarks/bench_real_omics.py                          # the preset: LGG, KIPAN (BRCA unusable)
     .venv/bin/python benchmarks/bench_real_omics.py --overlay my.yaml --tag my   # a candidate recipe on top
 
 A fine-tuning candidate can reuse a finished run's pretraining: copy (``cp -a``, keeping mtimes) its
@@ -299,6 +300,16 @@ def score_cohort(results: Path, cohort: str, n_folds: int, n_boot: int = 1000, s
     return out
 
 
+def cohort_run_dirs(run: Path, cohorts: Sequence[str]) -> dict[str, Path]:
+    """{cohort: its workflow folder}: ``run`` itself for one cohort, ``run/<cohort>`` for several.
+
+    Each cohort runs its own workflow, so its multimodal pretraining sees its own training patients only (the
+    workflow pools the cohorts of one config into one pretraining per fold): a cohort's figures do not depend on
+    which other cohorts are benchmarked with it, and they are those of the single-cohort runs that chose the
+    recipe (BENCHMARKS.md "Real TCGA omics")."""
+    return {c: run for c in cohorts} if len(cohorts) == 1 else {c: run / c for c in cohorts}
+
+
 def print_scores(cohort: str, s: Mapping[str, object]) -> None:
     print(f"\n{cohort}: {s['n_test']} test patients ({s['n_events']} events) over the outer folds; Antolini C, mean "
           f"over folds [95% bootstrap CI]")
@@ -349,20 +360,27 @@ def main() -> None:
         tables[cohort] = work / "tables" / cohort
     if not tables:
         raise SystemExit("no cohort with survival labels")
-    run_dir = work / args.tag
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, tables, [PRESET, *args.overlay], args.folds, args.modsets)
     rows = [r for r in ROWS if r[1] in args.modsets]   # the workflow fits Cox-PCA on the fine-tuned sets only
     extra = ["--rerun-triggers", "mtime", "params"] if args.reuse_stages else []
-    timing = {} if args.score_only else run_workflow(run_dir, args.cores, extra)
     label = args.label or args.tag
-    summary = {"tag": args.tag, "label": label, "overlays": [str(p) for p in [PRESET, *args.overlay]], **timing}
-    for cohort in tables:
-        summary[cohort] = score_cohort(run_dir / "results", cohort, args.folds, args.n_boot, rows=rows)
+    summary: dict[str, object] = {"tag": args.tag, "label": label,
+                                  "overlays": [str(p) for p in [PRESET, *args.overlay]]}
+    total = {"wall_s": 0.0, "cpu_s": 0.0}
+    dirs = cohort_run_dirs(work / args.tag, list(tables))
+    for cohort, run_dir in dirs.items():   # one workflow per cohort: its own pretraining, as the recipe was chosen
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, {cohort: tables[cohort]}, [PRESET, *args.overlay], args.folds, args.modsets)
+        timing = {} if args.score_only else run_workflow(run_dir, args.cores, extra)
+        summary[cohort] = {**score_cohort(run_dir / "results", cohort, args.folds, args.n_boot, rows=rows),
+                           **timing}
         print_scores(cohort, summary[cohort])
-    if timing:
-        print(f"\nworkflow: wall {timing['wall_s']:.0f} s, CPU {timing['cpu_s']:.0f} s (--cores {args.cores})")
-    (run_dir / f"summary_{label}.json").write_text(json.dumps(summary, indent=1))
+        if timing:
+            print(f"  workflow: wall {timing['wall_s']:.0f} s, CPU {timing['cpu_s']:.0f} s (--cores {args.cores})")
+            total = {k: total[k] + timing[k] for k in total}
+    if not args.score_only:
+        summary.update(total)
+        print(f"\nall cohorts: wall {total['wall_s']:.0f} s, CPU {total['cpu_s']:.0f} s")
+    (work / args.tag / f"summary_{label}.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

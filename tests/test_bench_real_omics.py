@@ -91,6 +91,18 @@ def test_config_replaces_cohorts_and_validates(bench, tmp_path):
     assert cfg["baselines"]["rows"] == []                        # impuTMAE against Cox-PCA only
 
 
+def test_each_cohort_runs_its_own_workflow(bench, tmp_path):
+    """Several cohorts: one folder and one config per cohort (each pretrains on its own patients, as the recipe
+    search's single-cohort runs did); one cohort: the run folder itself, where the documented commands look."""
+    run = tmp_path / "preset"
+    assert bench.cohort_run_dirs(run, ["LGG"]) == {"LGG": run}
+    dirs = bench.cohort_run_dirs(run, ["LGG", "KIPAN"])
+    assert dirs == {"LGG": run / "LGG", "KIPAN": run / "KIPAN"}
+    for cohort, d in dirs.items():
+        cfg = yaml.safe_load(bench.write_config(d, {cohort: tmp_path / cohort}, [bench.PRESET], 5).read_text())
+        assert list(cfg["cohorts"]) == [cohort] and cfg["results"] == str(d / "results")
+
+
 def test_numeric_vital_status_marks_deaths(bench):
     # KIPAN's vital_status is 1/0; a 1 without a death date is a death with no valid time, not a living patient
     clinical = pd.DataFrame({"days_to_death": [200.0, np.nan, np.nan],
