@@ -413,11 +413,11 @@ def training_memory_bytes(cfg: Any, modalities: Sequence[str], batch_size: int, 
     tensors, 2 of the MLP's [1 + N, intermediate] and 2 attention maps [heads, 1 + N, 1 + N] per row; so does the
     last block with ``pool="mean"`` (it runs on every token, not on the CLS row alone).
     The frozen-feature pass needs less (``rows`` tiles at a time). Grows with the batch, not with the cohort."""
+    full = trainable_blocks - 1 + (pool == "mean")      # blocks that run on every token in the training step
     per = 0
     for m in modalities:
         rows, t = (k_max if is_image(m) else 1), 1 + cfg.n_patches(m)
         block = 8 * t * cfg.hidden_size + 2 * t * cfg.intermediate_size + 2 * cfg.num_heads * t * t
-        full = trainable_blocks - 1 + (pool == "mean")      # blocks that run on every token in the training step
         per += rows * (6 * t * cfg.hidden_size + full * block)
     return 4 * batch_size * per + 2**28   # + 256 MiB for the model, optimizer and interpreter
 

@@ -1,9 +1,9 @@
 """The survival network on the pretrained encoders (paper Section 3.3): each modality's last encoder block
 (trainable; ``trainable_blocks`` > 1: the last that many) and final norm (frozen), one fusion self-attention layer
-over the modality tokens, and a linear head to T logistic-hazard logits; a modality's embedding is its CLS token
-(the paper's) or, ``pool="mean"``, the mean of its patch tokens (MAE's global pooling) (``loss="cox"``: to one log relative risk,
+over the modality tokens, and a linear head to T logistic-hazard logits (``loss="cox"``: to one log relative risk,
 whose curves come from a Breslow baseline fitted on the fit patients); :class:`SurvivalEnsemble` averages K
-members' survival curves (docs/finetune.md).
+members' survival curves (docs/finetune.md). A modality's embedding is its CLS token (the paper's) or, with
+``pool="mean"``, the mean of its patch tokens (MAE's global pooling).
 """
 
 from __future__ import annotations
